@@ -1,0 +1,43 @@
+"""actreg: activation regularization for PyTorch."""
+
+from actreg._errors import ActregError
+from actreg.attach import Regularizer, attach
+from actreg.layers import ActivityRegularization, TopK
+from actreg.penalties import (
+    AR,
+    L1,
+    L1L2,
+    L2,
+    TAR,
+    Binary,
+    DeCov,
+    Hoyer,
+    HoyerSquare,
+    KLSparsity,
+    Log,
+    Penalty,
+    make_penalty,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AR",
+    "L1",
+    "L1L2",
+    "L2",
+    "TAR",
+    "ActivityRegularization",
+    "ActregError",
+    "Binary",
+    "DeCov",
+    "Hoyer",
+    "HoyerSquare",
+    "KLSparsity",
+    "Log",
+    "Penalty",
+    "Regularizer",
+    "TopK",
+    "attach",
+    "make_penalty",
+]
