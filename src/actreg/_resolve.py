@@ -97,7 +97,7 @@ def first_tensor(output: Any, name: str = "") -> Tensor:
 
 
 def selector_for(name: str, select: Select | Mapping[str, Select] | None) -> Select:
-    """The output selector for module ``name``: a per-name mapping entry, a callable, or the default."""
+    """The output selector for ``name``: its mapping entry, a callable, or the default."""
     if select is None:
         return lambda out: first_tensor(out, name)
     if callable(select):

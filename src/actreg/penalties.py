@@ -27,17 +27,17 @@ from actreg._errors import ActregError
 
 __all__ = [
     "AR",
+    "L1",
+    "L1L2",
+    "L2",
+    "PENALTIES",
     "TAR",
     "Binary",
     "DeCov",
     "Hoyer",
     "HoyerSquare",
     "KLSparsity",
-    "L1",
-    "L1L2",
-    "L2",
     "Log",
-    "PENALTIES",
     "Penalty",
     "make_penalty",
 ]
