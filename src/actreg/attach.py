@@ -45,9 +45,12 @@ class _Hook:
         reg = self.reg
         if reg.when == "train" and not (module.training and torch.is_grad_enabled()):
             return
-        if in_backward():  # gradient checkpointing re-runs the forward during backward
-            return
-        reg._record(self.name, self.penalty(self.select(output)))
+        value = self.penalty(self.select(output))
+        # Gradient checkpointing re-runs the forward during backward. The value is still
+        # computed (non-reentrant checkpointing checks that recomputation saves the same
+        # tensors) but not recorded again.
+        if not in_backward():
+            reg._record(self.name, value)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _NoOp:
         return _NoOp()
@@ -156,10 +159,10 @@ class Regularizer:
 
 
 def _device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buffer in model.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
