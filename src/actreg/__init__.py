@@ -3,6 +3,7 @@
 from actreg._errors import ActregError
 from actreg.attach import Regularizer, attach
 from actreg.layers import ActivityRegularization, TopK
+from actreg.monitor import Monitor
 from actreg.penalties import (
     AR,
     L1,
@@ -35,6 +36,7 @@ __all__ = [
     "HoyerSquare",
     "KLSparsity",
     "Log",
+    "Monitor",
     "Penalty",
     "Regularizer",
     "TopK",

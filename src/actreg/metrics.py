@@ -1,0 +1,213 @@
+"""Pure sparsity measures: a tensor with a unit axis ``dim`` in, a tensor out.
+
+Every measure of activation sparsity is defined here once; :class:`actreg.Monitor`
+accumulates the same quantities over many batches and agrees with these functions.
+
+Terms used below, for a tensor ``x`` whose unit (feature, channel) axis is ``dim``:
+
+* a *unit* is one index along ``dim``;
+* a *position* is one index along every other axis together: one example of an
+  ``(N, H)`` batch, one ``(example, time step)`` pair of an ``(N, T, H)`` sequence,
+  one ``(example, row, column)`` triple of an ``(N, C, H, W)`` map with ``dim=1``;
+* a value is *zero* when ``|x| <= eps`` and *active* otherwise (NaN counts as active).
+
+An empty tensor gives 0 (and zero firing rates), never a division by zero.
+
+Example:
+    >>> import torch
+    >>> from actreg import metrics
+    >>> x = torch.tensor([[0.0, 2.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    >>> metrics.zero_fraction(x)
+    tensor(0.3750)
+    >>> metrics.l0(x)  # (1 + 4) / 2 active units per example
+    tensor(2.5000)
+    >>> metrics.hoyer(x)  # one-hot scores 1, constant scores 0
+    tensor(0.5000)
+    >>> metrics.firing_rate(x)
+    tensor([0.5000, 1.0000, 0.5000, 0.5000])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from actreg._errors import ActregError
+from actreg.functional import _hoyer_ratio, check_dim
+
+__all__ = ["METRICS", "firing_rate", "hoyer", "l0", "mean_abs", "rms", "zero_fraction"]
+
+#: The scalar metrics of this module, by name (the keys of :meth:`Monitor.compute`).
+METRICS: tuple[str, ...] = ("zero_fraction", "l0", "mean_abs", "rms", "hoyer")
+
+
+def check_tensor(x: object, what: str = "a sparsity metric") -> Tensor:
+    """Return ``x`` (half precision upcast to float32) if it is a floating-point tensor."""
+    if not isinstance(x, Tensor):
+        raise ActregError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ActregError(
+            f"{what} needs a floating-point tensor, got dtype {x.dtype}; "
+            "measure a layer whose output is float (or call .float() first)"
+        )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
+def check_eps(eps: object) -> float:
+    """Return ``eps`` as a float if it is a finite number >= 0, else raise."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ActregError(f"eps must be a number >= 0, got {eps!r}")
+    if not math.isfinite(eps) or eps < 0:
+        raise ActregError(
+            f"eps must be finite and >= 0, got {eps!r}; values with |x| <= eps count as "
+            "zero, so use eps=0.0 for exact zeros or a small positive threshold"
+        )
+    return float(eps)
+
+
+def check_unit_dim(x: Tensor, dim: int) -> int:
+    """Return the non-negative unit axis of ``x``; raise for a 0-dim tensor or a bad axis."""
+    if x.dim() == 0:
+        raise ActregError(
+            "a sparsity metric needs a tensor with a unit axis, got a 0-dim tensor; "
+            "pass a batch such as (N, H)"
+        )
+    return check_dim(x, dim)
+
+
+def active_counts(x: Tensor, dim: int, eps: float) -> Tensor:
+    """Per unit (axis ``dim``), the number of positions where ``|x| > eps``.
+
+    ``x`` must already be checked; ``dim`` must be non-negative.
+    """
+    active = x.bool() if eps == 0.0 else x.abs().le(eps).logical_not_()
+    others = [d for d in range(x.dim()) if d != dim]
+    if not others:
+        return active.int()
+    # int32 sums of bools are about twice as fast as the default int64 on CPU.
+    small = x.numel() // max(x.shape[dim], 1) < 2**31
+    return active.sum(others, dtype=torch.int32 if small else torch.int64)
+
+
+def normalized_hoyer(ratio: Tensor, n: int) -> Tensor:
+    """Map ``||v||_1 / ||v||_2`` of vectors with ``n`` entries to sparsity in [0, 1].
+
+    ``(sqrt(n) - ratio) / (sqrt(n) - 1)``, clamped to [0, 1]: 1 for a one-hot vector,
+    0 for a constant one. A zero vector (ratio 0) scores 1. With ``n == 1`` the formula
+    is undefined; a zero scores 1 and anything else 0.
+    """
+    if n == 1:
+        return (ratio == 0).to(ratio.dtype)
+    root = math.sqrt(n)
+    return ((root - ratio) / (root - 1.0)).clamp_(0.0, 1.0)
+
+
+def hoyer_per_vector(x: Tensor, dim: int) -> Tensor:
+    """Normalized Hoyer sparsity of every vector of ``x`` along ``dim`` (checked input)."""
+    return normalized_hoyer(_hoyer_ratio(x, dim, False), x.shape[dim])
+
+
+def _positions(x: Tensor, dim: int) -> int:
+    return x.numel() // x.shape[dim] if x.shape[dim] else 0
+
+
+def zero_fraction(x: Tensor, eps: float = 0.0) -> Tensor:
+    """Share of the values of ``x`` with ``|x| <= eps``.
+
+    Example:
+        >>> import torch
+        >>> zero_fraction(torch.tensor([0.0, 0.05, -3.0, 1.0]), eps=0.1)
+        tensor(0.5000)
+    """
+    x, eps = check_tensor(x), check_eps(eps)
+    if x.numel() == 0:
+        return x.new_zeros(())
+    return (x.abs().le(eps).sum().double() / x.numel()).to(x.dtype)
+
+
+def l0(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
+    """Mean number of active units (``|x| > eps`` along ``dim``) per position.
+
+    For ``(N, H)`` this is the mean number of non-zero units per example. For a sequence
+    ``(N, T, H)`` it is per *position*: averaged over every ``(example, time step)``,
+    not summed over time. For ``(N, C, H, W)`` with ``dim=1``, per pixel.
+
+    Example:
+        >>> import torch
+        >>> l0(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+        tensor(1.5000)
+    """
+    x, eps = check_tensor(x), check_eps(eps)
+    dim = check_unit_dim(x, dim)
+    positions = _positions(x, dim)
+    if positions == 0:
+        return x.new_zeros(())
+    return (active_counts(x, dim, eps).sum().double() / positions).to(x.dtype)
+
+
+def mean_abs(x: Tensor) -> Tensor:
+    """Mean of ``|x|`` over every value.
+
+    Example:
+        >>> import torch
+        >>> mean_abs(torch.tensor([1.0, -3.0]))
+        tensor(2.)
+    """
+    x = check_tensor(x)
+    return x.abs().mean() if x.numel() else x.new_zeros(())
+
+
+def rms(x: Tensor) -> Tensor:
+    """Root mean square of every value: ``sqrt(mean(x**2))``.
+
+    Example:
+        >>> import torch
+        >>> rms(torch.tensor([3.0, -4.0, 0.0, 0.0]))
+        tensor(2.5000)
+    """
+    x = check_tensor(x)
+    return x.square().mean().sqrt() if x.numel() else x.new_zeros(())
+
+
+def hoyer(x: Tensor, dim: int = -1) -> Tensor:
+    """Normalized Hoyer sparsity in [0, 1], per vector along ``dim``, averaged.
+
+    For a vector ``v`` of ``n`` units: ``(sqrt(n) - ||v||_1 / ||v||_2) / (sqrt(n) - 1)``.
+    1 for a one-hot vector, 0 for a constant one; a zero vector counts 1 (fully sparse).
+    The ratio is :mod:`actreg.functional`'s Hoyer ratio, the formula of the penalty.
+
+    Example:
+        >>> import torch
+        >>> hoyer(torch.tensor([[0.0, 0.0, 5.0, 0.0]]))
+        tensor(1.)
+        >>> hoyer(torch.ones(3, 4))
+        tensor(0.)
+    """
+    x = check_tensor(x)
+    dim = check_unit_dim(x, dim)
+    if x.numel() == 0:
+        return x.new_zeros(())
+    return hoyer_per_vector(x, dim).mean()
+
+
+def firing_rate(x: Tensor, dim: int = -1, eps: float = 0.0) -> Tensor:
+    """Per unit (axis ``dim``), the share of positions where it is active (``|x| > eps``).
+
+    Returns a 1-D tensor with one rate per unit: the feature density of sparse-autoencoder
+    practice. Positions are as in :func:`l0` (examples, time steps, pixels).
+
+    Example:
+        >>> import torch
+        >>> firing_rate(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 0.0], [3.0, 1.0]]))
+        tensor([0.7500, 0.2500])
+    """
+    x, eps = check_tensor(x), check_eps(eps)
+    dim = check_unit_dim(x, dim)
+    positions = _positions(x, dim)
+    if positions == 0:
+        return x.new_zeros(x.shape[dim])
+    return (active_counts(x, dim, eps).double() / positions).to(x.dtype)

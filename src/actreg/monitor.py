@@ -1,0 +1,317 @@
+"""Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from actreg import metrics as M
+from actreg._errors import ActregError
+from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
+from actreg.attach import _NoOp, in_backward
+
+__all__ = ["Monitor"]
+
+Stats = dict[str, dict[str, Any]]
+
+# Per layer, the running sums: |x|, x**2, per-vector normalized Hoyer.
+_ABS, _SQ, _HOYER = range(3)
+
+
+class _State:
+    """The running statistics of one layer (sums in float64 on the layer's device)."""
+
+    __slots__ = ("active", "elements", "max", "positions", "sums", "units")
+
+    def __init__(self, units: int, device: torch.device) -> None:
+        self.units = units
+        self.positions = 0  # vectors along the unit axis seen (host ints: shapes, no sync)
+        self.elements = 0
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.active = torch.zeros(units, dtype=torch.float64, device=device)
+        self.max = torch.full((), -math.inf, dtype=torch.float64, device=device)
+
+    def to(self, device: torch.device) -> None:
+        self.sums, self.active, self.max = (
+            t.to(device) for t in (self.sums, self.active, self.max)
+        )
+
+
+class _Hook:
+    """Forward hook feeding one layer's output to its Monitor; a no-op once copied."""
+
+    def __init__(self, monitor: Monitor, name: str, select: Select, dim: int) -> None:
+        self.monitor = monitor
+        self.name = name
+        self.select = select
+        self.dim = dim
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if in_backward():  # gradient checkpointing re-runs the forward during backward
+            return
+        self.monitor._update(self.name, self.select(output), self.dim)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _NoOp:
+        return _NoOp()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (_NoOp, ())
+
+
+def _dim_for(name: str, dim: int | Mapping[str, int]) -> int:
+    if not isinstance(dim, Mapping):
+        return dim
+    for key, value in dim.items():
+        if key == name or fnmatch.fnmatchcase(name, key):
+            return value
+    return -1
+
+
+class Monitor:
+    """Sparsity statistics of named layers, accumulated over batches by forward hooks.
+
+    The hooks record in training *and* evaluation (under ``torch.no_grad()`` too), keep
+    no graph and no activation alive, never copy to the host, and skip the forward
+    recomputation of gradient checkpointing. Statistics are exact: sums and counts are
+    accumulated in float64, so N batches give what their concatenation gives.
+
+    Args:
+        model: the ``nn.Module`` to watch.
+        names_or_patterns: a module name or glob pattern (``"blocks.*.act"``), or several;
+            names come from ``model.named_modules()``, as for :func:`actreg.attach`.
+        eps: values with ``|x| <= eps`` count as zero (for ``zero_fraction``, ``l0``,
+            ``firing_rate``, ``dead_fraction``).
+        dim: the unit axis of the watched outputs: ``-1`` for ``(N, H)`` and
+            ``(N, T, H)``, ``1`` for ``(N, C, H, W)`` conv maps; or a mapping from
+            names/patterns to axes (unlisted layers use ``-1``).
+        select: how to read a tensor from a module's output, as in :func:`actreg.attach`
+            (default: the tensor itself, or the first tensor of a tuple such as
+            ``nn.LSTM``'s ``(output, (h, c))``).
+
+    Example:
+        >>> import torch, actreg
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+        >>> with actreg.Monitor(net, "1") as mon:
+        ...     _ = net(torch.randn(16, 4)); _ = net(torch.randn(16, 4))
+        ...     stats = mon.compute()["1"]
+        >>> sorted(stats)
+        ['dead_fraction', 'firing_rate', 'hoyer', 'l0', 'max', 'mean_abs', 'rms', 'zero_fraction']
+        >>> 0.0 <= stats["zero_fraction"] <= 1.0
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        names_or_patterns: str | Iterable[str],
+        *,
+        eps: float = 0.0,
+        dim: int | Mapping[str, int] = -1,
+        select: Select | Mapping[str, Select] | None = None,
+    ) -> None:
+        model = check_model(model)
+        self.eps = M.check_eps(eps)
+        keys = [names_or_patterns] if isinstance(names_or_patterns, str) else names_or_patterns
+        keys = list(keys)
+        if not keys:
+            raise ActregError("Monitor needs at least one module name or pattern, e.g. 'act1'")
+        check_select_keys(model, select)
+        if isinstance(dim, Mapping):
+            resolve(model, dim.keys())
+        self._state: dict[str, _State] = {}
+        self._handles: list[RemovableHandle] = []
+        self.layers: list[str] = []
+        for matches in resolve(model, keys).values():
+            for name, module in matches:
+                if name in self.layers:
+                    continue
+                layer_dim = _dim_for(name, dim)
+                if isinstance(layer_dim, bool) or not isinstance(layer_dim, int):
+                    raise ActregError(f"dim for {name!r} must be an int, got {layer_dim!r}")
+                hook = _Hook(self, name, selector_for(name, select), layer_dim)
+                self._handles.append(module.register_forward_hook(hook))
+                self.layers.append(name)
+
+    def _update(self, name: str, x: Tensor, dim: int) -> None:
+        """Add one batch ``x`` of layer ``name``; empty batches are skipped."""
+        try:
+            x = M.check_tensor(x, f"Monitor (layer {name!r})").detach()
+            dim = M.check_unit_dim(x, dim)
+        except ActregError as err:
+            raise ActregError(f"Monitor, layer {name!r}: {err}") from None
+        if x.numel() == 0:
+            return
+        units = x.shape[dim]
+        state = self._state.get(name)
+        if state is None:
+            state = self._state[name] = _State(units, x.device)
+        elif state.units != units:
+            raise ActregError(
+                f"Monitor, layer {name!r}: {units} units along dim={dim} (shape "
+                f"{tuple(x.shape)}), but earlier batches had {state.units}; check dim= "
+                "(1 for conv maps) or call reset() when the layer changes"
+            )
+        elif state.sums.device != x.device:
+            state.to(x.device)
+        hoyer = M.hoyer_per_vector(x, dim).sum()
+        state.sums += torch.stack((x.abs().sum(), x.square().sum(), hoyer))
+        state.active += M.active_counts(x, dim, self.eps)
+        torch.maximum(state.max, x.max(), out=state.max)
+        state.positions += x.numel() // units
+        state.elements += x.numel()
+
+    def compute(self, sync: bool = False) -> Stats:
+        """The statistics since the last :meth:`reset`, per layer; copies to the host once.
+
+        Args:
+            sync: combine the statistics of every rank when ``torch.distributed`` is
+                initialized (every rank must call it). The local state is left unchanged.
+
+        Returns:
+            ``{layer: {metric: value}}`` for layers that saw data: the scalar metrics of
+            :mod:`actreg.metrics` (``zero_fraction``, ``l0``, ``mean_abs``, ``rms``,
+            ``hoyer``) and ``dead_fraction`` (share of units never active) and ``max``
+            (largest value) as floats, and ``firing_rate``, a 1-D float64 CPU tensor.
+        """
+        states = self._synced() if sync else self._state
+        out: Stats = {}
+        for name in self.layers:
+            state = states.get(name)
+            if state is None or state.positions == 0:
+                continue
+            host = torch.cat((state.sums, state.max.view(1), state.active)).cpu()
+            active = host[4:]
+            n_active = float(active.sum())
+            positions, elements = state.positions, state.elements
+            out[name] = {
+                "zero_fraction": 1.0 - n_active / elements,
+                "l0": n_active / positions,
+                "mean_abs": float(host[_ABS]) / elements,
+                "rms": math.sqrt(float(host[_SQ]) / elements),
+                "hoyer": float(host[_HOYER]) / positions,
+                "firing_rate": active / positions,
+                "dead_fraction": float((active == 0).double().mean()),
+                "max": float(host[3]),
+            }
+        return out
+
+    def _synced(self) -> dict[str, _State]:
+        """A copy of the state summed over the ranks of ``torch.distributed`` (if running)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self._state
+        cuda = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else None
+        units = torch.tensor(
+            [self._state[n].units if n in self._state else 0 for n in self.layers],
+            dtype=torch.float64,
+            device=device,
+        )
+        dist.all_reduce(units, op=dist.ReduceOp.MAX)
+        sizes = [int(u) for u in units.tolist()]
+        sums, maxes = [], []
+        for name, size in zip(self.layers, sizes, strict=True):
+            state = self._state.get(name) or _State(size, units.device)
+            if state.units != size:
+                raise ActregError(
+                    f"Monitor, layer {name!r}: {state.units} units on this rank, {size} on another"
+                )
+            counts = torch.tensor([state.positions, state.elements], dtype=torch.float64)
+            sums += [counts.to(units.device), state.sums.to(units.device)]
+            sums.append(state.active.to(units.device))
+            maxes.append(state.max.to(units.device).view(1))
+        flat, top = torch.cat(sums), torch.cat(maxes)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+        out: dict[str, _State] = {}
+        offset = 0
+        for i, (name, size) in enumerate(zip(self.layers, sizes, strict=True)):
+            chunk = flat[offset : offset + 5 + size]
+            offset += 5 + size
+            state = out[name] = _State(size, units.device)
+            state.positions, state.elements = int(chunk[0]), int(chunk[1])
+            state.sums, state.active, state.max = chunk[2:5], chunk[5:], top[i]
+        return out
+
+    def log(self, writer: Any, step: int, prefix: str = "actreg", sync: bool = False) -> Stats:
+        """Write every statistic to a TensorBoard ``SummaryWriter``; returns :meth:`compute`.
+
+        Scalars go to ``{prefix}/{layer}/{metric}``; firing rates as a histogram to
+        ``{prefix}/{layer}/firing_rate``. Any object with ``add_scalar`` and
+        ``add_histogram`` works (e.g. ``torch.utils.tensorboard.SummaryWriter``).
+        """
+        stats = self.compute(sync=sync)
+        for layer, values in stats.items():
+            for key, value in values.items():
+                tag = f"{prefix}/{layer}/{key}"
+                if isinstance(value, Tensor):
+                    writer.add_histogram(tag, value, step)
+                else:
+                    writer.add_scalar(tag, value, step)
+        return stats
+
+    def reset(self) -> None:
+        """Forget every statistic (start a new window)."""
+        self._state = {}
+
+    def remove(self) -> None:
+        """Remove the hooks (statistics stay readable); calling it again does nothing."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated statistics, as plain values and cloned tensors."""
+        return {
+            "eps": self.eps,
+            "layers": {
+                name: {
+                    "units": s.units,
+                    "positions": s.positions,
+                    "elements": s.elements,
+                    "sums": s.sums.clone(),
+                    "active": s.active.clone(),
+                    "max": s.max.clone(),
+                }
+                for name, s in self._state.items()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the statistics with those of :meth:`state_dict` (e.g. to resume)."""
+        try:
+            eps, layers = state["eps"], state["layers"]
+        except (KeyError, TypeError):
+            raise ActregError(
+                "not a Monitor state_dict: expected a mapping with 'eps' and 'layers'"
+            ) from None
+        if eps != self.eps:
+            raise ActregError(f"state_dict was saved with eps={eps}, this Monitor has {self.eps}")
+        unknown = sorted(set(layers) - set(self.layers))
+        if unknown:
+            raise ActregError(f"state_dict has layers {unknown} this Monitor does not watch")
+        new: dict[str, _State] = {}
+        for name, s in layers.items():
+            st = new[name] = _State(int(s["units"]), s["sums"].device)
+            st.positions, st.elements = int(s["positions"]), int(s["elements"])
+            st.sums = s["sums"].to(torch.float64).clone()
+            st.active = s["active"].to(torch.float64).clone()
+            st.max = s["max"].to(torch.float64).clone()
+        self._state = new
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "" if self._handles else ", removed"
+        return f"Monitor({self.layers!r}, eps={self.eps:g}{state})"
