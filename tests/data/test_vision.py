@@ -97,6 +97,10 @@ def test_mnist_missing_says_fetch_command(tmp_path: Path) -> None:
     with pytest.raises(ActregError, match="actreg data fetch mnist") as err:
         load_vision("mnist", data_dir=tmp_path)
     assert "--data-dir" in str(err.value) and "ACTREG_DATA" in str(err.value)
+    make_idx_dir(tmp_path / "mnist")
+    (tmp_path / "mnist" / "train-images-idx3-ubyte").unlink()  # partial data: same advice
+    with pytest.raises(ActregError, match="actreg data fetch mnist"):
+        load_vision("mnist", data_dir=tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from actreg._errors import ActregError
 from actreg.data._store import resolve_data_dir, sha256_file
 from actreg.data.digits import load_digits_arrays
 from actreg.data.fetch import missing_data_message
-from actreg.data.idx import load_idx_dir
+from actreg.data.idx import IDX_FILES, find_idx_file, load_idx_dir
 
 __all__ = ["SCALINGS", "VisionData", "load_vision", "stratified_order"]
 
@@ -143,10 +143,12 @@ def _source(name: str, data_dir: str | Path | None) -> tuple[str, Path | None]:
     if name not in ("mnist",) and path.is_dir():
         return path.resolve().name, path
     folder = resolve_data_dir(data_dir) / name
+    if name == "mnist":
+        if all(find_idx_file(folder, f) for f in IDX_FILES.values()):
+            return name, folder
+        raise ActregError(missing_data_message("mnist", folder))
     if folder.is_dir() and any(folder.iterdir()):
         return name, folder
-    if name == "mnist":
-        raise ActregError(missing_data_message("mnist", folder))
     raise ActregError(
         f"unknown vision data set {name!r}: use 'digits', 'mnist', a directory of IDX files, "
         f"or a folder name under the data directory ({folder.parent})"
