@@ -1,0 +1,145 @@
+"""The ``actreg`` command line: parsing only; the work is done by library functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+from actreg._errors import ActregError
+
+__all__ = ["main"]
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from actreg.experiments.demo import DemoConfig, demo
+    from actreg.report import format_table
+
+    cfg = DemoConfig(out_dir=args.out, epochs=args.epochs, progress=args.progress)
+    print(
+        f"actreg demo: a {cfg.code}-unit ReLU autoencoder on 8x8 digits, trained twice "
+        f"({cfg.epochs} epochs): with L1({cfg.coef:g}) on its code and without."
+    )
+    start = time.perf_counter()
+    results = demo(cfg)
+    print()
+    print(format_table(results["rows"]))
+    print()
+    variants = results["variants"]
+    pen, plain = (variants[k] for k in variants)
+    print(
+        "zero_fraction: share of code values that are exactly 0; l0: active units per image; "
+        "probe_acc: logistic regression on the code (noisy: test images + Gaussian noise)."
+    )
+    print(
+        f"The penalty made {pen['code']['zero_fraction']:.0%} of the code exactly zero "
+        f"(vs {plain['code']['zero_fraction']:.0%} without)."
+    )
+    print(f"Pictures and results.json: {results['run_dir']}  ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from actreg.experiments import get
+    from actreg.experiments._config import apply_overrides
+    from actreg.report import format_table
+
+    exp = get(args.experiment)
+    cfg = apply_overrides(exp.config(), args.set or [])
+    results = exp.run(cfg)
+    print(format_table(exp.summary(results)))
+    print(f"results: {results['run_dir']}/results.json")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from actreg.data import fetch, list_datasets
+
+    if args.data_command == "fetch":
+        path = fetch(args.name, data_dir=args.data_dir)
+        print(f"{args.name}: ready in {path}")
+        return 0
+    for row in list_datasets(args.data_dir):
+        state = "cached" if row["cached"] else "not fetched"
+        print(f"{row['name']:8s} {state:12s} {row['path']}  {row['description']}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from actreg.report import write_report
+
+    out = write_report(args.run_dirs, args.out)
+    print(f"report: {out}")
+    return 0
+
+
+def _experiments_help() -> str:
+    from actreg.experiments import EXPERIMENTS
+
+    return "\n".join(f"  {name:18s} {exp.doc}" for name, exp in EXPERIMENTS.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="actreg", description="Activation regularization for PyTorch."
+    )
+    from actreg import __version__
+
+    parser.add_argument("--version", action="version", version=f"actreg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="sparse autoencoder on 8x8 digits, with and without L1")
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "run",
+        help="run an experiment",
+        description="Run an experiment.\n\nexperiments:\n" + _experiments_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("experiment", help="experiment name")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable), e.g. --set epochs=5 --set data=mnist",
+    )
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("data", help="fetch or list data sets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download, verify and cache a data set (mnist, austen)")
+    f.add_argument("name", help="mnist or austen")
+    f.add_argument("--data-dir", help="data directory (default: $ACTREG_DATA or ~/.cache/actreg)")
+    f.set_defaults(func=_data)
+    f = dsub.add_parser("list", help="list data sets and whether they are cached")
+    f.add_argument("--data-dir", help="data directory (default: $ACTREG_DATA or ~/.cache/actreg)")
+    f.set_defaults(func=_data)
+
+    p = sub.add_parser("report", help="write a Markdown report of runs side by side")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders with results.json")
+    p.add_argument("--out", default="report.md", help="Markdown file to write (default: report.md)")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``actreg`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ActregError as err:
+        print(f"actreg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("actreg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

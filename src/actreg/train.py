@@ -1,0 +1,242 @@
+"""The one training loop of the experiments: seeded, early stopping, checkpoints, history.
+
+It uses the public API like a user would: the model's penalties come from an
+:class:`actreg.Regularizer` (``reg.penalty()`` is added to the task loss every step) and
+sparsity is measured by an :class:`actreg.Monitor` on the validation pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from actreg._errors import ActregError
+from actreg.attach import Regularizer
+from actreg.monitor import Monitor
+
+__all__ = ["TrainConfig", "batches", "evaluate", "fit", "seed_everything"]
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+"""``loss_fn(model, x, y) -> 0-dim task loss`` (the penalty is added by :func:`fit`)."""
+MetricsFn = Callable[[nn.Module, Tensor, Tensor], dict[str, float]]
+"""``metrics_fn(model, x, y) -> {name: value}``, run in eval mode without grad."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Every field is a plain value so configs save to JSON whole."""
+
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 128  # examples per step
+    lr: float = 1e-3  # peak learning rate
+    optimizer: str = "adam"  # adam | adamw | sgd (momentum 0.9, nesterov)
+    weight_decay: float = 0.0  # L2 on weights (decoupled for adamw)
+    schedule: str = "cosine"  # constant | cosine (decay to 0 over all steps)
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    penalty_warmup_steps: int = 0  # ramp the activity penalty from 0 to full over these steps
+    patience: int = 0  # early stopping: epochs without improvement (0 = off)
+    seed: int = 0  # seeds torch, numpy and random, and the batch order
+    progress: bool = True  # show a progress bar (tqdm)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ActregError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ActregError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ActregError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ActregError(f"lr must be a positive number, got {self.lr!r}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """Index batches over ``n`` examples: shuffled with ``generator``, in order without."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, metrics_fn: MetricsFn, batch_size: int = 1000
+) -> dict[str, float]:
+    """Example-weighted averages of ``metrics_fn`` over ``x`` in batches, in eval mode."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    try:
+        for idx in batches(len(x), batch_size):
+            for key, value in metrics_fn(model, x[idx], y[idx]).items():
+                totals[key] = totals.get(key, 0.0) + value * len(idx)
+    finally:
+        model.train(was_training)
+    return {key: value / max(len(x), 1) for key, value in totals.items()}
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        done = (step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+    return 1.0
+
+
+def _scalar_stats(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {
+        layer: {k: v for k, v in values.items() if isinstance(v, float)}
+        for layer, values in stats.items()
+    }
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    *,
+    loss_fn: LossFn,
+    metrics_fn: MetricsFn,
+    objective: str,
+    cfg: TrainConfig,
+    reg: Regularizer | None = None,
+    monitor: Monitor | None = None,
+    run_dir: Path | None = None,
+    after_step: Callable[[], None] | None = None,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """Train ``model`` and return its history; restores the best epoch's weights.
+
+    Args:
+        model: the model (penalties already attached through ``reg``).
+        train: ``(x, y)`` training tensors.
+        val: ``(x, y)`` validation tensors, evaluated after every epoch.
+        loss_fn: the task loss; ``reg.penalty()`` is added to it.
+        metrics_fn: validation metrics; ``objective`` names the one to minimize.
+        cfg: the :class:`TrainConfig`.
+        reg: the regularizer whose penalty joins the loss (``None``: no penalty).
+        monitor: measured on the validation pass of each epoch (reset before it).
+        run_dir: where ``checkpoint.pt`` (best weights, config, epoch) is written.
+        after_step: called after every optimizer step (e.g. decoder renormalization).
+        desc: the progress bar's label.
+
+    Returns:
+        ``{"history": [per-epoch dicts], "best_epoch": int, "steps": int, "seconds": float}``.
+    """
+    from tqdm.auto import tqdm
+
+    from actreg import __version__
+
+    seed_everything(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = _optimizer(model, cfg)
+    x_train, y_train = train
+    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    step, start, stale = 0, time.perf_counter(), 0
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        task_sum = torch.zeros(())
+        pen_sum = torch.zeros(())
+        bar = tqdm(
+            batches(len(x_train), cfg.batch_size, gen),
+            total=steps_per_epoch,
+            desc=f"{desc} {epoch}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
+        for i, idx in enumerate(bar, start=1):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg)
+            task = loss_fn(model, x_train[idx], y_train[idx])
+            penalty = reg.penalty() if reg is not None else torch.zeros(())
+            if cfg.penalty_warmup_steps:
+                penalty = penalty * min(1.0, (step + 1) / cfg.penalty_warmup_steps)
+            loss = task + penalty
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+            step += 1
+            task_sum += task.detach()
+            pen_sum += penalty.detach()
+            if cfg.progress and (i % 20 == 0 or i == steps_per_epoch):
+                bar.set_postfix(
+                    task=f"{float(task_sum) / i:.4f}", penalty=f"{float(pen_sum) / i:.4f}"
+                )
+        if monitor is not None:
+            monitor.reset()
+        metrics = evaluate(model, *val, metrics_fn)
+        if objective not in metrics:
+            raise ActregError(f"objective {objective!r} is not one of {sorted(metrics)}")
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_task_loss": float(task_sum) / steps_per_epoch,
+            "train_penalty": float(pen_sum) / steps_per_epoch,
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "seconds": time.perf_counter() - start,
+        }
+        if monitor is not None:
+            row["val_sparsity"] = _scalar_stats(monitor.compute())
+        history.append(row)
+        value = metrics[objective]
+        if best is None or value < best[0]:
+            best = (value, epoch, copy.deepcopy(model.state_dict()))
+            stale = 0
+            if run_dir is not None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {
+                        "model": best[2],
+                        "epoch": epoch,
+                        "train_config": asdict(cfg),
+                        "version": __version__,
+                    },
+                    run_dir / "checkpoint.pt",
+                )
+        else:
+            stale += 1
+            if cfg.patience and stale >= cfg.patience:
+                break
+    assert best is not None
+    model.load_state_dict(best[2])
+    return {
+        "history": history,
+        "best_epoch": best[1],
+        "steps": step,
+        "seconds": time.perf_counter() - start,
+    }
