@@ -68,6 +68,29 @@ class Variant:
         return timer() - start
 
 
+def time_in_hooks(
+    variant: Variant, x: torch.Tensor, y: torch.Tensor, steps: int, clock: str
+) -> float:
+    """Share of the step time spent inside the Monitor's hooks (they are timed one by one)."""
+    monitor = variant.monitor
+    assert monitor is not None
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    spent = [0.0]
+    update = monitor._update
+
+    def timed(name: str, value: torch.Tensor, dim: int) -> None:
+        start = timer()
+        update(name, value, dim)
+        spent[0] += timer() - start
+
+    monitor._update = timed  # type: ignore[method-assign]
+    try:
+        total = variant.block(x, y, steps, clock)
+    finally:
+        del monitor._update
+    return spent[0] / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=REPS)
@@ -97,6 +120,7 @@ def main() -> None:
         per_step["without"].append(t_plain / args.steps * 1e3)
         per_step["with"].append(t_watched / args.steps * 1e3)
     assert watched.monitor is not None
+    hook_share = time_in_hooks(watched, x, y, args.steps * 4, args.clock)
     stats = watched.monitor.compute()
     q = statistics.quantiles(ratios, n=4)
     print(
@@ -110,6 +134,7 @@ def main() -> None:
         f"(IQR {q[0]:.3f}-{q[2]:.3f}, min {min(ratios):.3f}, max {max(ratios):.3f}, "
         f"{args.reps} reps x {args.steps} steps)"
     )
+    print(f"time inside the Monitor hooks: {hook_share:.1%} of a step (direct measurement)")
     for layer, values in stats.items():
         print(f"  {layer}: zero_fraction {values['zero_fraction']:.3f}, l0 {values['l0']:.1f}")
 

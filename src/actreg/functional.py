@@ -171,10 +171,18 @@ def kl_sparsity(
     return beta * kl.sum()
 
 
-def _hoyer_ratio(x: Tensor, dim: int, squared: bool) -> Tensor:
+def _l1_sq(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Per vector along ``dim``: ``||v||_1`` and ``||v||_2**2`` (also used by the Monitor)."""
     rows = _units_last(x, dim)
-    l1n = rows.abs().sum(-1)
-    sq = rows.square().sum(-1)
+    return rows.abs().sum(-1), rows.square().sum(-1)
+
+
+def _hoyer_ratio(x: Tensor, dim: int, squared: bool) -> Tensor:
+    return _ratio_from_norms(*_l1_sq(x, dim), squared)
+
+
+def _ratio_from_norms(l1n: Tensor, sq: Tensor, squared: bool) -> Tensor:
+    """``||v||_1 / ||v||_2`` (or its square) from :func:`_l1_sq`; a zero vector gives 0."""
     if squared:
         return l1n.square() / sq.clamp_min(_EPS)
     return l1n / sq.sqrt().clamp_min(_EPS)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from actreg._errors import ActregError
-from actreg.functional import _hoyer_ratio, check_dim
+from actreg.functional import _l1_sq, _ratio_from_norms, check_dim
 
 __all__ = ["METRICS", "firing_rate", "hoyer", "l0", "mean_abs", "rms", "zero_fraction"]
 
@@ -106,9 +106,17 @@ def normalized_hoyer(ratio: Tensor, n: int) -> Tensor:
     return ((root - ratio) / (root - 1.0)).clamp_(0.0, 1.0)
 
 
+def hoyer_from_norms(l1n: Tensor, sq: Tensor, n: int) -> Tensor:
+    """Normalized Hoyer sparsity from per-vector ``||v||_1`` and ``||v||_2**2``.
+
+    The ratio is :mod:`actreg.functional`'s, the one the Hoyer penalty uses.
+    """
+    return normalized_hoyer(_ratio_from_norms(l1n, sq, False), n)
+
+
 def hoyer_per_vector(x: Tensor, dim: int) -> Tensor:
     """Normalized Hoyer sparsity of every vector of ``x`` along ``dim`` (checked input)."""
-    return normalized_hoyer(_hoyer_ratio(x, dim, False), x.shape[dim])
+    return hoyer_from_norms(*_l1_sq(x, dim), x.shape[dim])
 
 
 def _positions(x: Tensor, dim: int) -> int:

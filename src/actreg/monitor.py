@@ -15,6 +15,7 @@ from actreg import metrics as M
 from actreg._errors import ActregError
 from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
 from actreg.attach import _NoOp, in_backward
+from actreg.functional import _l1_sq
 
 __all__ = ["Monitor"]
 
@@ -159,8 +160,9 @@ class Monitor:
             )
         elif state.sums.device != x.device:
             state.to(x.device)
-        hoyer = M.hoyer_per_vector(x, dim).sum()
-        state.sums += torch.stack((x.abs().sum(), x.square().sum(), hoyer))
+        l1n, sq = _l1_sq(x, dim)  # per vector, shared by the Hoyer ratio and the sums
+        hoyer = M.hoyer_from_norms(l1n, sq, units).sum()
+        state.sums += torch.stack((l1n.sum(), sq.sum(), hoyer))
         state.active += M.active_counts(x, dim, self.eps)
         torch.maximum(state.max, x.max(), out=state.max)
         state.positions += x.numel() // units
