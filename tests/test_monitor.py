@@ -200,6 +200,8 @@ def test_state_dict_round_trip():
         actreg.Monitor(nn.Sequential(OrderedDict(b=nn.ReLU())), "b", eps=0.1).load_state_dict(saved)
     with pytest.raises(ActregError, match="not a Monitor state_dict"):
         other.load_state_dict({"layers": {}})
+    with pytest.raises(ActregError, match="incomplete or malformed"):
+        other.load_state_dict({"eps": 0.1, "layers": {"act": {"units": 4}}})
 
 
 def test_tensorboard_log_writes_events(tmp_path):

@@ -25,6 +25,11 @@ Stats = dict[str, dict[str, Any]]
 _ABS, _SQ, _HOYER = range(3)
 
 
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the running sums, except on Apple MPS, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 class _State:
     """The running statistics of one layer (sums in float64 on the layer's device)."""
 
@@ -34,13 +39,15 @@ class _State:
         self.units = units
         self.positions = 0  # vectors along the unit axis seen (host ints: shapes, no sync)
         self.elements = 0
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        self.active = torch.zeros(units, dtype=torch.float64, device=device)
-        self.max = torch.full((), -math.inf, dtype=torch.float64, device=device)
+        dtype = _acc_dtype(device)
+        self.sums = torch.zeros(3, dtype=dtype, device=device)
+        self.active = torch.zeros(units, dtype=dtype, device=device)
+        self.max = torch.full((), -math.inf, dtype=dtype, device=device)
 
     def to(self, device: torch.device) -> None:
+        dtype = _acc_dtype(device)
         self.sums, self.active, self.max = (
-            t.to(device) for t in (self.sums, self.active, self.max)
+            t.to(device, dtype) for t in (self.sums, self.active, self.max)
         )
 
 
@@ -187,7 +194,7 @@ class Monitor:
             state = states.get(name)
             if state is None or state.positions == 0:
                 continue
-            host = torch.cat((state.sums, state.max.view(1), state.active)).cpu()
+            host = torch.cat((state.sums, state.max.view(1), state.active)).cpu().double()
             active = host[4:]
             n_active = float(active.sum())
             positions, elements = state.positions, state.elements
@@ -301,11 +308,21 @@ class Monitor:
             raise ActregError(f"state_dict has layers {unknown} this Monitor does not watch")
         new: dict[str, _State] = {}
         for name, s in layers.items():
-            st = new[name] = _State(int(s["units"]), s["sums"].device)
-            st.positions, st.elements = int(s["positions"]), int(s["elements"])
-            st.sums = s["sums"].to(torch.float64).clone()
-            st.active = s["active"].to(torch.float64).clone()
-            st.max = s["max"].to(torch.float64).clone()
+            try:
+                st = new[name] = _State(int(s["units"]), s["sums"].device)
+                st.positions, st.elements = int(s["positions"]), int(s["elements"])
+                st.sums, st.active, st.max = (s[k].clone() for k in ("sums", "active", "max"))
+            except (KeyError, TypeError, AttributeError) as err:
+                raise ActregError(
+                    f"state_dict entry for layer {name!r} is incomplete or malformed ({err!r}); "
+                    "pass the dict returned by Monitor.state_dict()"
+                ) from None
+            if st.active.shape != (st.units,):
+                raise ActregError(
+                    f"state_dict entry for layer {name!r}: {st.active.numel()} unit counts "
+                    f"for {st.units} units"
+                )
+            st.to(st.sums.device)
         self._state = new
 
     def __enter__(self) -> Monitor:
