@@ -86,8 +86,15 @@ class Monitor:
 
     The hooks record in training *and* evaluation (under ``torch.no_grad()`` too), keep
     no graph and no activation alive, never copy to the host, and skip the forward
-    recomputation of gradient checkpointing. Statistics are exact: sums and counts are
-    accumulated in float64, so N batches give what their concatenation gives.
+    recomputation of gradient checkpointing. Statistics are exact: counts are integers and
+    sums are accumulated in float64, so N batches give what their concatenation gives
+    (counts bit for bit, sums to float rounding), and they agree with :mod:`actreg.metrics`
+    on the concatenated data.
+
+    A *position* is every index but the unit axis: an example of ``(N, H)``, an
+    ``(example, time step)`` pair of ``(N, T, H)``, a pixel of ``(N, C, H, W)``. ``l0``
+    is the mean number of active units per position (per time step for sequences, not
+    per sequence), ``firing_rate`` a unit's share of positions where it is active.
 
     Args:
         model: the ``nn.Module`` to watch.
@@ -149,7 +156,7 @@ class Monitor:
     def _update(self, name: str, x: Tensor, dim: int) -> None:
         """Add one batch ``x`` of layer ``name``; empty batches are skipped."""
         try:
-            x = M.check_tensor(x, f"Monitor (layer {name!r})").detach()
+            x = M.check_tensor(x).detach()
             dim = M.check_unit_dim(x, dim)
         except ActregError as err:
             raise ActregError(f"Monitor, layer {name!r}: {err}") from None
