@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actreg._errors import ActregError
-from actreg.experiments import cnn, sparse_ae, sparse_rectifier
+from actreg.experiments import cnn, lstm_lm, seq2seq, sparse_ae, sparse_rectifier
 
 __all__ = ["EXPERIMENTS", "Experiment", "get"]
 
@@ -44,6 +44,20 @@ EXPERIMENTS: dict[str, Experiment] = {
     ),
     "cnn": Experiment(
         "cnn", cnn.CNNConfig, cnn.run, cnn.summary_rows, "small CNN with L1 on its feature maps"
+    ),
+    "lstm-lm": Experiment(
+        "lstm-lm",
+        lstm_lm.LSTMLMConfig,
+        lstm_lm.run,
+        lstm_lm.summary_rows,
+        "word-level LSTM language model with AR/TAR (Merity et al. 2017) vs none",
+    ),
+    "seq2seq": Experiment(
+        "seq2seq",
+        seq2seq.Seq2SeqConfig,
+        seq2seq.run,
+        seq2seq.summary_rows,
+        "LSTM sequence autoencoder with an L1 penalty on its bottleneck code vs none",
     ),
 }
 
