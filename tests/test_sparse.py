@@ -1,0 +1,326 @@
+"""Tests for actreg.sparse: SparseInputLinear, convert, flop_limit (no timing assertions)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import actreg
+from actreg import sparse
+from actreg._sparse_kernels import bag_linear, crossover, gather_linear, random_sparse
+from actreg.sparse import SparseInputLinear
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+def _pair(
+    i: int = 32, o: int = 16, bias: bool = True, dtype: torch.dtype = torch.float32
+) -> tuple[nn.Linear, SparseInputLinear]:
+    dense = nn.Linear(i, o, bias=bias, dtype=dtype)
+    return dense, SparseInputLinear.from_linear(copy.deepcopy(dense), threshold=0.0)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+SHAPES = [(1, 32), (5, 32), (32,), (2, 3, 32), (0, 32)]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0], ids=lambda s: f"zeros{s:g}")
+@pytest.mark.parametrize("shape", SHAPES, ids=["batch1", "batch5", "1d", "NTH", "empty"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_same_outputs(
+    sparsity: float, shape: tuple[int, ...], dtype: torch.dtype, bias: bool
+) -> None:
+    dense, fast = _pair(bias=bias, dtype=dtype)
+    x = (random_sparse(shape, sparsity) - 0.6).to(dtype)  # signed values
+    x = x * (random_sparse(shape, sparsity) != 0)
+    with torch.no_grad():
+        want = dense(x)
+        assert fast.uses_sparse(x) == (x.numel() > 0)
+        got = fast(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "eval_frozen"])
+def test_sparse_path_in_inference(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dense, fast = _pair()
+    calls = []
+    real = sparse.bag_linear
+    monkeypatch.setattr(sparse, "bag_linear", lambda *a: calls.append(1) or real(*a))
+    x = random_sparse((4, 32), 0.9)
+    if mode == "eval_frozen":
+        fast.eval().requires_grad_(False)
+        got = fast(x)
+    else:
+        with torch.no_grad() if mode == "no_grad" else torch.inference_mode():
+            got = fast(x)
+    assert calls == [1]
+    assert _close(got, dense(x).detach())
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_grad_uses_dense_path(training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    dense, fast = _pair()
+    fast.train(training)
+    monkeypatch.setattr(sparse, "bag_linear", lambda *a: pytest.fail("sparse path with grad"))
+    x = random_sparse((4, 32), 0.9).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    fast(x).square().sum().backward()
+    dense(x2).square().sum().backward()
+    assert torch.equal(fast.weight.grad, dense.weight.grad)
+    assert torch.equal(fast.bias.grad, dense.bias.grad)
+    assert torch.equal(x.grad, x2.grad)
+
+
+def test_weight_update_refreshes_transposed_copy() -> None:
+    _, fast = _pair()
+    x = random_sparse((3, 32), 0.8)
+    with torch.no_grad():
+        fast(x)
+        fast.weight.mul_(2.0)
+        got = fast(x)
+    assert _close(got, nn.functional.linear(x, fast.weight, fast.bias).detach())
+
+
+@pytest.mark.parametrize(
+    ("threshold", "batch", "zeros", "sparse_path"),
+    [
+        (0.9, 1, 0.95, True),
+        (0.9, 1, 0.9, True),
+        (0.9, 1, 0.5, False),
+        ({1: 0.5, 32: 0.95}, 1, 0.75, True),
+        ({1: 0.5, 32: 0.95}, 32, 0.75, False),
+        ({1: 0.5, 32: 0.95}, 4, 0.75, True),  # log-nearest is 1
+        ({1: 0.5, 32: 0.95}, 8, 0.75, False),  # log-nearest is 32
+        ({1: math.inf}, 1, 1.0, False),
+        (1.0, 1, 1.0, True),
+        (0.0, 1, 0.0, True),
+    ],
+    ids=[
+        "above",
+        "equal",
+        "below",
+        "map-b1",
+        "map-b32",
+        "map-b4",
+        "map-b8",
+        "never",
+        "all-0",
+        "t0",
+    ],
+)
+def test_threshold_logic(
+    threshold: object, batch: int, zeros: float, sparse_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = SparseInputLinear(100, 4, threshold=threshold)  # type: ignore[arg-type]
+    x = random_sparse((batch, 100), zeros)
+    assert fast.uses_sparse(x) is sparse_path
+    calls = []
+    real = sparse.bag_linear
+    monkeypatch.setattr(sparse, "bag_linear", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        out = fast(x)
+    assert bool(calls) is sparse_path
+    assert _close(out, nn.functional.linear(x, fast.weight, fast.bias).detach())
+
+
+def test_dtype_mismatch_falls_back_to_dense_error() -> None:
+    _, fast = _pair()
+    with torch.no_grad(), pytest.raises(RuntimeError):
+        fast(torch.zeros(2, 32, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("direction", ["dense->sparse", "sparse->dense"])
+def test_state_dict_round_trip(direction: str) -> None:
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    fast = sparse.convert(net, threshold=0.5)
+    assert list(fast.state_dict()) == list(net.state_dict())
+    src, dst = (net, fast) if direction == "dense->sparse" else (fast, net)
+    fresh = copy.deepcopy(dst)
+    for p in fresh.parameters():
+        nn.init.zeros_(p)
+    fresh.load_state_dict(src.state_dict())
+    x = random_sparse((3, 8), 0.0) - 0.5
+    with torch.no_grad():
+        assert _close(fresh(x), src(x))
+
+
+def test_kernels_agree() -> None:
+    x = random_sparse((6, 40), 0.7)
+    w, b = torch.randn(5, 40), torch.randn(5)
+    want = nn.functional.linear(x, w, b)
+    wt = w.t().contiguous()
+    assert _close(bag_linear(x, wt, b), want)
+    assert _close(gather_linear(x, wt, b), want)
+    assert _close(bag_linear(x, wt, None), want - b)
+
+
+def test_random_sparse_exact_zeros_per_row() -> None:
+    x = random_sparse((7, 50), 0.9)
+    assert ((x == 0).sum(1) == 45).all()
+
+
+@pytest.mark.parametrize(
+    ("ratios", "want"),
+    [
+        ([2.0, 1.2, 0.8, 0.5], 0.8),
+        ([0.5, 0.5, 0.5, 0.5], 0.5),
+        ([2, 2, 2, 2], math.inf),
+        ([2.0, 0.5, 1.5, 0.5], 0.925),
+    ],
+    ids=["between", "always", "never", "noisy"],
+)
+def test_crossover(ratios: list[float], want: float) -> None:
+    assert crossover([0.5, 0.7, 0.9, 0.95], ratios, win=1.0) == pytest.approx(want, abs=0.01)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(8, 16),  # 0: raw input -> stays
+        nn.ReLU(),
+        nn.Linear(16, 16),  # 2: after ReLU -> converted
+        nn.ReLU6(),
+        nn.Dropout(0.1),
+        nn.Linear(16, 16),  # 5: after ReLU6 through Dropout -> converted
+        nn.Tanh(),
+        nn.Linear(16, 16),  # 7: after Tanh -> stays
+        actreg.TopK(4),
+        actreg.ActivityRegularization(l1=1e-3),
+        nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)),  # 10.0 stays? see test
+    )
+
+
+def test_convert_picks_layers_after_relu_like() -> None:
+    net = _net()
+    fast = sparse.convert(net, threshold=0.5)
+    kinds = {n: type(m).__name__ for n, m in fast.named_modules() if isinstance(m, nn.Linear)}
+    assert kinds == {
+        "0": "Linear",
+        "2": "SparseInputLinear",
+        "5": "SparseInputLinear",
+        "7": "Linear",
+        "10.0": "Linear",  # first in its own Sequential: its producer is not visible there
+        "10.2": "SparseInputLinear",
+    }
+    assert type(fast[1]) is nn.ReLU and type(fast[6]) is nn.Tanh
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        assert _close(fast.eval()(x), net.eval()(x))
+
+
+def test_inplace_false_leaves_original() -> None:
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fast = sparse.convert(net, threshold=0.5)
+    assert fast is not net
+    assert not any(isinstance(m, SparseInputLinear) for m in net.modules())
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert fast[2].weight is not net[2].weight
+
+
+def test_inplace_true_shares_parameters() -> None:
+    net = _net()
+    w = net[2].weight
+    out = sparse.convert(net, threshold=0.5, inplace=True)
+    assert out is net and isinstance(net[2], SparseInputLinear) and net[2].weight is w
+
+
+@pytest.mark.parametrize("names", ["0", ["0", "7"], "10.*"], ids=["one", "list", "glob"])
+def test_convert_named(names: str | list[str]) -> None:
+    fast = sparse.convert(_net(), names, threshold=0.5)
+    got = {n for n, m in fast.named_modules() if isinstance(m, SparseInputLinear)}
+    want = {"one": {"0"}, "list": {"0", "7"}, "glob": {"10.0", "10.2"}}
+    assert got == want["one" if names == "0" else "list" if isinstance(names, list) else "glob"]
+
+
+def test_threshold_map_and_repr() -> None:
+    fast = sparse.convert(_net(), "2", threshold={1: 0.4, 32: 0.8})
+    assert fast[2].threshold == {1: 0.4, 32: 0.8}
+    assert "threshold={1: 0.4, 32: 0.8}" in repr(fast[2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"names": "lin2"}, "no module named 'lin2'"),
+        ({"names": "1"}, "names no nn.Linear"),
+        ({"names": "nothing.*"}, "matches no module"),
+        ({"threshold": "fast"}, "threshold must be"),
+        ({"threshold": 1.5}, "zero fraction in"),
+        ({"threshold": {0: 0.5}}, "batch size"),
+        ({"threshold": True}, "threshold must be"),
+        ({"threshold": {}}, "threshold must be"),
+    ],
+    ids=["unknown", "not-linear", "glob-none", "bad-str", "above-1", "batch0", "bool", "empty"],
+)
+def test_bad_input(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(actreg.ActregError, match=match):
+        sparse.convert(_net(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_name_suggests() -> None:
+    net = nn.Sequential(OrderedDict(fc1=nn.Linear(2, 2), act=nn.ReLU(), fc2=nn.Linear(2, 2)))
+    with pytest.raises(actreg.ActregError, match="closest names: 'fc2', 'fc1'"):
+        sparse.convert(net, "fc3")
+
+
+def test_not_a_module() -> None:
+    with pytest.raises(actreg.ActregError, match="expected a torch.nn.Module"):
+        sparse.convert("model")  # type: ignore[arg-type]
+
+
+def test_nothing_eligible_warns() -> None:
+    with pytest.warns(UserWarning, match="names="):
+        sparse.convert(nn.Sequential(nn.Linear(2, 2)), threshold=0.5)
+
+
+def test_flop_limit_counts_zeros() -> None:
+    net = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 2))
+    fast = sparse.convert(net, threshold=0.0)
+    x = torch.randn(6, 4)
+    limit, zeros = sparse.flop_limit(fast, [x])
+    with torch.no_grad():
+        h = torch.relu(net[0](x))
+    frac = float((h == 0).float().mean())
+    assert zeros == {"2": pytest.approx(frac)}
+    dense = 6 * (4 * 10 + 10 * 2)
+    left = 6 * 4 * 10 + int((h != 0).sum()) * 2
+    assert limit == pytest.approx(dense / left)
+
+
+def test_measure_report_fields() -> None:
+    net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+    fast = sparse.convert(net, threshold=0.0)
+    rep = sparse.measure(net, fast, torch.randn(4, 4), batch_size=2, repeats=1)
+    assert rep.identical and rep.max_abs_diff < 1e-5
+    assert rep.dense_s > 0 and rep.sparse_s > 0 and rep.limit >= 1.0
+    assert set(rep.zero_fractions) == {"2"} and net.training and fast.training
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(0, 4), "x"], ids=["empty", "not-tensor"])
+def test_measure_bad_inputs(bad: object) -> None:
+    net = nn.Sequential(nn.ReLU(), nn.Linear(4, 3))
+    with pytest.raises(actreg.ActregError, match="non-empty tensor"):
+        sparse.measure(net, net, bad)  # type: ignore[arg-type]
+
+
+def test_deepcopy_and_pickle() -> None:
+    _, fast = _pair()
+    x = random_sparse((2, 32), 0.9)
+    with torch.no_grad():
+        want = fast(x)
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert _close(loaded(x), want) and _close(copy.deepcopy(fast)(x), want)
