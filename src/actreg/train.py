@@ -134,6 +134,7 @@ def fit(
     monitor: Monitor | None = None,
     run_dir: Path | None = None,
     after_step: Callable[[], None] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
     desc: str = "train",
 ) -> dict[str, Any]:
     """Train ``model`` and return its history; restores the best epoch's weights.
@@ -149,6 +150,8 @@ def fit(
         monitor: measured on the validation pass of each epoch (reset before it).
         run_dir: where ``checkpoint.pt`` (best weights, config, epoch) is written.
         after_step: called after every optimizer step (e.g. decoder renormalization).
+        after_epoch: called with the epoch number after each epoch's training steps,
+            before validation (e.g. resampling dead units).
         desc: the progress bar's label.
 
     Returns:
@@ -198,6 +201,8 @@ def fit(
                 bar.set_postfix(
                     task=f"{float(task_sum) / i:.4f}", penalty=f"{float(pen_sum) / i:.4f}"
                 )
+        if after_epoch is not None:
+            after_epoch(epoch)
         if monitor is not None:
             monitor.reset()
         metrics = evaluate(model, *val, metrics_fn)

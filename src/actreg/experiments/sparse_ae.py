@@ -27,7 +27,7 @@ from actreg.experiments._common import (
     make_run_dir,
     save_results,
 )
-from actreg.models import Autoencoder
+from actreg.models import Autoencoder, resample_dead_units
 from actreg.train import evaluate, fit, seed_everything
 
 __all__ = ["SparseAEConfig", "build_penalty", "run"]
@@ -48,6 +48,7 @@ class SparseAEConfig(VisionConfig):
     where: str = "code"  # code | encoder (every encoder activation) | all (and decoder)
     topk: int = 0  # keep only the k largest code units (TopK); 0 = off
     unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
+    resample_dead: float = 0.5  # resample dead code units after each epoch of this first share
     compare: bool = True  # also train the same model without the penalty
     probe_size: int = 0  # training examples for the linear probe (0 = the whole train split)
     noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)
@@ -104,6 +105,13 @@ def train_variant(
         else None
     )
     monitor = actreg.Monitor(model, "encoder.code")
+    resampled: list[int] = []
+    probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
+
+    def resample(epoch: int) -> None:
+        if epoch <= cfg.resample_dead * cfg.epochs:
+            resampled.append(resample_dead_units(model, probe_x))
+
     out = fit(
         model,
         (data.x_train, data.y_train),
@@ -116,6 +124,7 @@ def train_variant(
         monitor=monitor,
         run_dir=run_dir / name,
         after_step=model.normalize_decoder if cfg.unit_norm_decoder else None,
+        after_epoch=resample if cfg.resample_dead > 0 else None,
         desc=name,
     )
     monitor.reset()
@@ -124,6 +133,7 @@ def train_variant(
     monitor.remove()
     if reg is not None:
         reg.remove()
+    out["resampled_units"] = resampled
     out["test_mse"] = test["mse"]
     out["code"] = stats
     return model, out
