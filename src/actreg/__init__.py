@@ -2,6 +2,7 @@
 
 from actreg._errors import ActregError
 from actreg.attach import Regularizer, attach
+from actreg.control import TargetSparsity
 from actreg.layers import ActivityRegularization, TopK
 from actreg.monitor import Monitor
 from actreg.penalties import (
@@ -39,6 +40,7 @@ __all__ = [
     "Monitor",
     "Penalty",
     "Regularizer",
+    "TargetSparsity",
     "TopK",
     "attach",
     "make_penalty",

@@ -74,6 +74,46 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    import logging
+
+    from actreg.report import format_table
+    from actreg.search import SearchConfig, check_refine, coarse_grid, run_search
+
+    refine: int | tuple[float, ...] = 0
+    if args.refine:
+        text = args.refine.replace(" ", "")
+        try:
+            refine = tuple(float(m) for m in text.split(",")) if "," in text else int(text)
+        except ValueError:
+            msg = f"--refine takes a count or mantissas like 1,2,5, got {text!r}"
+            raise ActregError(msg) from None
+        refine = check_refine(refine)
+    cfg = SearchConfig(
+        args.experiment,
+        coefs=coarse_grid(args.coef),
+        refine=refine,
+        objective=args.objective,
+        storage=args.storage,
+        study=args.study,
+        overrides=tuple(args.set or ()),
+        workers=args.workers,
+        out_dir=args.out,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("actreg.search")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        rows = run_search(cfg)
+    finally:
+        logger.removeHandler(handler)
+    print(format_table([{k: v for k, v in r.items() if k != "run_dir"} for r in rows]))
+    print(f"report: {cfg.search_dir / 'search.md'}")
+    return 0
+
+
 def _experiments_help() -> str:
     from actreg.experiments import EXPERIMENTS
 
@@ -110,6 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable), e.g. --set epochs=5 --set data=mnist",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "search",
+        help="coarse-to-fine search of the penalty coefficient (resumable, parallel)",
+        description="Coarse pass over --coef, then --refine points inside the best decade. "
+        "Trials live in --storage (default: a SQLite file); run the same command again to "
+        "resume, or on several machines with one --storage URL to share the work.",
+    )
+    p.add_argument("experiment", help="experiment name (see actreg run --help)")
+    p.add_argument("--coef", default="1e-1,1e-2,1e-3,1e-4", help="coarse grid, comma-separated")
+    p.add_argument("--refine", help="points inside the best decade: a count, or mantissas 1,2,5")
+    p.add_argument("--objective", help="what to minimize, e.g. val_loss, val_error, test_mse")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///OUT/search/optuna.db)")
+    p.add_argument("--study", help="study name (default: derived from the settings)")
+    p.add_argument("--out", default="runs", help="output folder (default: runs)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="experiment setting")
+    p.set_defaults(func=_search)
 
     p = sub.add_parser("data", help="fetch or list data sets")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,126 @@
+"""TargetSparsity settles at its target on a small real problem; schedules; state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import actreg
+from actreg.control import Scheduled
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from actreg.data import load_vision
+
+    return load_vision("digits", seed=0).x_train
+
+
+def _train(x, penalty, steps=300, seed=0):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only contend
+    try:
+        return _fit(x, penalty, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(x, penalty, steps, seed):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+    reg = actreg.attach(model, {"1": penalty})
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (128,), generator=gen)
+        loss = torch.nn.functional.mse_loss(model(x[idx]), x[idx]) + reg.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    reg.remove()
+    with torch.no_grad():
+        return model[1](model[0](x))
+
+
+@pytest.mark.parametrize(
+    ("measure", "target", "tol"),
+    [("zero_fraction", 0.9, 0.03), ("l0", 12.0, 2.0)],
+    ids=["zero_fraction", "l0"],
+)
+def test_settles_at_target_on_digits(digits, measure, target, tol):
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=target, measure=measure)
+    codes = _train(digits, ctl)
+    got = actreg.metrics.zero_fraction(codes) if measure == "zero_fraction" else None
+    got = float(got if got is not None else actreg.metrics.l0(codes))
+    assert abs(got - target) < tol, (got, ctl.coef)
+    assert abs(ctl.measured - target) < 2 * tol
+    assert ctl.coef != pytest.approx(1e-3)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    x = torch.randn(16, 8)
+    layer = torch.nn.Linear(8, 8)
+    a = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8)
+    for _ in range(5):
+        a(torch.relu(layer(x)))
+    b = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8)
+    b.load_state_dict(a.state_dict())
+    assert (b.coef, b.measured, b.steps) == (a.coef, a.measured, a.steps)
+    h = torch.relu(layer(x))
+    assert torch.equal(a(h), b(h)) and a.coef == b.coef
+    with pytest.raises(actreg.ActregError, match="target"):
+        actreg.TargetSparsity(actreg.L1(1e-2), target=0.9).load_state_dict(a.state_dict())
+
+
+def test_no_update_outside_training():
+    ctl = actreg.TargetSparsity(actreg.L1(1e-2), target=0.9)
+    x = torch.zeros(4, 8, requires_grad=True)
+    with torch.no_grad():
+        ctl(x)
+    ctl(x.detach())
+    assert ctl.steps == 0 and ctl.coef == pytest.approx(1e-2)
+    ctl(x)
+    assert ctl.steps == 1 and ctl.coef < 1e-2  # all zeros: above target, coefficient down
+
+
+def test_composes_and_repr():
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.95, measure="zero_fraction")
+    assert repr(ctl) == "TargetSparsity(L1(0.001), target=0.95)"
+    total = ctl + actreg.L2(1e-4)
+    assert total(torch.ones(2, 3, requires_grad=True)).shape == torch.Size([])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target": 1.0}, r"\(0, 1\)"),
+        ({"target": 0.0}, r"\(0, 1\)"),
+        ({"target": -1.0, "measure": "l0"}, "target"),
+        ({"measure": "hoyer"}, "unknown measure"),
+        ({"penalty": actreg.L1(0.0)}, "coefficient 0"),
+        ({"penalty": "l1"}, "wraps an actreg penalty"),
+        ({"smoothing": 1.0}, "smoothing"),
+    ],
+    ids=["target-1", "target-0", "l0-negative", "measure", "zero-coef", "not-penalty", "smooth"],
+)
+def test_bad_input(kwargs, match):
+    kwargs = {"penalty": actreg.L1(1e-3), **kwargs}
+    with pytest.raises(actreg.ActregError, match=match):
+        actreg.TargetSparsity(**kwargs)
+
+
+def test_scheduled_warmup_and_callable():
+    x = torch.ones(1, 4, requires_grad=True)
+    p = Scheduled(actreg.L1(1.0), lambda step: 0.5**step, warmup=2)
+    values = [float(p(x).detach()) for _ in range(3)]
+    assert values == pytest.approx([4 * 0.5 * 1, 4 * 1.0 * 0.5, 4 * 1.0 * 0.25])
+    with torch.no_grad():
+        p(x)
+    assert p.steps == 3
+    q = Scheduled(actreg.L1(1.0), warmup=2)
+    q.load_state_dict(p.state_dict())
+    assert q.factor() == 1.0
+    with pytest.raises(actreg.ActregError):
+        Scheduled(actreg.L1(1.0), lambda step: -1.0)(x)
+    with pytest.raises(actreg.ActregError):
+        Scheduled(actreg.L1(1.0), warmup=-1)
