@@ -1,6 +1,7 @@
 """actreg: activation regularization for PyTorch."""
 
 from actreg._errors import ActregError
+from actreg._io import load_checkpoint, mask_url
 from actreg.attach import Regularizer, attach
 from actreg.control import TargetSparsity
 from actreg.layers import ActivityRegularization, TopK
@@ -43,5 +44,7 @@ __all__ = [
     "TargetSparsity",
     "TopK",
     "attach",
+    "load_checkpoint",
     "make_penalty",
+    "mask_url",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -40,16 +41,30 @@ class _Hook:
         self.name = name
         self.penalty = penalty
         self.select = select
+        # Set when the module last ran in training mode without grad: the forward of
+        # reentrant checkpointing does that, and its recomputation then comes in backward.
+        self.no_grad_forward = False
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         reg = self.reg
-        if reg.when == "train" and not (module.training and torch.is_grad_enabled()):
+        grad = torch.is_grad_enabled()
+        if module.training and not grad:
+            self.no_grad_forward = True
+        if reg.when == "train" and not (module.training and grad):
             return
-        value = self.penalty(self.select(output))
         # Gradient checkpointing re-runs the forward during backward. The value is still
         # computed (non-reentrant checkpointing checks that recomputation saves the same
         # tensors) but not recorded again.
-        if not in_backward():
+        backward = in_backward()
+        if backward and self.no_grad_forward and grad:
+            reg._warn_reentrant(self.name)
+        x = self.select(output)
+        if reg.check_finite and not backward:
+            _check_finite(x, self.name, reg.steps)
+        value = self.penalty(x)
+        if not backward:
+            if self.no_grad_forward and grad:
+                self.no_grad_forward = False
             reg._record(self.name, value)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _NoOp:
@@ -57,6 +72,20 @@ class _Hook:
 
     def __reduce__(self) -> tuple[type, tuple[()]]:
         return (_NoOp, ())
+
+
+def _check_finite(x: Tensor, name: str, step: int) -> None:
+    """Raise if ``x`` holds NaN or inf (one host sync; only with ``check_finite=True``)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or bool(torch.isfinite(x).all()):
+        return
+    nan = int(torch.isnan(x).sum())
+    inf = int(torch.isinf(x).sum())
+    raise ActregError(
+        f"non-finite values in the output of module {name!r} at step {step} "
+        f"({step} reg.penalty() calls so far): {nan} NaN and {inf} inf of {x.numel()} values "
+        f"(shape {tuple(x.shape)}, dtype {x.dtype}); lower the learning rate, clip gradients, "
+        "or look for a division by zero or an overflow in float16 before this layer"
+    )
 
 
 class _NoOp:
@@ -72,17 +101,25 @@ class Regularizer:
     Attributes:
         when: ``"train"`` (record only for modules in training mode with grad enabled)
             or ``"always"``.
+        check_finite: raise :class:`~actreg.ActregError` when a hooked output holds NaN
+            or inf (one host sync per hooked call).
+        steps: how many times :meth:`penalty` has been called.
         last: per-layer values of the previous :meth:`penalty` call, as floats.
     """
 
-    def __init__(self, model: nn.Module, when: str) -> None:
+    def __init__(self, model: nn.Module, when: str, check_finite: bool = False) -> None:
         self.model = model
         self.when = when
+        self.check_finite = check_finite
+        self.steps = 0
         self.entries: list[tuple[str, Penalty]] = []
         self._handles: list[RemovableHandle] = []
         self._records: list[tuple[str, Tensor]] = []
         self._last: dict[str, Tensor] = {}
         self._warned = False
+        self._recorded_once = False
+        self._warned_empty = False
+        self._warned_reentrant = False
 
     def _add(self, name: str, module: nn.Module, penalty: Penalty, select: Select) -> None:
         if not isinstance(penalty, Penalty):
@@ -105,6 +142,36 @@ class Regularizer:
                 stacklevel=3,
             )
 
+    def _warn_reentrant(self, name: str) -> None:
+        if self._warned_reentrant:
+            return
+        self._warned_reentrant = True
+        warnings.warn(
+            f"actreg: module {name!r} is recomputed in backward after a forward without "
+            "grad: reentrant gradient checkpointing (use_reentrant=True) runs its forward "
+            "under no_grad, so its penalty is not in the loss (or has no gradient); use "
+            "torch.utils.checkpoint.checkpoint(..., use_reentrant=False)",
+            stacklevel=2,
+        )
+
+    def _warn_empty(self) -> None:
+        """Warn once when a training step finds nothing ever recorded (hooks never ran)."""
+        if self._warned_empty or not self._handles:
+            return
+        if not (self.model.training and torch.is_grad_enabled()):
+            return
+        self._warned_empty = True
+        names = ", ".join(repr(name) for name, _ in self.entries[:5])
+        warnings.warn(
+            f"actreg: reg.penalty() found nothing recorded since attach ({names}) although "
+            "the model is in training mode: the hooks did not run. If the model (or another "
+            "instance of its class) was compiled with torch.compile before actreg.attach, "
+            "compiled code ignores hooks added later: attach before compiling, in a fresh "
+            "process. Otherwise check that these modules are called in forward (and not only "
+            "inside reentrant gradient checkpointing).",
+            stacklevel=3,
+        )
+
     @property
     def pending(self) -> int:
         """How many values are recorded and not yet consumed by :meth:`penalty`."""
@@ -117,9 +184,13 @@ class Regularizer:
         """
         records, self._records = self._records, []
         self._warned = False
+        self.steps += 1
         if not records:
             self._last = {}
+            if not self._recorded_once:
+                self._warn_empty()
             return torch.zeros((), device=_device(self.model))
+        self._recorded_once = True
         per_layer: dict[str, Tensor] = {}
         for name, value in records:
             per_layer[name] = per_layer[name] + value if name in per_layer else value
@@ -166,12 +237,32 @@ def _device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _check_not_compiled(model: nn.Module) -> None:
+    """Raise if ``model`` or a submodule was compiled: hooks added later would never run."""
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    optimized = getattr(eval_frame, "OptimizedModule", None)
+    for name, module in model.named_modules():
+        where = f"submodule {name!r}" if name else "the model"
+        if optimized is not None and isinstance(module, optimized):
+            raise ActregError(
+                f"{where} is a torch.compile() wrapper (OptimizedModule); compiled code "
+                "does not see hooks added after compiling. Attach first, then compile: "
+                "reg = actreg.attach(model, spec); model = torch.compile(model)"
+            )
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            raise ActregError(
+                f"{where} was compiled in place (module.compile()); compiled code does not "
+                "see hooks added after compiling. Call actreg.attach before module.compile()"
+            )
+
+
 def attach(
     model: nn.Module,
     spec: Mapping[str, Penalty] | None = None,
     *,
     select: Select | Mapping[str, Select] | None = None,
     when: str = "train",
+    check_finite: bool = False,
 ) -> Regularizer:
     """Hook penalties onto the outputs of modules of ``model``, without editing it.
 
@@ -185,6 +276,10 @@ def attach(
             as is and a tuple/list output by its first tensor (``nn.LSTM``'s sequence).
         when: ``"train"`` records only while the module is in training mode and grad is
             enabled; ``"always"`` records in evaluation too.
+        check_finite: raise :class:`~actreg.ActregError` naming the layer and the step
+            (the number of ``reg.penalty()`` calls so far) when a hooked output holds NaN
+            or inf. Costs one host sync per hooked call (and a graph break under
+            ``torch.compile``), so it is off by default.
 
     Returns:
         A :class:`Regularizer`; add ``reg.penalty()`` to the loss every step.
@@ -195,8 +290,12 @@ def attach(
         >>> reg = actreg.attach(model, {"1": actreg.L1(1e-3)})
         >>> loss = model(torch.randn(2, 4)).sum() + reg.penalty()
         >>> reg.remove()
+
+    Under ``torch.compile``, attach *before* compiling; attaching to a compiled module
+    raises :class:`~actreg.ActregError`. See ``docs/INTEGRATIONS.md``.
     """
     model = check_model(model)
+    _check_not_compiled(model)
     if when not in WHEN:
         raise ActregError(f"unknown when={when!r}; use 'train' or 'always'")
     if spec is not None and not isinstance(spec, Mapping):
@@ -212,7 +311,7 @@ def attach(
             f"nothing to regularize in {type(model).__name__}: pass a spec such as "
             "{'layer_name': actreg.L1(1e-3)} or add actreg.ActivityRegularization modules"
         )
-    reg = Regularizer(model, when)
+    reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
         for key, matches in resolve(model, spec).items():
             for name, module in matches:
