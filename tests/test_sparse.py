@@ -12,8 +12,15 @@ import torch
 from torch import nn
 
 import actreg
+from actreg import _sparse_kernels as kernels
 from actreg import sparse
-from actreg._sparse_kernels import bag_linear, crossover, gather_linear, random_sparse
+from actreg._sparse_kernels import (
+    bag_linear,
+    crossover,
+    gather_linear,
+    nonzero_fraction,
+    random_sparse,
+)
 from actreg.sparse import SparseInputLinear
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -55,8 +62,8 @@ def test_same_outputs(
 def test_sparse_path_in_inference(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     dense, fast = _pair()
     calls = []
-    real = sparse.bag_linear
-    monkeypatch.setattr(sparse, "bag_linear", lambda *a: calls.append(1) or real(*a))
+    real = sparse.sparse_linear
+    monkeypatch.setattr(sparse, "sparse_linear", lambda *a: calls.append(1) or real(*a))
     x = random_sparse((4, 32), 0.9)
     if mode == "eval_frozen":
         fast.eval().requires_grad_(False)
@@ -72,7 +79,7 @@ def test_sparse_path_in_inference(mode: str, monkeypatch: pytest.MonkeyPatch) ->
 def test_grad_uses_dense_path(training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     dense, fast = _pair()
     fast.train(training)
-    monkeypatch.setattr(sparse, "bag_linear", lambda *a: pytest.fail("sparse path with grad"))
+    monkeypatch.setattr(sparse, "sparse_linear", lambda *a: pytest.fail("sparse path with grad"))
     x = random_sparse((4, 32), 0.9).requires_grad_()
     x2 = x.detach().clone().requires_grad_()
     fast(x).square().sum().backward()
@@ -126,8 +133,8 @@ def test_threshold_logic(
     x = random_sparse((batch, 100), zeros)
     assert fast.uses_sparse(x) is sparse_path
     calls = []
-    real = sparse.bag_linear
-    monkeypatch.setattr(sparse, "bag_linear", lambda *a: calls.append(1) or real(*a))
+    real = sparse.sparse_linear
+    monkeypatch.setattr(sparse, "sparse_linear", lambda *a: calls.append(1) or real(*a))
     with torch.no_grad():
         out = fast(x)
     assert bool(calls) is sparse_path
@@ -155,14 +162,34 @@ def test_state_dict_round_trip(direction: str) -> None:
         assert _close(fresh(x), src(x))
 
 
-def test_kernels_agree() -> None:
-    x = random_sparse((6, 40), 0.7)
+@pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])
+@pytest.mark.parametrize("rows", [1, 6], ids=["batch1", "batch6"])
+def test_kernels_agree(numpy_path: bool, rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "_on_numpy", lambda x: numpy_path and x.device.type == "cpu")
+    x = random_sparse((rows, 40), 0.7)
+    x[0] = 0.0  # an empty bag
     w, b = torch.randn(5, 40), torch.randn(5)
     want = nn.functional.linear(x, w, b)
     wt = w.t().contiguous()
     assert _close(bag_linear(x, wt, b), want)
     assert _close(gather_linear(x, wt, b), want)
     assert _close(bag_linear(x, wt, None), want - b)
+
+
+@pytest.mark.parametrize("numel", [100, 64 * 1024], ids=["exact", "sampled"])
+def test_nonzero_fraction(numel: int) -> None:
+    x = random_sparse((numel // 100, 100), 0.8)
+    assert nonzero_fraction(x) == pytest.approx(0.2, abs=0.0 if numel == 100 else 0.03)
+    assert nonzero_fraction(torch.zeros(0)) == 0.0
+
+
+def test_threshold_setter_validates_and_resets() -> None:
+    layer = SparseInputLinear(10, 2, threshold=0.9)
+    assert layer.threshold_for(4) == 0.9
+    layer.threshold = {1: 0.2, 8: 0.3}
+    assert layer.threshold_for(4) == 0.3 and layer.threshold_for(2) == 0.2
+    with pytest.raises(actreg.ActregError):
+        layer.threshold = -0.1
 
 
 def test_random_sparse_exact_zeros_per_row() -> None:
@@ -324,3 +351,19 @@ def test_deepcopy_and_pickle() -> None:
         buf.seek(0)
         loaded = torch.load(buf, weights_only=False)
         assert _close(loaded(x), want) and _close(copy.deepcopy(fast)(x), want)
+
+
+@pytest.mark.slow
+def test_cpp_extension_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not kernels.load_extension():
+        pytest.skip("the C++ kernel does not build here")
+    for rows in (1, 5):
+        x = random_sparse((rows, 64), 0.8).double()
+        w, b = torch.randn(7, 64, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+        wt, b0 = w.t().contiguous(), b.clone()
+        want = nn.functional.linear(x, w, b)
+        assert kernels._use_ext(x, wt)
+        assert _close(kernels.sparse_linear(x, wt, b), want, torch.float64)
+        assert _close(kernels.sparse_linear(x, wt, None), want - b, torch.float64)
+        assert torch.equal(b, b0)  # the bias is not written to
+        assert nonzero_fraction(x) == pytest.approx(float((x != 0).double().mean()))

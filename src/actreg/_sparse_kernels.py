@@ -15,11 +15,14 @@ Two pure-PyTorch kernels compute ``x @ W.T + b`` from ``wt = W.T`` (``in x out``
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,6 +30,34 @@ from torch import Tensor
 from actreg._errors import ActregError
 
 _CACHE: dict[tuple[object, ...], dict[int, float]] = {}
+
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
+def _on_numpy(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _NUMPY_DTYPES
+
+
+def nonzero_fraction(x: Tensor, max_samples: int = 4096) -> float:
+    """The fraction of non-zero entries of ``x``, counted exactly up to ``max_samples``
+    entries and estimated on an odd-strided subsample beyond (a cheap decision, not a metric).
+
+    Example:
+        >>> import torch
+        >>> nonzero_fraction(torch.tensor([[0.0, 1.0, 0.0, 2.0]]))
+        0.5
+    """
+    flat = x.detach().reshape(-1)
+    if flat.numel() > max_samples:
+        flat = flat[:: (flat.numel() // max_samples) | 1]
+    if flat.numel() == 0:
+        return 0.0
+    if _use_ext(flat, flat):
+        return int(_EXT.count_nonzero(flat)) / flat.numel()
+    if _on_numpy(flat):  # numpy counts faster than torch.count_nonzero on CPU
+        return int(np.count_nonzero(flat.numpy())) / flat.numel()
+    return int(torch.count_nonzero(flat)) / flat.numel()
 
 
 def bag_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
@@ -46,19 +77,115 @@ def bag_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
                 [1., 4.]])
     """
     n, k = x.shape
-    flat = x.reshape(-1)
-    idx = flat.nonzero().view(-1)
+    offsets: Tensor | None = None
+    if _on_numpy(x):  # on CPU, numpy finds the non-zeros faster than torch.nonzero
+        a = x.detach().numpy().reshape(-1)
+        i = np.flatnonzero(a)
+        idx, vals = torch.from_numpy(i), torch.from_numpy(a[i])
+        if n > 1:
+            offsets = torch.from_numpy(np.searchsorted(i, np.arange(0, n * k, k)))
+    else:
+        flat = x.reshape(-1)
+        idx = flat.nonzero().view(-1)
+        vals = flat.index_select(0, idx)
+        if n > 1:
+            counts = (x != 0).sum(1)
+            offsets = counts.cumsum(0) - counts
     if idx.numel() == 0:
         out = x.new_zeros(n, wt.shape[1])
-        return out if bias is None else out.add_(bias)
-    vals = flat.index_select(0, idx)
-    if n == 1:
+    elif offsets is None:
         out = F.embedding_bag(idx.view(1, -1), wt, mode="sum", per_sample_weights=vals.view(1, -1))
     else:
-        counts = (x != 0).sum(1)
-        offsets = counts.cumsum(0) - counts
         out = F.embedding_bag(idx.remainder(k), wt, offsets, mode="sum", per_sample_weights=vals)
     return out if bias is None else out.add_(bias)
+
+
+# An optional C++ kernel (one call: scan each row, add ``v * wt[j]`` for every non-zero ``v``).
+# Built on request by :func:`load_extension` (about 40 s with gcc, then cached by torch);
+# without it everything runs on :func:`bag_linear`.
+_CPP = r"""#include <torch/extension.h>
+#include <ATen/Parallel.h>
+torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor wt, c10::optional<torch::Tensor> bias) {
+  auto n = x.size(0), k = x.size(1), o = wt.size(1);
+  auto out = bias.has_value() ? bias->repeat({n, 1}) : torch::zeros({n, o}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = wt.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        scalar_t* __restrict__ orow = op + r * o;
+        const scalar_t* xr = xp + r * k;
+        for (int64_t j = 0; j < k; ++j) {
+          const scalar_t v = xr[j];
+          if (v != 0) {
+            const scalar_t* __restrict__ w = wp + j * o;
+            for (int64_t c = 0; c < o; ++c) orow[c] += v * w[c];
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+int64_t count_nonzero(torch::Tensor x) {
+  int64_t c = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "count", [&] {
+    const scalar_t* p = x.data_ptr<scalar_t>();
+    for (int64_t i = 0, n = x.numel(); i < n; ++i) c += (p[i] != 0);
+  });
+  return c;
+}
+"""
+_EXT: Any = None
+
+
+def load_extension(verbose: bool = False) -> bool:
+    """Build (once, cached by ``torch.utils.cpp_extension``) and use the C++ CPU kernel.
+
+    Returns False, leaving the pure-PyTorch kernel in use, when the build fails (no
+    compiler, no headers). Not called on import: it can take a minute.
+    """
+    global _EXT
+    if _EXT is None:
+        try:
+            from torch.utils.cpp_extension import load_inline
+
+            _EXT = load_inline(
+                "actreg_sparse_cpu",
+                cpp_sources=_CPP,
+                functions=["sparse_linear", "count_nonzero"],
+                extra_cflags=["-O3", "-march=native"],
+                verbose=verbose,
+            )
+        except Exception as err:  # any build failure: keep the fallback
+            logging.getLogger("actreg.sparse").warning("C++ sparse kernel unavailable: %s", err)
+            _EXT = False
+    return bool(_EXT)
+
+
+def _use_ext(x: Tensor, wt: Tensor) -> bool:
+    return (
+        bool(_EXT)
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.dtype == wt.dtype
+        and x.is_contiguous()
+        and wt.is_contiguous()
+    )
+
+
+def sparse_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
+    """``x @ wt + bias`` skipping zero inputs: the C++ kernel if loaded, else :func:`bag_linear`.
+
+    Example:
+        >>> import torch
+        >>> sparse_linear(torch.tensor([[0.0, 2.0]]), torch.eye(2), None)
+        tensor([[0., 2.]])
+    """
+    if _use_ext(x, wt) and (bias is None or bias.is_contiguous()):
+        return _EXT.sparse_linear(x, wt, bias)
+    return bag_linear(x, wt, bias)
 
 
 def gather_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
@@ -104,28 +231,37 @@ def time_interleaved(
     repeats: int = 5,
     min_time: float = 2e-3,
     device: torch.device | str = "cpu",
+    clock: str = "wall",
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, ``repeats`` samples each, taken in turn so that
-    background load hits every function alike. Each sample runs for at least ``min_time``."""
+    background load hits every function alike. Each sample runs for at least ``min_time``.
+
+    ``clock="cpu"`` counts this process's CPU time (``time.process_time``): with one torch
+    thread on a shared CPU it leaves out the time other processes held the core, so it is
+    much steadier than the wall clock; with several threads it sums them (use ``"wall"``).
+    """
     dev = torch.device(device)
+    if clock not in ("wall", "cpu"):
+        raise ActregError(f'clock must be "wall" or "cpu", got {clock!r}')
+    now = time.process_time if clock == "cpu" else time.perf_counter
     loops: dict[str, int] = {}
     for name, fn in fns.items():  # warm up and size the loops
         fn()
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         _sync(dev)
-        once = max(time.perf_counter() - t0, 1e-7)
+        once = max(now() - t0, 1e-7)
         loops[name] = max(1, min(1000, math.ceil(min_time / once)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(dev)
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(loops[name]):
                 fn()
             _sync(dev)
-            samples[name].append((time.perf_counter() - t0) / loops[name])
+            samples[name].append((now() - t0) / loops[name])
     return samples
 
 
@@ -153,6 +289,11 @@ def crossover(sparsities: Sequence[float], ratios: Sequence[float], win: float) 
     return float(round(s0 + (r0 - win) / (r0 - r1) * (s1 - s0), 4))
 
 
+def _sparse_path(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
+    nonzero_fraction(x)
+    return sparse_linear(x, wt, bias)
+
+
 def measure_thresholds(
     in_features: int,
     out_features: int,
@@ -163,9 +304,11 @@ def measure_thresholds(
     device: torch.device,
     repeats: int,
     win: float,
+    clock: str,
 ) -> dict[int, float]:
-    """Time dense ``F.linear`` against :func:`bag_linear` per batch size and zero fraction and
-    return the crossover zero fraction for each batch size."""
+    """Time dense ``F.linear`` against the sparse path (:func:`nonzero_fraction`, then
+    :func:`sparse_linear`) per batch size and zero fraction, and return the crossover zero
+    fraction for each batch size."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(out_features, in_features, generator=gen).to(device, dtype)
     bias = torch.randn(out_features, generator=gen).to(device, dtype)
@@ -178,13 +321,9 @@ def measure_thresholds(
                 x = random_sparse((b, in_features), s, generator=gen).to(device, dtype)
                 fns: dict[str, Callable[[], object]] = {
                     "dense": functools.partial(F.linear, x, weight, bias),
-                    "sparse": functools.partial(bag_linear, x, wt, bias),
+                    "sparse": functools.partial(_sparse_path, x, wt, bias),
                 }
-                t = time_interleaved(
-                    fns,
-                    repeats=repeats,
-                    device=device,
-                )
+                t = time_interleaved(fns, repeats=repeats, device=device, clock=clock)
                 ratios.append(statistics.median(t["sparse"]) / statistics.median(t["dense"]))
             out[int(b)] = crossover(sparsities, ratios, win)
     return out
@@ -200,6 +339,7 @@ def calibrate(
     device: torch.device | str = "cpu",
     repeats: int = 5,
     win: float = 0.9,
+    clock: str = "auto",
     cache: bool = True,
 ) -> dict[int, float]:
     """Measure, on this machine, the zero fraction from which the sparse path beats dense.
@@ -209,6 +349,8 @@ def calibrate(
     ``{batch_size: crossover}``, where the sparse kernel takes at most ``win`` times the
     dense time from the crossover on (``inf``: it never does). Results are cached per
     shape, dtype, device and ``torch.get_num_threads()``; takes about a second per shape.
+    ``clock="auto"`` times CPU time with one CPU thread (steady on a shared machine) and wall
+    time otherwise (see :func:`time_interleaved`).
 
     Example:
         >>> calibrate(1024, 1024)  # doctest: +SKIP
@@ -216,7 +358,10 @@ def calibrate(
     """
     dev = torch.device(device)
     threads = torch.get_num_threads()
-    key = (in_features, out_features, dtype, dev, threads, *batch_sizes, *sparsities, repeats, win)
+    if clock == "auto":
+        clock = "cpu" if threads == 1 and dev.type == "cpu" else "wall"
+    key = (in_features, out_features, dtype, dev, threads, *batch_sizes, *sparsities)
+    key += (repeats, win, clock, bool(_EXT))
     if cache and key in _CACHE:
         return dict(_CACHE[key])
     if not batch_sizes or not sparsities:
@@ -230,6 +375,7 @@ def calibrate(
         device=dev,
         repeats=repeats,
         win=win,
+        clock=clock,
     )
     _CACHE[key] = result
     return dict(result)

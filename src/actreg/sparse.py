@@ -39,27 +39,33 @@ from torch import Tensor, nn
 
 from actreg._errors import ActregError
 from actreg._resolve import check_model, resolve
-from actreg._sparse_kernels import bag_linear, calibrate, time_interleaved
+from actreg._sparse_kernels import (
+    calibrate,
+    load_extension,
+    nonzero_fraction,
+    sparse_linear,
+    time_interleaved,
+)
 from actreg.layers import ActivityRegularization, TopK
 
-__all__ = ["SparseInputLinear", "SparseReport", "calibrate", "convert", "flop_limit", "measure"]
+__all__ = [
+    "SparseInputLinear",
+    "SparseReport",
+    "calibrate",
+    "convert",
+    "flop_limit",
+    "load_extension",
+    "measure",
+]
 
 #: Modules whose outputs have exact zeros (ReLU-like), so a Linear after them gets sparse input.
 ZERO_MAKERS: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardshrink,
-    nn.Softshrink,
-    nn.Threshold,
-    TopK,
-)
+    nn.ReLU, nn.ReLU6, nn.Hardshrink, nn.Softshrink, nn.Threshold, TopK,
+)  # fmt: skip
 #: Modules that keep zeros zero at inference, looked through when finding a Linear's producer.
 ZERO_KEEPERS: tuple[type[nn.Module], ...] = (
-    nn.Dropout,
-    nn.Identity,
-    nn.Flatten,
-    ActivityRegularization,
-)
+    nn.Dropout, nn.Identity, nn.Flatten, ActivityRegularization,
+)  # fmt: skip
 
 Threshold = float | Mapping[int, float]
 
@@ -91,7 +97,8 @@ class SparseInputLinear(nn.Linear):
 
     With grad disabled (``torch.no_grad()``/``torch.inference_mode()``), or in eval mode with
     nothing requiring grad, an input whose fraction of zeros is at least the threshold for
-    its batch size goes through :func:`actreg._sparse_kernels.bag_linear`; otherwise, and
+    its batch size goes through :func:`actreg._sparse_kernels.sparse_linear` (the C++ kernel
+    after :func:`load_extension`, else ``F.embedding_bag``); otherwise, and
     always when training with grad enabled, this is exactly ``nn.Linear``. Parameters and
     ``state_dict`` keys are those of ``nn.Linear``. A transposed copy of the weight
     (``in x out``, refreshed when the weight changes) costs the weight's memory once more.
@@ -123,7 +130,7 @@ class SparseInputLinear(nn.Linear):
         threshold: Threshold = 0.5,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.threshold: dict[int, float] = _check_threshold(threshold)
+        self.threshold = threshold
         self._wt: Tensor | None = None
         self._wt_key: tuple[Any, ...] | None = None
 
@@ -142,22 +149,33 @@ class SparseInputLinear(nn.Linear):
         new.train(linear.training)
         return new
 
+    @property
+    def threshold(self) -> dict[int, float]:
+        """``{batch_size: zero fraction}``; may be set to a float or a mapping."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Threshold) -> None:
+        self._threshold = _check_threshold(value)
+        self._by_batch: dict[int, float] = {}
+
     def threshold_for(self, batch: int) -> float:
         """The zero fraction from which a batch of ``batch`` rows uses the sparse path."""
-        sizes = list(self.threshold)
-        near = min(sizes, key=lambda b: (abs(math.log(b) - math.log(max(batch, 1))), -b))
-        return self.threshold[near]
+        t = self._by_batch.get(batch)
+        if t is None:
+            sizes = list(self.threshold)
+            near = min(sizes, key=lambda b: (abs(math.log(b) - math.log(max(batch, 1))), -b))
+            t = self._by_batch[batch] = self.threshold[near]
+        return t
 
     def uses_sparse(self, x: Tensor) -> bool:
-        """Whether ``forward(x)`` would take the sparse path (ignoring grad mode)."""
+        """Whether ``forward(x)`` would take the sparse path (ignoring grad mode). The zero
+        fraction is counted exactly up to 4096 entries and on a strided sample beyond."""
         rows = x.numel() // max(self.in_features, 1)
         if rows == 0 or x.dtype != self.weight.dtype or x.device != self.weight.device:
             return False
         limit = self.threshold_for(rows)
-        if limit > 1.0:
-            return False
-        zeros = 1.0 - int(torch.count_nonzero(x)) / x.numel()
-        return zeros >= limit
+        return limit <= 1.0 and 1.0 - nonzero_fraction(x) >= limit
 
     def _needs_grad(self, x: Tensor) -> bool:
         if not torch.is_grad_enabled():
@@ -179,7 +197,7 @@ class SparseInputLinear(nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         if self._needs_grad(x) or x.dim() == 0 or not self.uses_sparse(x):
             return F.linear(x, self.weight, self.bias)
-        out = bag_linear(x.reshape(-1, self.in_features), self.transposed_weight(), self.bias)
+        out = sparse_linear(x.reshape(-1, self.in_features), self.transposed_weight(), self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -373,10 +391,13 @@ def measure(
     *,
     batch_size: int = 1,
     repeats: int = 7,
+    clock: str = "auto",
 ) -> SparseReport:
     """Latency of ``model`` against ``converted`` on ``inputs`` split into batches, with the
     prediction check and the FLOP-based limit. Both run in eval mode under
     ``torch.inference_mode()``, interleaved so background load hits both alike.
+    ``clock="auto"`` is CPU time with one CPU thread, else wall time
+    (see :func:`actreg._sparse_kernels.time_interleaved`).
 
     Example:
         >>> rep = measure(net, actreg.sparse.convert(net), x)  # doctest: +SKIP
@@ -388,6 +409,8 @@ def measure(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ActregError(f"batch_size must be a positive int, got {batch_size!r}")
     batches = list(inputs.split(batch_size))
+    if clock == "auto":
+        clock = "cpu" if torch.get_num_threads() == 1 and inputs.device.type == "cpu" else "wall"
     modes = [(m, m.training) for m in (model, converted)]
     model.eval()
     converted.eval()
@@ -408,6 +431,7 @@ def measure(
                 repeats=repeats,
                 min_time=0.05,
                 device=inputs.device,
+                clock=clock,
             )
     finally:
         for m, mode in modes:
