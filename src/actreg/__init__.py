@@ -3,7 +3,7 @@
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint, mask_url
 from actreg.attach import Regularizer, attach
-from actreg.control import TargetSparsity
+from actreg.control import Scheduled, TargetSparsity
 from actreg.layers import ActivityRegularization, TopK
 from actreg.monitor import Monitor
 from actreg.penalties import (
@@ -41,6 +41,7 @@ __all__ = [
     "Monitor",
     "Penalty",
     "Regularizer",
+    "Scheduled",
     "TargetSparsity",
     "TopK",
     "attach",

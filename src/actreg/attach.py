@@ -206,6 +206,30 @@ class Regularizer:
         """Per-layer values of the previous :meth:`penalty` call, as floats (for logging)."""
         return {name: float(value) for name, value in self._last.items()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The state of stateful penalties (e.g. :class:`~actreg.TargetSparsity`), per entry.
+
+        Save it with the model and optimizer so a resumed run continues with the same
+        adapted coefficients.
+        """
+        return {
+            "steps": self.steps,
+            "penalties": [[name, penalty.state_dict()] for name, penalty in self.entries],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output into a Regularizer attached the same way."""
+        saved = state.get("penalties", [])
+        names = [name for name, _ in self.entries]
+        if [entry[0] for entry in saved] != names:
+            raise ActregError(
+                f"state was saved for layers {[entry[0] for entry in saved]}, but this "
+                f"Regularizer has {names}; attach the same spec before loading"
+            )
+        for (_, penalty), (_, penalty_state) in zip(self.entries, saved, strict=True):
+            penalty.load_state_dict(penalty_state)
+        self.steps = int(state.get("steps", self.steps))
+
     def clear(self) -> None:
         """Drop everything recorded without returning it."""
         self._records = []

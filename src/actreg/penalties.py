@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -88,6 +89,15 @@ class Penalty:
     def _args(self) -> list[str]:
         return []
 
+    def state_dict(self) -> dict[str, Any]:
+        """State that changes during training (adaptive penalties); empty for fixed ones."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        if state:
+            raise ActregError(f"{self!r} keeps no state, got {sorted(state)}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self._args())})"
 
@@ -124,6 +134,13 @@ class Sum(Penalty):
             total = total + term.forward(x)
         return total
 
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): t.state_dict() for i, t in enumerate(self.terms) if t.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, term in enumerate(self.terms):
+            term.load_state_dict(state.get(str(i), {}))
+
     def __repr__(self) -> str:
         return " + ".join(repr(t) for t in self.terms)
 
@@ -137,6 +154,12 @@ class Scaled(Penalty):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.factor * self.inner.forward(x)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.inner.load_state_dict(state)
 
     def __repr__(self) -> str:
         inner = f"({self.inner!r})" if isinstance(self.inner, Sum) else repr(self.inner)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Write a Markdown report putting the runs side by side, with their PNGs.
 
     Each run gets a table from its experiment's summary, the settings that differ from
-    the experiment's defaults, the command to reproduce it, and its pictures.
+    the experiment's defaults, the command to reproduce it, and its pictures. A folder
+    written by ``actreg search`` (holding ``search.md``) contributes its trial table and
+    trade-off plot.
     """
     from dataclasses import asdict
 
@@ -81,8 +84,14 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
         raise ActregError("report needs at least one run folder")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    docs = [load_results(d) for d in run_dirs]
     parts = ["# actreg report", ""]
+    searches = [Path(d) for d in run_dirs if (Path(d) / "search.md").exists()]
+    for folder in searches:  # a coefficient search: embed its table and trade-off plot
+        text = (folder / "search.md").read_text()
+        rel = os.path.relpath(folder, out.parent)
+        text = re.sub(r"\](\((?!/))([^)]+\.png\))", rf"]\1{rel}/\2", text)
+        parts += [text.replace("# Coefficient search", "## Coefficient search", 1), ""]
+    docs = [load_results(d) for d in run_dirs if Path(d) not in searches]
     for doc in docs:
         exp = get(doc["experiment"])
         defaults = asdict(exp.config())

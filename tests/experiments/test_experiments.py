@@ -155,3 +155,16 @@ def test_demo_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| l1 0.01 |" in out and "| none |" in out and "| raw inputs |" in out
     assert str(tmp_path / "sparse-ae" / "demo") in out
+
+
+def test_report_embeds_a_search_folder(runs, tmp_path):
+    search = tmp_path / "search" / "study"
+    search.mkdir(parents=True)
+    (search / "search.md").write_text(
+        "# Coefficient search: cnn\n\n| coef |\n\n![trade-off](tradeoff.png)\n"
+    )
+    out = write_report([search, runs["cnn"]["run_dir"]], tmp_path / "docs" / "r.md")
+    text = out.read_text()
+    assert "## Coefficient search: cnn" in text
+    assert "![trade-off](../search/study/tradeoff.png)" in text
+    assert "## cnn:" in text
