@@ -1,5 +1,6 @@
 """actreg: activation regularization for PyTorch."""
 
+from actreg import metrics, sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint, mask_url
 from actreg.attach import Regularizer, attach
@@ -48,4 +49,6 @@ __all__ = [
     "load_checkpoint",
     "make_penalty",
     "mask_url",
+    "metrics",
+    "sparse",
 ]

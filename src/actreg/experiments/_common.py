@@ -87,8 +87,11 @@ class VisionConfig:
         )
 
 
-def make_run_dir(config: VisionConfig, experiment: str) -> Path:
-    """``OUT_DIR/EXPERIMENT/RUN_NAME``, created; the name defaults to a timestamp."""
+def make_run_dir(config: Any, experiment: str) -> Path:
+    """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
+
+    The name defaults to a timestamp.
+    """
     name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
     path = Path(config.out_dir) / experiment / name
     path.mkdir(parents=True, exist_ok=True)
