@@ -25,6 +25,7 @@ __all__ = [
     "linear_probe",
     "make_run_dir",
     "save_results",
+    "train_classifier",
 ]
 
 
@@ -96,6 +97,53 @@ def make_run_dir(config: Any, experiment: str) -> Path:
     path = Path(config.out_dir) / experiment / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def train_classifier(
+    model: nn.Module,
+    data: Any,
+    cfg: VisionConfig,
+    *,
+    spec: dict[str, Any] | None,
+    watch: list[str],
+    run_dir: Path,
+    name: str,
+    dim: int = -1,
+) -> dict[str, Any]:
+    """Train a classifier with the penalties ``spec`` (None: none) and measure ``watch``.
+
+    Returns :func:`actreg.train.fit`'s history plus ``test_error``, ``test_loss`` and
+    ``layers`` (the Monitor's statistics of the watched layers on the test split).
+    """
+    import actreg
+    from actreg.train import evaluate, fit
+
+    reg = actreg.attach(model, spec) if spec else None
+    monitor = actreg.Monitor(model, watch, dim=dim)
+    try:
+        out = fit(
+            model,
+            (data.x_train, data.y_train),
+            (data.x_val, data.y_val),
+            loss_fn=classification_loss,
+            metrics_fn=classification_metrics,
+            objective="error",
+            cfg=cfg.train_config(),
+            reg=reg,
+            monitor=monitor,
+            run_dir=run_dir / name.replace(" ", "_"),
+            desc=name,
+        )
+        monitor.reset()
+        test = evaluate(model, data.x_test, data.y_test, classification_metrics)
+        out["layers"] = monitor.compute()
+    finally:
+        monitor.remove()
+        if reg is not None:
+            reg.remove()
+    out["test_error"] = test["error"]
+    out["test_loss"] = test["loss"]
+    return out
 
 
 def classification_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

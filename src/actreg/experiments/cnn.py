@@ -15,15 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import actreg
-from actreg.experiments._common import (
-    VisionConfig,
-    classification_loss,
-    classification_metrics,
-    make_run_dir,
-    save_results,
-)
+from actreg.experiments._common import VisionConfig, make_run_dir, save_results, train_classifier
 from actreg.models import CNN
-from actreg.train import evaluate, fit, seed_everything
+from actreg.train import seed_everything
 
 __all__ = ["CNNConfig", "run"]
 
@@ -56,30 +50,18 @@ def run(cfg: CNNConfig) -> dict[str, Any]:
     for name, penalized in variants:
         seed_everything(cfg.seed)
         model = CNN(1, data.n_classes, data.image_shape, (c1, c2), cfg.hidden)
-        reg = (
-            actreg.attach(model, dict.fromkeys(MAPS, actreg.make_penalty(cfg.penalty, cfg.coef)))
-            if penalized
-            else None
-        )
-        monitor = actreg.Monitor(model, MAPS, dim=1)
-        out = fit(
+        spec = dict.fromkeys(MAPS, actreg.make_penalty(cfg.penalty, cfg.coef))
+        out = train_classifier(
             model,
-            (data.x_train, data.y_train),
-            (data.x_val, data.y_val),
-            loss_fn=classification_loss,
-            metrics_fn=classification_metrics,
-            objective="error",
-            cfg=cfg.train_config(),
-            reg=reg,
-            monitor=monitor,
-            run_dir=run_dir / name.replace(" ", "_"),
-            desc=name,
+            data,
+            cfg,
+            spec=spec if penalized else None,
+            watch=MAPS,
+            run_dir=run_dir,
+            name=name,
+            dim=1,
         )
-        monitor.reset()
-        test = evaluate(model, data.x_test, data.y_test, classification_metrics)
-        out["test_error"] = test["error"]
-        out["maps"] = monitor.compute()
-        monitor.remove()
+        out["maps"] = out.pop("layers")
         results["variants"][name] = out
     results["data"] = data.info
     results["run_dir"] = str(run_dir)

@@ -16,15 +16,9 @@ from typing import Any
 
 import actreg
 from actreg._errors import ActregError
-from actreg.experiments._common import (
-    VisionConfig,
-    classification_loss,
-    classification_metrics,
-    make_run_dir,
-    save_results,
-)
+from actreg.experiments._common import VisionConfig, make_run_dir, save_results, train_classifier
 from actreg.models import mlp
-from actreg.train import evaluate, fit, seed_everything
+from actreg.train import seed_everything
 
 __all__ = ["VARIANTS", "SparseRectifierConfig", "run"]
 
@@ -59,34 +53,17 @@ def run(cfg: SparseRectifierConfig) -> dict[str, Any]:
         seed_everything(cfg.seed)
         act = "tanh" if variant == "tanh" else "relu"
         model = mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout)
-        reg = (
-            actreg.attach(
-                model, dict.fromkeys(hidden_names, actreg.make_penalty(cfg.penalty, cfg.coef))
-            )
-            if variant == "relu-l1"
-            else None
-        )
-        monitor = actreg.Monitor(model, hidden_names)
-        out = fit(
+        spec = dict.fromkeys(hidden_names, actreg.make_penalty(cfg.penalty, cfg.coef))
+        out = train_classifier(
             model,
-            (data.x_train, data.y_train),
-            (data.x_val, data.y_val),
-            loss_fn=classification_loss,
-            metrics_fn=classification_metrics,
-            objective="error",
-            cfg=cfg.train_config(),
-            reg=reg,
-            monitor=monitor,
-            run_dir=run_dir / variant,
-            desc=variant,
+            data,
+            cfg,
+            spec=spec if variant == "relu-l1" else None,
+            watch=hidden_names,
+            run_dir=run_dir,
+            name=variant,
         )
-        monitor.reset()
-        test = evaluate(model, data.x_test, data.y_test, classification_metrics)
-        stats = monitor.compute()
-        monitor.remove()
-        out["test_error"] = test["error"]
-        out["test_loss"] = test["loss"]
-        out["layers"] = stats
+        stats = out["layers"]
         out["mean_zero_fraction"] = sum(s["zero_fraction"] for s in stats.values()) / len(stats)
         results["variants"][variant] = out
     results["data"] = data.info
