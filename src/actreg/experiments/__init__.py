@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actreg._errors import ActregError
-from actreg.experiments import cnn, lstm_lm, seq2seq, sparse_ae, sparse_rectifier
+from actreg.experiments import ablations, cnn, lstm_lm, seq2seq, sparse_ae, sparse_rectifier
 
 __all__ = ["EXPERIMENTS", "Experiment", "get"]
 
@@ -58,6 +58,13 @@ EXPERIMENTS: dict[str, Experiment] = {
         seq2seq.run,
         seq2seq.summary_rows,
         "LSTM sequence autoencoder with an L1 penalty on its bottleneck code vs none",
+    ),
+    "ablation": Experiment(
+        "ablation",
+        ablations.AblationConfig,
+        ablations.run,
+        ablations.summary_rows,
+        "the article's tips tested over seeds: --set question=which-norm|where|width|...",
     ),
 }
 
