@@ -69,7 +69,7 @@ def _data(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from actreg.report import write_report
 
-    out = write_report(args.run_dirs, args.out)
+    out = write_report(args.run_dirs, args.out, copy_images=args.copy_images)
     print(f"report: {out}")
     return 0
 
@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write a Markdown report of runs side by side")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders with results.json")
     p.add_argument("--out", default="report.md", help="Markdown file to write (default: report.md)")
+    p.add_argument(
+        "--copy-images",
+        action="store_true",
+        help="copy the PNGs into an img/ folder beside the report (to commit it)",
+    )
     p.set_defaults(func=_report)
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,16 @@ def _config_line(doc: dict[str, Any], defaults: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
 
 
-def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+def write_report(
+    run_dirs: Sequence[str | Path], out: str | Path, *, copy_images: bool = False
+) -> Path:
     """Write a Markdown report putting the runs side by side, with their PNGs.
 
     Each run gets a table from its experiment's summary, the settings that differ from
     the experiment's defaults, the command to reproduce it, and its pictures. A folder
     written by ``actreg search`` (holding ``search.md``) contributes its trial table and
-    trade-off plot.
+    trade-off plot. With ``copy_images`` the PNGs are copied into an ``img/`` folder
+    beside the report, so the report can be committed without the run folders.
     """
     from dataclasses import asdict
 
@@ -113,6 +117,11 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
             "",
         ]
         for name, pic in doc.get("pictures", {}).items():
+            if copy_images:
+                target = out.parent / "img" / f"{doc['experiment']}-{run_dir.name}-{Path(pic).name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pic, target)
+                pic = str(target)
             rel = os.path.relpath(pic, out.parent)
             parts += [f"![{name}]({rel})", ""]
     out.write_text("\n".join(parts))

@@ -73,6 +73,12 @@ def test_report_puts_runs_side_by_side(runs, tmp_path):
     assert "![reconstructions](" in text
 
 
+def test_report_can_copy_images(runs, tmp_path):
+    out = write_report([runs["sparse-ae"]["run_dir"]], tmp_path / "r.md", copy_images=True)
+    assert "![reconstructions](img/sparse-ae-t-reconstructions.png)" in out.read_text()
+    assert (tmp_path / "img" / "sparse-ae-t-reconstructions.png").exists()
+
+
 def test_config_round_trip():
     for exp in EXPERIMENTS.values():
         cfg = exp.config()
