@@ -159,14 +159,16 @@ def test_welch_p_needs_spread():
     assert welch_p([1.0, 1.0], [2.0, 2.0]) is None
 
 
-def test_choose_falls_back_to_sparsest():
-    rows = [{"coef": 0.1, "near_zero": 0.5, "probe_acc": 0.9}]
-    assert choose(rows, 0.8)["coef"] == 0.1
+def test_choose_skips_collapsed_and_breaks_ties_by_smaller_coef():
+    collapsed = {"coef": 1.0, "near_zero": 1.0, "probe_acc": 0.1, "dead_fraction": 0.99}
+    rows = [{"coef": 0.1, "near_zero": 0.5, "probe_acc": 0.9, "dead_fraction": 0.1}, collapsed]
+    assert choose(rows, 0.8, 0.9)["coef"] == 0.1
+    assert choose([collapsed], 0.8, 0.9)["coef"] == 1.0
     tie = [
-        {"coef": 1.0, "near_zero": 0.9, "probe_acc": 0.9},
-        {"coef": 0.1, "near_zero": 0.85, "probe_acc": 0.9},
+        {"coef": 1.0, "near_zero": 0.9, "probe_acc": 0.9, "dead_fraction": 0.0},
+        {"coef": 0.1, "near_zero": 0.85, "probe_acc": 0.9, "dead_fraction": 0.0},
     ]
-    assert choose(tie, 0.8)["coef"] == 0.1
+    assert choose(tie, 0.8, 0.9)["coef"] == 0.1
 
 
 @pytest.mark.parametrize(
@@ -176,12 +178,12 @@ def test_choose_falls_back_to_sparsest():
         ("seeds=1", "seeds must be >= 2"),
         ("grid=0,0.1", "grid coefficients"),
         ("binary_coefs=-1", "binary_coefs"),
-        ("min_zeros=1.5", "min_zeros"),
+        ("max_dead=1.5", "max_dead"),
         ("penalty=l3", "unknown penalty"),
         ("scalings=none,zscore", "unknown scaling or activation"),
         ("activations=relu,gelu", "unknown scaling or activation"),
     ],
-    ids=["question", "seeds", "grid", "binary", "min-zeros", "penalty", "scaling", "activation"],
+    ids=["question", "seeds", "grid", "binary", "max-dead", "penalty", "scaling", "activation"],
 )
 def test_bad_config_errors(override, match):
     question = {"scalings": "scaling", "activati": "activation"}.get(override[:8], "which-norm")

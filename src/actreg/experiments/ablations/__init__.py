@@ -73,13 +73,14 @@ class AblationConfig(VisionConfig):
     kl_coef: float = 0.01  # KL coefficient for activation's "sigmoid kl"
     kl_target: float = 0.05  # KL target rate
     probe_size: int = 3000  # training codes for the linear probe
-    resample_dead: float = 0.5  # resample dead code units during this first share of epochs
+    resample_dead: float = 0.0  # resample dead units (off: sparse-ae restores a resampled epoch)
     unit_norm_decoder: bool = True  # unit-length decoder columns (as sparse-ae)
     zero_eps: float = 0.01  # near_zero counts |h| <= zero_eps
     norms: tuple[str, ...] = ("l1", "l2", "l1l2", "hoyer", "kl")  # which-norm's penalties
-    grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)  # which-norm's coefficient grid
+    grid: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # which-norm's grid
     grid_limit: int | None = None  # training images of the grid runs (None: limit)
     min_zeros: float = 0.8  # which-norm: best probe among coefs with near_zero >= this
+    max_dead: float = 0.9  # which-norm: ... and at most this share of dead units
     hidden: int = 256  # where: the deeper AE is in-hidden-code-hidden-in
     widths: tuple[int, ...] = (64, 256, 1024, 2048)  # width: code widths
     activations: tuple[str, ...] = ("relu", "tanh", "sigmoid")  # activation: with `penalty`
@@ -110,8 +111,10 @@ class AblationConfig(VisionConfig):
             raise ActregError(f"grid coefficients must be positive, got {self.grid}")
         if any(c < 0 or not math.isfinite(c) for c in self.binary_coefs):
             raise ActregError(f"binary_coefs must be >= 0, got {self.binary_coefs}")
-        if not 0 <= self.min_zeros <= 1:
-            raise ActregError(f"min_zeros must lie in [0, 1], got {self.min_zeros}")
+        if not (0 <= self.min_zeros <= 1 and 0 <= self.max_dead <= 1):
+            raise ActregError(
+                f"min_zeros and max_dead must lie in [0, 1], got {self.min_zeros}, {self.max_dead}"
+            )
         # every variant's sparse-AE config must be valid before hours of training
         base = self.ae_base()
         if self.question != "binary-code":
@@ -207,7 +210,7 @@ def _grid(runner: _Runner, cfg: AblationConfig) -> tuple[list[dict[str, Any]], d
                 continue
             m = runner.measure(v, cfg.seed, cfg.grid_limit)
             sub.append({"penalty": penalty, "coef": v.x, **{k: m[k] for k in AE_METRICS}})
-        best = choose(sub, cfg.min_zeros)
+        best = choose(sub, cfg.min_zeros, cfg.max_dead)
         best["chosen"] = True
         chosen[penalty] = best["coef"]
         rows += sub

@@ -69,26 +69,32 @@ def grid_variants(cfg: Any) -> list[Variant]:
     return [norm_variant(p, c, cfg.kl_target) for p in cfg.norms for c in cfg.grid]
 
 
-def choose(rows: Sequence[dict[str, Any]], min_zeros: float) -> dict[str, Any]:
+def choose(rows: Sequence[dict[str, Any]], min_zeros: float, max_dead: float) -> dict[str, Any]:
     """The grid row to keep for one penalty.
 
-    The highest ``probe_acc`` among rows with ``near_zero >= min_zeros`` (ties: the
+    Rows whose ``dead_fraction`` exceeds ``max_dead`` (a collapsed code) are out. Of the
+    rest: the highest ``probe_acc`` among rows with ``near_zero >= min_zeros`` (ties: the
     smaller coefficient); when none reaches ``min_zeros``, the row with the highest
-    ``near_zero``.
+    ``near_zero``; when every row collapsed, the one with the fewest dead units.
 
     Example:
-        >>> rows = [{"coef": 0.01, "near_zero": 0.5, "probe_acc": 0.95},
-        ...         {"coef": 0.1, "near_zero": 0.85, "probe_acc": 0.92},
-        ...         {"coef": 1.0, "near_zero": 0.99, "probe_acc": 0.80}]
-        >>> choose(rows, 0.8)["coef"]
+        >>> rows = [{"coef": 0.01, "near_zero": 0.5, "probe_acc": 0.95, "dead_fraction": 0.1},
+        ...         {"coef": 0.1, "near_zero": 0.85, "probe_acc": 0.92, "dead_fraction": 0.2},
+        ...         {"coef": 1.0, "near_zero": 1.0, "probe_acc": 0.11, "dead_fraction": 1.0}]
+        >>> choose(rows, 0.8, 0.9)["coef"]
         0.1
-        >>> choose(rows, 0.999)["coef"]
-        1.0
+        >>> choose(rows, 0.9, 0.9)["coef"]
+        0.1
+        >>> choose(rows[:1], 0.9, 0.9)["coef"]
+        0.01
     """
-    ok = [r for r in rows if r["near_zero"] >= min_zeros]
+    alive = [r for r in rows if r["dead_fraction"] <= max_dead]
+    if not alive:
+        return min(rows, key=lambda r: (r["dead_fraction"], r["coef"]))
+    ok = [r for r in alive if r["near_zero"] >= min_zeros]
     if ok:
         return max(ok, key=lambda r: (r["probe_acc"], -r["coef"]))
-    return max(rows, key=lambda r: (r["near_zero"], -r["coef"]))
+    return max(alive, key=lambda r: (r["near_zero"], -r["coef"]))
 
 
 def plan(cfg: Any, chosen: dict[str, float] | None = None) -> list[Variant]:
