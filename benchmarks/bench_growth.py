@@ -143,9 +143,11 @@ def fusion_variants(compile_: bool) -> dict[str, Callable[[Tensor], Tensor]]:
 
 
 def fusion_table(sizes: list[int], reps: int, compile_: bool) -> str:
-    variants = fusion_variants(compile_)
     rows = []
     for n in sizes:
+        if compile_:
+            torch._dynamo.reset()  # a fresh compile per size (no recompile limit)
+        variants = fusion_variants(compile_)
         x = make_x(n, False)
         ref = float(F.l1l2(x.double(), L1C, L2C))
         for mode, wrap in (("forward", fwd), ("fwd + bwd", fwd_bwd)):
