@@ -212,8 +212,9 @@ What was looked for, per the issue, and what the figures above say:
   1. `functional.l1l2` is written as one `addcmul`, but in eager mode that is three
      full-size temporaries (`|x|`, `|x| * l1`, the `addcmul`) and a longer backward;
      computing `l1 * sum|x| + l2 * sum x**2` as two reductions is faster from 1e5
-     elements on (fusion table, `F.l1 + F.l2` rows; at 1e4 the extra call costs more). Under `torch.compile` either form fuses into one loop
-     (`compiled F.l1l2`), which is the real one-pass version.
+     elements on (fusion table, `F.l1 + F.l2` rows; at 1e4 the extra call costs
+     more). Under `torch.compile` either form fuses into one loop (`compiled
+     F.l1l2`), which is the real one-pass version.
   2. `coef * reduce(...)` costs one more autograd node than folding the constant
      (`sum * (coef / batch)`) and `float * tensor` goes through Python's `__rmul__`:
      the `inline` vs `hand` gap in the hook-cost table.
