@@ -69,8 +69,8 @@ class AblationConfig(VisionConfig):
     epochs: int = 3  # passes over the training split
     code: int = 256  # code width of the autoencoder
     penalty: str = "l1"  # the activity penalty of where/width/activation/scaling/weight-decay
-    coef: float = 0.01  # its coefficient (the which-norm grid's choice for l1)
-    kl_coef: float = 0.01  # KL coefficient for activation's "sigmoid kl"
+    coef: float = 0.003  # its coefficient (the which-norm grid's choice for l1)
+    kl_coef: float = 0.003  # KL coefficient for activation's "sigmoid kl" (grid's choice)
     kl_target: float = 0.05  # KL target rate
     probe_size: int = 3000  # training codes for the linear probe
     resample_dead: float = 0.0  # resample dead units (off: sparse-ae restores a resampled epoch)
