@@ -114,6 +114,28 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speedup(args: argparse.Namespace) -> int:
+    from actreg.experiments.speedup import SpeedupConfig, speedup
+    from actreg.report import format_table
+
+    row = speedup(
+        SpeedupConfig(
+            run_dir=args.run_dir,
+            variant=args.variant,
+            examples=args.examples,
+            batch_size=args.batch_size,
+            threads=args.threads,
+        )
+    )
+    zeros = row.pop("zero_fractions")
+    print(format_table([row]))
+    print(
+        "input zero fraction per converted layer: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in zeros.items())
+    )
+    return 0
+
+
 def _experiments_help() -> str:
     from actreg.experiments import EXPERIMENTS
 
@@ -178,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     f = dsub.add_parser("list", help="list data sets and whether they are cached")
     f.add_argument("--data-dir", help="data directory (default: $ACTREG_DATA or ~/.cache/actreg)")
     f.set_defaults(func=_data)
+
+    p = sub.add_parser(
+        "speedup", help="convert a trained run's model to sparse-input layers and time it"
+    )
+    p.add_argument("run_dir", help="a sparse-rectifier or sparse-ae run folder")
+    p.add_argument("--variant", help="trained variant (default: the penalized one)")
+    p.add_argument("--examples", type=int, default=500, help="test images to time (500)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing (1)")
+    p.set_defaults(func=_speedup)
 
     p = sub.add_parser("report", help="write a Markdown report of runs side by side")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders with results.json")

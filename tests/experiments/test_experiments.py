@@ -174,3 +174,17 @@ def test_report_embeds_a_search_folder(runs, tmp_path):
     assert "## Coefficient search: cnn" in text
     assert "![trade-off](../search/study/tradeoff.png)" in text
     assert "## cnn:" in text
+
+
+@pytest.mark.parametrize("name", ["sparse-rectifier", "sparse-ae"])
+def test_speedup_converts_a_trained_run(runs, name, capsys):
+    assert main(["speedup", runs[name]["run_dir"], "--examples", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "| True |" in out  # identical predictions
+    assert "input zero fraction per converted layer" in out
+
+
+def test_speedup_refuses_other_runs(runs, capsys):
+    assert main(["speedup", runs["cnn"]["run_dir"]]) == 2
+    assert "sparse-rectifier and sparse-ae" in capsys.readouterr().err
+    assert main(["speedup", runs["sparse-ae"]["run_dir"], "--variant", "nope"]) == 2

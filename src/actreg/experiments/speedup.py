@@ -1,0 +1,107 @@
+"""``actreg speedup RUN_DIR``: turn a trained model's zeros into inference speed, measured.
+
+Rebuilds a trained ``sparse-rectifier`` or ``sparse-ae`` model from its run folder
+(``results.json`` for the settings, ``VARIANT/checkpoint.pt`` for the weights, loaded with
+``weights_only=True``), converts it with :func:`actreg.sparse.convert`, and measures dense
+against converted latency on test images, with the identical-prediction check and the
+FLOP-based limit from the measured zero fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from actreg import sparse
+from actreg._errors import ActregError
+from actreg._io import load_checkpoint
+from actreg.experiments._config import from_dict
+from actreg.models import Autoencoder, mlp
+from actreg.report import load_results
+
+__all__ = ["SpeedupConfig", "speedup"]
+
+
+@dataclass
+class SpeedupConfig:
+    """What to measure."""
+
+    run_dir: str  # a folder written by `actreg run sparse-rectifier|sparse-ae`
+    variant: str | None = None  # which trained variant (default: the penalized one)
+    examples: int = 500  # test images to time
+    batch_size: int = 1  # images per forward (1 = latency)
+    threads: int = 1  # torch threads while timing
+    data_dir: str | None = None  # where the data lives (default as the run)
+
+
+def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, list[str] | None]:
+    """The trained model and the layers to convert (None: every eligible Linear)."""
+    from actreg.experiments import get
+
+    cfg: Any = from_dict(get(doc["experiment"]).config, doc["config"])
+    if doc["experiment"] == "sparse-rectifier":
+        act = "tanh" if variant == "tanh" else "relu"
+        return mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout), None
+    ae = Autoencoder(
+        data.x_train.shape[1],
+        cfg.code,
+        cfg.hidden,
+        act=cfg.act,
+        topk=cfg.topk or None,
+        unit_norm_decoder=cfg.unit_norm_decoder,
+    )
+    return ae, ["decoder.fc1" if cfg.hidden else "decoder.out"]
+
+
+def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
+    """Convert the run's model and measure it; returns a row for the table and the report."""
+    doc = load_results(cfg.run_dir)
+    if doc["experiment"] not in ("sparse-rectifier", "sparse-ae"):
+        raise ActregError(
+            f"speedup works on sparse-rectifier and sparse-ae runs, got {doc['experiment']!r}"
+        )
+    variants = list(doc["variants"])
+    variant = cfg.variant or variants[0]
+    if variant not in variants:
+        raise ActregError(f"no variant {variant!r} in {cfg.run_dir}; it has {variants}")
+    from actreg.data import load_vision
+
+    c = doc["config"]
+    data = load_vision(
+        c["data"],
+        data_dir=cfg.data_dir or c.get("data_dir"),
+        val_size=c.get("val_size"),
+        seed=c["seed"],
+        scaling=c["scaling"],
+        limit=c.get("limit"),
+    )
+    model, names = _model(doc, variant, data)
+    ckpt = Path(cfg.run_dir) / variant.replace(" ", "_") / "checkpoint.pt"
+    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    model.eval()
+    torch.set_num_threads(cfg.threads)
+    inputs = data.x_test[: cfg.examples]
+    if isinstance(model, Autoencoder):  # time the decoder on the codes it reads
+        with torch.no_grad():
+            inputs = model.encode(inputs)
+        model = model.decoder
+        names = [n.split(".", 1)[1] for n in names or []]
+    converted = sparse.convert(model, names)
+    report = sparse.measure(model, converted, inputs, batch_size=cfg.batch_size)
+    return {
+        "run": str(cfg.run_dir),
+        "variant": variant,
+        "batch_size": cfg.batch_size,
+        "dense_ms": report.dense_s * 1e3,
+        "sparse_ms": report.sparse_s * 1e3,
+        "speedup": report.speedup,
+        "limit": report.limit,
+        "of_limit": report.of_limit,
+        "identical": report.identical,
+        "max_abs_diff": report.max_abs_diff,
+        "zero_fractions": report.zero_fractions,
+    }
