@@ -150,8 +150,9 @@ def fit(
         monitor: measured on the validation pass of each epoch (reset before it).
         run_dir: where ``checkpoint.pt`` (best weights, config, epoch) is written.
         after_step: called after every optimizer step (e.g. decoder renormalization).
-        after_epoch: called with the epoch number after each epoch's training steps,
-            before validation (e.g. resampling dead units).
+        after_epoch: called with the epoch number after each epoch's validation, except
+            the last (e.g. resampling dead units). Changes it makes are validated at the
+            end of the next epoch, so the weights kept as best were always validated.
         desc: the progress bar's label.
 
     Returns:
@@ -201,8 +202,6 @@ def fit(
                 bar.set_postfix(
                     task=f"{float(task_sum) / i:.4f}", penalty=f"{float(pen_sum) / i:.4f}"
                 )
-        if after_epoch is not None:
-            after_epoch(epoch)
         if monitor is not None:
             monitor.reset()
         metrics = evaluate(model, *val, metrics_fn)
@@ -237,6 +236,8 @@ def fit(
             stale += 1
             if cfg.patience and stale >= cfg.patience:
                 break
+        if after_epoch is not None and epoch < cfg.epochs:
+            after_epoch(epoch)
     assert best is not None
     model.load_state_dict(best[2])
     return {

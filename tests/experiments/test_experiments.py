@@ -188,3 +188,41 @@ def test_speedup_refuses_other_runs(runs, capsys):
     assert main(["speedup", runs["cnn"]["run_dir"]]) == 2
     assert "sparse-rectifier and sparse-ae" in capsys.readouterr().err
     assert main(["speedup", runs["sparse-ae"]["run_dir"], "--variant", "nope"]) == 2
+
+
+def test_after_epoch_changes_are_never_kept_unvalidated():
+    # A callback that wrecks the model (as dead-unit resampling disturbs it) after each epoch:
+    # validation must see the trained weights, never the freshly wrecked ones, and the
+    # weights fit() restores must be a validated, trained state.
+    import torch
+
+    from actreg.data import load_vision
+    from actreg.experiments._common import classification_loss, classification_metrics
+    from actreg.models import mlp
+    from actreg.train import TrainConfig, evaluate, fit
+
+    data = load_vision("digits")
+    model = mlp(64, [16], 10)
+    calls = []
+
+    def wreck(epoch):
+        calls.append(epoch)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+
+    out = fit(
+        model,
+        (data.x_train, data.y_train),
+        (data.x_val, data.y_val),
+        loss_fn=classification_loss,
+        metrics_fn=classification_metrics,
+        objective="error",
+        cfg=TrainConfig(epochs=3, batch_size=50, lr=1e-2, progress=False),
+        after_epoch=wreck,
+    )
+    assert calls == [1, 2]  # not after the last epoch
+    # a zeroed model predicts one class (error about 0.9); trained weights do far better
+    assert out["history"][0]["val_error"] < 0.6
+    best = out["history"][out["best_epoch"] - 1]["val_error"]
+    assert evaluate(model, data.x_val, data.y_val, classification_metrics)["error"] == best
