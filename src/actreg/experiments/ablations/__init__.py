@@ -14,7 +14,7 @@ pooled std``; :mod:`._stats`), writes ``results.json``, ``progress.jsonl`` (one 
 trained model; rerunning with the same ``run_name`` and settings reuses them) and a
 picture per question.
 
-Defaults are the budget of docs/RESULTS_ABLATIONS.md: MNIST, 10,000 training images
+Defaults are the budget of docs/RESULTS.md (its ablations section): MNIST, 10,000 training images
 (validation and test cut to 2,000 each), 3 epochs, a 256-unit code, a 3,000-example probe.
 """
 
