@@ -178,8 +178,9 @@ def kl_sparsity(
 
 def _l1_sq(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """Per vector along ``dim``: ``||v||_1`` and ``||v||_2**2`` (also used by the Monitor)."""
-    rows = _units_last(x, dim)
-    return rows.abs().sum(-1), rows.square().sum(-1)
+    dim = check_dim(x, dim)
+    # Reduce along the unit axis in place of moving it last: no copy of conv maps (dim=1).
+    return x.abs().sum(dim).reshape(-1), x.square().sum(dim).reshape(-1)
 
 
 def _hoyer_ratio(x: Tensor, dim: int, squared: bool) -> Tensor:
