@@ -51,6 +51,22 @@ __all__ = [
 _EPS = 1e-12
 
 
+def as_float(x: object, what: str, fix: str) -> Tensor:
+    """Return ``x`` if it is a floating-point tensor, half precision upcast to float32.
+
+    Penalties and metrics accumulate sums; float16/bfloat16 would overflow or lose
+    precision, so they are computed in float32. ``what`` names the caller in the error,
+    ``fix`` says how to mend it.
+    """
+    if not isinstance(x, Tensor):
+        raise ActregError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ActregError(f"{what} needs a floating-point tensor, got dtype {x.dtype}; {fix}")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return x.float()
+    return x
+
+
 def check_reduction(reduction: str) -> None:
     """Raise :class:`ActregError` unless ``reduction`` is a known reduction."""
     if reduction not in REDUCTIONS:

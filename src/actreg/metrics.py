@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from actreg._errors import ActregError
-from actreg.functional import _l1_sq, _ratio_from_norms, check_dim
+from actreg.functional import _l1_sq, _ratio_from_norms, as_float, check_dim
 
 __all__ = ["METRICS", "firing_rate", "hoyer", "l0", "mean_abs", "rms", "zero_fraction"]
 
@@ -45,16 +45,7 @@ METRICS: tuple[str, ...] = ("zero_fraction", "l0", "mean_abs", "rms", "hoyer")
 
 def check_tensor(x: object, what: str = "a sparsity metric") -> Tensor:
     """Return ``x`` (half precision upcast to float32) if it is a floating-point tensor."""
-    if not isinstance(x, Tensor):
-        raise ActregError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ActregError(
-            f"{what} needs a floating-point tensor, got dtype {x.dtype}; "
-            "measure a layer whose output is float (or call .float() first)"
-        )
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
+    return as_float(x, what, "measure a layer whose output is float (or call .float() first)")
 
 
 def check_eps(eps: object) -> float:

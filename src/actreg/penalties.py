@@ -20,7 +20,6 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from actreg import functional as F
@@ -64,17 +63,8 @@ def _fmt(value: float) -> str:
 
 
 def _acc(x: Tensor) -> Tensor:
-    """Upcast half precision to float32 for accumulation."""
-    if not isinstance(x, Tensor):
-        raise ActregError(f"a penalty needs a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ActregError(
-            f"a penalty needs a floating-point tensor, got dtype {x.dtype}; "
-            "penalize a layer whose output is float"
-        )
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return x.float()
-    return x
+    """Check the input of a penalty; half precision is upcast to float32 for accumulation."""
+    return F.as_float(x, "a penalty", "penalize a layer whose output is float")
 
 
 class Penalty:
