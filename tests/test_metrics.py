@@ -169,3 +169,87 @@ def test_hoyer_keeps_gradient():
 def test_bad_input(call, match):
     with pytest.raises(ActregError, match=match):
         call()
+
+
+def _signed(*shape):
+    """Signed values with exact zeros, values at +-0.3 and a NaN-free mix of scales."""
+    x = torch.randn(*shape) * torch.rand(*shape) * 3
+    flat = x.view(-1)
+    flat[::3] = 0.0
+    flat[1::7] = 0.3
+    flat[2::11] = -0.3
+    return x
+
+
+# (shape, dim): 1-D, 2-D, sequences, conv maps, unit axis first, more than 255 and
+# 32767 rows before the unit axis (the uint8, int16 and int32 count paths).
+STATS_CASES = {
+    "vector": ((9,), 0),
+    "linear": ((40, 13), 1),
+    "linear_300_rows": ((300, 5), 1),
+    "sequence": ((7, 6, 11), 2),
+    "time_first_dim0": ((8, 5, 3), 0),
+    "conv": ((6, 5, 4, 3), 1),
+    "conv_dim2": ((4, 3, 5, 6), 2),
+    "int16_rows": ((40000, 2), 1),
+}
+
+
+@pytest.mark.parametrize("block", [M.BLOCK, 7, 64], ids=["one_block", "block7", "block64"])
+@pytest.mark.parametrize("scratch", [False, True], ids=["fresh", "scratch"])
+@pytest.mark.parametrize("eps", [0.0, 0.3], ids=["eps0", "eps0.3"])
+@pytest.mark.parametrize("kind", list(STATS_CASES), ids=list(STATS_CASES))
+def test_batch_stats_equal_the_plain_formulas(kind, eps, scratch, block, monkeypatch):
+    """The Monitor's blocked sweep gives the values of _l1_sq, active_counts and max."""
+    from actreg.functional import _l1_sq
+
+    monkeypatch.setattr(M, "BLOCK", block)
+    shape, dim = STATS_CASES[kind]
+    x = _signed(*shape)
+    buffers = M.Scratch(x.dtype, x.device) if scratch else None
+    for _ in range(2):  # a second call reuses the buffers
+        norms, counts, top = M.batch_stats(x, dim, eps, buffers)
+        l1n, sq = _l1_sq(x, dim)
+        # bit for bit, except that a block along axis 1 may change the summation order
+        tol = {"rtol": 1e-6, "atol": 1e-6} if dim == 0 and x.dim() > 1 else {"rtol": 0, "atol": 0}
+        torch.testing.assert_close(norms[0], l1n, **tol)
+        torch.testing.assert_close(norms[1], sq, **tol)
+        want = (x.abs() > eps).sum([d for d in range(x.dim()) if d != dim])
+        assert counts.dtype == torch.int32
+        assert counts.tolist() == (want.tolist() if x.dim() > 1 else (x.abs() > eps).tolist())
+        assert top.item() == x.max().item()
+
+
+def test_batch_stats_non_contiguous_and_nan():
+    x = _signed(5, 6, 4).transpose(0, 2)  # (4, 6, 5), not contiguous
+    x[1, 2, 3] = float("nan")
+    norms, counts, top = M.batch_stats(x, 1, 0.3)
+    assert torch.isnan(top)
+    assert counts.tolist() == M.active_counts(x.contiguous(), 1, 0.3).tolist()
+    assert counts[2] == ((x[:, 2].abs() > 0.3) | x[:, 2].isnan()).sum()
+    assert torch.isnan(norms[0]).sum() == 1 and torch.isnan(norms[1]).sum() == 1
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2, 0.1 + 1e-12], ids=["eps0", "eps0.2", "eps_between"])
+def test_active_counts_round_eps_like_a_comparison(eps):
+    """threshold (the fast path) rounds eps to x's dtype as ``x.abs() > eps`` does."""
+    e = torch.tensor(eps, dtype=torch.float32)
+    up, down = torch.nextafter(e, e + 1), torch.nextafter(e, e - 1)
+    x = torch.stack([e, up, down, -e, -up, -down, torch.tensor(float("nan"))]).view(1, -1)
+    want = (x.abs() > eps) | x.isnan()
+    assert M.active_counts(x, 1, eps).tolist() == want.int().view(-1).tolist()
+    assert M.batch_stats(x, 1, eps)[1].tolist() == want.int().view(-1).tolist()
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_inplace_ratio_and_hoyer_equal_out_of_place(squared):
+    from actreg.functional import _ratio_from_norms
+
+    l1n, sq = M.batch_stats(_signed(50, 9), 1, 0.0)[0]
+    l1n[:3] = 0.0
+    sq[:3] = 0.0  # zero vectors
+    want = _ratio_from_norms(l1n, sq, squared)
+    got = _ratio_from_norms(l1n.clone(), sq.clone(), squared, inplace=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    want = M.hoyer_from_norms(l1n, sq, 9)
+    torch.testing.assert_close(M.hoyer_from_norms(l1n.clone(), sq.clone(), 9, True), want)

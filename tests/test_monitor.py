@@ -311,3 +311,30 @@ def test_unit_count_change_is_an_error():
             model(torch.ones(2, 4))
         mon.reset()
         model(torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("block", [7, 100], ids=["block7", "block100"])
+@pytest.mark.parametrize("eps", [0.0, 0.2], ids=["eps0", "eps0.2"])
+@pytest.mark.parametrize("kind", [*SHAPES, "dim0"], ids=[*SHAPES, "dim0"])
+def test_signed_data_in_small_blocks_match_metrics(kind, eps, block, monkeypatch):
+    """Negative values, several blocks per batch, reused buffers: still the metrics."""
+    monkeypatch.setattr(M, "BLOCK", block)
+    shape, dim = SHAPES[kind] if kind != "dim0" else ((6, 9, 4), 0)
+    x = torch.randn(*shape) * 2
+    x.view(-1)[::4] = 0.0
+    net = passthrough()
+    with actreg.Monitor(net, "act", eps=eps, dim=dim) as mon:
+        for part in x.split(5 if dim != 0 else 3, dim=0 if dim != 0 else 1):
+            net(part)
+        assert_stats_equal(mon.compute()["act"], expected(x, dim, eps))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
+def test_other_dtypes_use_their_own_buffers(dtype):
+    net = passthrough()
+    x = torch.relu(torch.randn(10, 3, 4, 4))
+    with actreg.Monitor(net, "act", dim=1) as mon:
+        net(x)
+        net(x.to(dtype))
+        got = mon.compute()["act"]
+    assert_stats_equal(got, expected(torch.cat([x, x.to(dtype).float()]), 1, 0.0))

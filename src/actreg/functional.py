@@ -193,7 +193,10 @@ def kl_sparsity(
 
 
 def _l1_sq(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-    """Per vector along ``dim``: ``||v||_1`` and ``||v||_2**2`` (also used by the Monitor)."""
+    """Per vector along ``dim``: ``||v||_1`` and ``||v||_2**2``.
+
+    ``metrics.batch_stats`` (the Monitor's) computes the same values in reused buffers.
+    """
     dim = check_dim(x, dim)
     # Reduce along the unit axis in place of moving it last: no copy of conv maps (dim=1).
     return x.abs().sum(dim).reshape(-1), x.square().sum(dim).reshape(-1)
@@ -203,8 +206,15 @@ def _hoyer_ratio(x: Tensor, dim: int, squared: bool) -> Tensor:
     return _ratio_from_norms(*_l1_sq(x, dim), squared)
 
 
-def _ratio_from_norms(l1n: Tensor, sq: Tensor, squared: bool) -> Tensor:
-    """``||v||_1 / ||v||_2`` (or its square) from :func:`_l1_sq`; a zero vector gives 0."""
+def _ratio_from_norms(l1n: Tensor, sq: Tensor, squared: bool, inplace: bool = False) -> Tensor:
+    """``||v||_1 / ||v||_2`` (or its square) from :func:`_l1_sq`; a zero vector gives 0.
+
+    ``inplace=True`` (no autograd) computes the same values into ``l1n``, overwriting
+    ``sq`` too: no temporaries.
+    """
+    if inplace:
+        root = sq.clamp_min_(_EPS) if squared else sq.sqrt_().clamp_min_(_EPS)
+        return (l1n.square_() if squared else l1n).div_(root)
     if squared:
         return l1n.square() / sq.clamp_min(_EPS)
     return l1n / sq.sqrt().clamp_min(_EPS)

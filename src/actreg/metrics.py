@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from actreg._errors import ActregError
 from actreg.functional import _l1_sq, _ratio_from_norms, as_float, check_dim
@@ -70,39 +70,166 @@ def check_unit_dim(x: Tensor, dim: int) -> int:
     return check_dim(x, dim)
 
 
+def _active_flags(x: Tensor, eps: float, out: Tensor | None = None) -> Tensor:
+    """``|x| > eps`` as a bool tensor (NaN counts active), into ``out`` if given.
+
+    A cast to bool and ``threshold`` are vectorized on CPU where comparison operators
+    (``le``, ``gt``) are not (about 7x slower for a float32 conv map). ``eps`` is rounded
+    to ``x``'s dtype first, as a comparison with a Python number does.
+    """
+    if eps != 0.0:  # |x| <= eps -> 0, NaN stays NaN
+        x = nn.functional.threshold(x.detach().abs(), eps, 0.0, inplace=True)
+    return x.bool() if out is None else out.copy_(x)
+
+
+def _count_per_unit(flags: Tensor, dim: int) -> Tensor:
+    """Per unit (axis ``dim``), the number of True entries of the bool tensor ``flags``.
+
+    int32 counts (int64 from 2**31 positions). On the contiguous view ``(before, units,
+    after)`` the sum over ``before`` runs in the narrowest integer type that cannot
+    overflow (uint8 up to 255 rows: vectorized, 3x faster on CPU than int32 sums of
+    bools), then the sum over ``after`` in int32.
+    """
+    units = flags.shape[dim]
+    positions = flags.numel() // max(units, 1)
+    acc = torch.int32 if positions < 2**31 else torch.int64
+    if flags.dim() == 1:
+        return flags.to(acc)
+    if flags.numel() == 0 or not flags.is_contiguous():
+        return flags.sum([d for d in range(flags.dim()) if d != dim], dtype=acc)
+    after = math.prod(flags.shape[dim + 1 :])
+    view = flags.view(-1, units, after)
+    before = view.shape[0]
+    narrow = torch.uint8 if before < 2**8 else torch.int16 if before < 2**15 else acc
+    counts = view.view(torch.uint8).sum(0, dtype=narrow) if before > 1 else view[0]
+    return counts.sum(1, dtype=acc) if after > 1 else counts.view(units).to(acc)
+
+
 def active_counts(x: Tensor, dim: int, eps: float) -> Tensor:
     """Per unit (axis ``dim``), the number of positions where ``|x| > eps``.
 
     ``x`` must already be checked; ``dim`` must be non-negative.
     """
-    active = x.bool() if eps == 0.0 else x.abs().le(eps).logical_not_()
-    others = [d for d in range(x.dim()) if d != dim]
-    if not others:
-        return active.int()
-    # int32 sums of bools are about twice as fast as the default int64 on CPU.
-    small = x.numel() // max(x.shape[dim], 1) < 2**31
-    return active.sum(others, dtype=torch.int32 if small else torch.int64)
+    return _count_per_unit(_active_flags(x, eps), dim)
 
 
-def normalized_hoyer(ratio: Tensor, n: int) -> Tensor:
+#: Elements per block of :func:`batch_stats`: |x| and the flags of a block stay in
+#: cache between the passes over it (2 MiB of float32; measured on a 1 MiB-L2 CPU).
+BLOCK = 2**19
+
+
+class Scratch:
+    """Reusable buffers of :func:`batch_stats` for one dtype and device, grown on demand.
+
+    On the CPU a fresh temporary of some MiB costs page faults at every call; reusing
+    these costs nothing. ``block`` (the dtype) and ``flags`` (bool) hold one block,
+    ``norms`` the per-vector norms of a whole batch.
+    """
+
+    __slots__ = ("block", "flags", "norms")
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.block = torch.empty(0, dtype=dtype, device=device)
+        self.flags = torch.empty(0, dtype=torch.bool, device=device)
+        self.norms = torch.empty(0, dtype=dtype, device=device)
+
+    def get(self, name: str, n: int) -> Tensor:
+        """The first ``n`` elements of buffer ``name``, grown (and kept) if too small."""
+        buf: Tensor = getattr(self, name)
+        if buf.numel() < n:
+            buf = torch.empty(n, dtype=buf.dtype, device=buf.device)
+            setattr(self, name, buf)
+        return buf[:n]
+
+
+def batch_stats(
+    x: Tensor, dim: int, eps: float, scratch: Scratch | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Everything the Monitor needs from a batch, in few passes over ``x``.
+
+    Returns ``norms``, shape ``(2, vectors)``: per vector along ``dim`` ``||v||_1`` and
+    ``||v||_2**2`` (the values of ``functional._l1_sq``; with ``dim=0`` up to the
+    rounding of another summation order); per unit the active counts
+    (those of :func:`active_counts`, int32 or int64); and the largest value of ``x``
+    (0-dim, NaN if any is NaN).
+
+    ``x`` is cut into blocks of about :data:`BLOCK` elements along its first axis other
+    than ``dim`` (vectors stay whole); each block is read from memory once and worked on
+    in cache: ``|x|`` is written once and reduced twice (``|x|``, then squared in place,
+    ``x**2``: ``|x|*|x| == x*x`` exactly). With ``scratch`` no temporary is allocated
+    (``norms`` is then a view of it, valid until its next use). ``x`` must already be
+    checked and detached, ``dim`` non-negative.
+    """
+    if x.dim() == 1:
+        x, dim = x.unsqueeze(0), 1
+    axis = 1 if dim == 0 else 0
+    rows = x.shape[axis]
+    per_row = x.numel() // rows
+    step = max(1, min(rows, BLOCK // max(per_row, 1)))
+    shape = list(x.shape)
+    vectors = x.numel() // x.shape[dim]
+    shape[axis] = step
+    if scratch is None:
+        norms = x.new_empty(2, vectors)
+        block = flag_block = None
+    else:
+        norms = scratch.get("norms", 2 * vectors).view(2, vectors)
+        block = scratch.get("block", step * per_row).view(shape)
+        flag_block = scratch.get("flags", step * per_row).view(shape)
+    out_shape = [s for d, s in enumerate(x.shape) if d != dim]
+    l1n, sq = norms[0].view(out_shape), norms[1].view(out_shape)
+    counts = top = None
+    for start in range(0, rows, step):
+        size = min(step, rows - start)
+        xb = x.narrow(axis, start, size)
+        fbuf, bbuf = block, flag_block
+        if size < step and scratch is not None:  # the last block: a contiguous prefix
+            shape[axis] = size
+            fbuf = scratch.block[: size * per_row].view(shape)
+            bbuf = scratch.flags[: size * per_row].view(shape)
+        a = torch.abs(xb, out=fbuf)
+        torch.sum(a, dim, out=l1n.narrow(0, start, size))
+        if eps == 0.0:
+            flags = _active_flags(xb, eps, bbuf)
+            a.mul_(a)
+        else:
+            nn.functional.threshold(a, eps, 0.0, inplace=True)  # |x| <= eps -> 0, NaN stays
+            flags = a.bool() if bbuf is None else bbuf.copy_(a)
+            a = torch.mul(xb, xb, out=a)
+        torch.sum(a, dim, out=sq.narrow(0, start, size))
+        c, m = _count_per_unit(flags, dim), xb.amax()
+        if counts is None or top is None:
+            counts, top = c, m
+        else:
+            counts.add_(c)
+            torch.maximum(top, m, out=top)
+    assert counts is not None and top is not None
+    return norms, counts, top
+
+
+def normalized_hoyer(ratio: Tensor, n: int, inplace: bool = False) -> Tensor:
     """Map ``||v||_1 / ||v||_2`` of vectors with ``n`` entries to sparsity in [0, 1].
 
     ``(sqrt(n) - ratio) / (sqrt(n) - 1)``, clamped to [0, 1]: 1 for a one-hot vector,
     0 for a constant one. A zero vector (ratio 0) scores 1. With ``n == 1`` the formula
-    is undefined; a zero scores 1 and anything else 0.
+    is undefined; a zero scores 1 and anything else 0. ``inplace=True`` (no autograd)
+    writes the same values into ``ratio``.
     """
     if n == 1:
         return (ratio == 0).to(ratio.dtype)
     root = math.sqrt(n)
+    if inplace:  # -r + root == root - r exactly
+        return ratio.neg_().add_(root).div_(root - 1.0).clamp_(0.0, 1.0)
     return ((root - ratio) / (root - 1.0)).clamp_(0.0, 1.0)
 
 
-def hoyer_from_norms(l1n: Tensor, sq: Tensor, n: int) -> Tensor:
+def hoyer_from_norms(l1n: Tensor, sq: Tensor, n: int, inplace: bool = False) -> Tensor:
     """Normalized Hoyer sparsity from per-vector ``||v||_1`` and ``||v||_2**2``.
 
     The ratio is :mod:`actreg.functional`'s, the one the Hoyer penalty uses.
+    ``inplace=True`` (no autograd) writes the result into ``l1n`` and overwrites ``sq``.
     """
-    return normalized_hoyer(_ratio_from_norms(l1n, sq, False), n)
+    return normalized_hoyer(_ratio_from_norms(l1n, sq, False, inplace), n, inplace)
 
 
 def hoyer_per_vector(x: Tensor, dim: int) -> Tensor:

@@ -15,7 +15,6 @@ from actreg import metrics as M
 from actreg._errors import ActregError
 from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
 from actreg.attach import _NoOp, in_backward
-from actreg.functional import _l1_sq
 
 __all__ = ["Monitor"]
 
@@ -23,6 +22,9 @@ Stats = dict[str, dict[str, Any]]
 
 # Per layer, the running sums: |x|, x**2, per-vector normalized Hoyer.
 _ABS, _SQ, _HOYER = range(3)
+
+# Largest watched output (elements) for which CPU scratch buffers are kept (64 MiB float32).
+_BUFFER_MAX = 2**24
 
 
 def _acc_dtype(device: torch.device) -> torch.dtype:
@@ -140,6 +142,7 @@ class Monitor:
         if isinstance(dim, Mapping):
             resolve(model, dim.keys())
         self._state: dict[str, _State] = {}
+        self._scratch: dict[torch.dtype, M.Scratch] = {}
         self._handles: list[RemovableHandle] = []
         self.layers: list[str] = []
         for matches in resolve(model, keys).values():
@@ -174,13 +177,33 @@ class Monitor:
             )
         elif state.sums.device != x.device:
             state.to(x.device)
-        l1n, sq = _l1_sq(x, dim)  # per vector, shared by the Hoyer ratio and the sums
-        hoyer = M.hoyer_from_norms(l1n, sq, units).sum()
-        state.sums += torch.stack((l1n.sum(), sq.sum(), hoyer))
-        state.active += M.active_counts(x, dim, self.eps)
-        torch.maximum(state.max, x.max(), out=state.max)
+        # The big-tensor work in one blocked sweep (in reused buffers on the CPU); the
+        # rest on the small per-vector table.
+        scratch = self._scratch_for(x)
+        norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
+        totals = norms.sum(1)  # sum |x|, sum x**2
+        hoyer = M.hoyer_from_norms(norms[0], norms[1], units, inplace=True).sum()
+        state.sums += torch.cat((totals, hoyer.view(1)))
+        state.active += active
+        torch.maximum(state.max, top, out=state.max)
         state.positions += x.numel() // units
         state.elements += x.numel()
+
+    def _scratch_for(self, x: Tensor) -> M.Scratch | None:
+        """Reused buffers for :func:`metrics.batch_stats` on the CPU (one per dtype), or None.
+
+        On the CPU a fresh temporary of some MiB costs page faults at every step; GPU
+        allocators cache blocks anyway. The buffers hold one block (at most
+        ``metrics.BLOCK`` elements, or one row along the first non-unit axis if larger)
+        and the per-vector norms of the largest batch; every layer shares them (hooks
+        run one at a time). Not above ``_BUFFER_MAX`` elements.
+        """
+        if x.device.type != "cpu" or x.numel() > _BUFFER_MAX:
+            return None
+        scratch = self._scratch.get(x.dtype)
+        if scratch is None:
+            scratch = self._scratch[x.dtype] = M.Scratch(x.dtype, x.device)
+        return scratch
 
     def compute(self, sync: bool = False) -> Stats:
         """The statistics since the last :meth:`reset`, per layer; copies to the host once.
