@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +83,22 @@ def _active_flags(x: Tensor, eps: float, out: Tensor | None = None) -> Tensor:
     return x.bool() if out is None else out.copy_(x)
 
 
+def _count_layout(
+    shape: tuple[int, ...], dim: int, acc: torch.dtype
+) -> tuple[int, int, int, torch.dtype]:
+    """``(before, units, after)`` of a contiguous tensor around ``dim``, and the
+    narrowest integer type that sums ``before`` bools without overflow (else ``acc``)."""
+    units = shape[dim]
+    after = math.prod(shape[dim + 1 :])
+    before = math.prod(shape[:dim])
+    narrow = torch.uint8 if before < 2**8 else torch.int16 if before < 2**15 else acc
+    return before, units, after, narrow
+
+
+def _count_dtype(positions: int) -> torch.dtype:
+    return torch.int32 if positions < 2**31 else torch.int64
+
+
 def _count_per_unit(flags: Tensor, dim: int) -> Tensor:
     """Per unit (axis ``dim``), the number of True entries of the bool tensor ``flags``.
 
@@ -91,17 +108,14 @@ def _count_per_unit(flags: Tensor, dim: int) -> Tensor:
     bools), then the sum over ``after`` in int32.
     """
     units = flags.shape[dim]
-    positions = flags.numel() // max(units, 1)
-    acc = torch.int32 if positions < 2**31 else torch.int64
+    acc = _count_dtype(flags.numel() // max(units, 1))
     if flags.dim() == 1:
         return flags.to(acc)
     if flags.numel() == 0 or not flags.is_contiguous():
         return flags.sum([d for d in range(flags.dim()) if d != dim], dtype=acc)
-    after = math.prod(flags.shape[dim + 1 :])
-    view = flags.view(-1, units, after)
-    before = view.shape[0]
-    narrow = torch.uint8 if before < 2**8 else torch.int16 if before < 2**15 else acc
-    counts = view.view(torch.uint8).sum(0, dtype=narrow) if before > 1 else view[0]
+    before, units, after, narrow = _count_layout(tuple(flags.shape), dim, acc)
+    view = flags.view(torch.uint8).view(before, units, after)
+    counts = view.sum(0, dtype=narrow) if before > 1 else view[0]
     return counts.sum(1, dtype=acc) if after > 1 else counts.view(units).to(acc)
 
 
@@ -113,33 +127,110 @@ def active_counts(x: Tensor, dim: int, eps: float) -> Tensor:
     return _count_per_unit(_active_flags(x, eps), dim)
 
 
-#: Elements per block of :func:`batch_stats`: |x| and the flags of a block stay in
-#: cache between the passes over it (2 MiB of float32; measured on a 1 MiB-L2 CPU).
+#: Elements per block of :func:`batch_stats`: a block's ``|x|`` and flags stay in cache
+#: between the passes over it (2 MiB of float32; the best of 2**16..2**24 measured
+#: inside the CNN training step of ``benchmarks/bench_step.py`` on a 1 MiB-L2 CPU).
 BLOCK = 2**19
 
 
+class _Block(NamedTuple):
+    """One block of :func:`batch_stats`: where it lies in ``x`` and where its work goes."""
+
+    start: int
+    size: int
+    work: Tensor  # |x|, then x**2
+    flags: Tensor  # |x| > eps
+    tally: Tensor  # flags as uint8, (before, units, after), or (units, after) if before == 1
+    wide: torch.dtype | None  # the type to sum ``tally`` over ``before`` in, None: no sum
+    l1_out: Tensor
+    sq_out: Tensor
+    count_out: Tensor  # (units,), or (units, 1) when after == 1
+    top_out: Tensor
+
+
+class _Plan:
+    """Views for :func:`batch_stats` on one input shape, over buffers of :class:`Scratch`
+    (or fresh ones): per block its ``|x|`` and flags buffers and its output slices."""
+
+    __slots__ = ("axis", "blocks", "counts", "norms", "tops")
+
+    def __init__(self, shape: tuple[int, ...], dim: int, buffers: Scratch) -> None:
+        axis = 1 if dim == 0 else 0
+        rows = shape[axis]
+        per_row = math.prod(shape) // rows
+        step = max(1, min(rows, BLOCK // max(per_row, 1)))
+        units, vectors = shape[dim], math.prod(shape) // shape[dim]
+        acc = _count_dtype(vectors)
+        starts = range(0, rows, step)
+        self.axis = axis
+        self.norms = buffers.get("norms", 2 * vectors).view(2, vectors)
+        per_vector = [s for d, s in enumerate(shape) if d != dim]
+        l1n, sq = self.norms[0].view(per_vector), self.norms[1].view(per_vector)
+        self.counts = buffers.get("counts", len(starts) * units, acc).view(-1, units)
+        self.tops = buffers.get("tops", len(starts))
+        self.blocks: list[_Block] = []
+        for i, start in enumerate(starts):
+            size = min(step, rows - start)
+            block = list(shape)
+            block[axis] = size
+            n = size * per_row
+            flags = buffers.get("flags", n).view(block)
+            before, _, after, narrow = _count_layout(tuple(block), dim, acc)
+            count = flags.view(torch.uint8).view(before, units, after)
+            self.blocks.append(
+                _Block(
+                    start=start,
+                    size=size,
+                    work=buffers.get("work", n).view(block),
+                    flags=flags,
+                    tally=count if before > 1 else count[0],
+                    wide=narrow if before > 1 else None,
+                    l1_out=l1n.narrow(0, start, size),
+                    sq_out=sq.narrow(0, start, size),
+                    count_out=self.counts[i] if after > 1 else self.counts[i].view(units, 1),
+                    top_out=self.tops[i],
+                )
+            )
+
+
 class Scratch:
-    """Reusable buffers of :func:`batch_stats` for one dtype and device, grown on demand.
+    """Buffers of :func:`batch_stats` for one dtype and device, reused from call to call.
 
     On the CPU a fresh temporary of some MiB costs page faults at every call; reusing
-    these costs nothing. ``block`` (the dtype) and ``flags`` (bool) hold one block,
-    ``norms`` the per-vector norms of a whole batch.
+    buffers costs nothing. ``fresh=True`` makes new ones at every :meth:`get` (for
+    devices whose allocator caches memory anyway). The prepared views of the last few
+    input shapes are kept with them.
     """
 
-    __slots__ = ("block", "flags", "norms")
+    __slots__ = ("buffers", "device", "dtype", "fresh", "plans")
 
-    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
-        self.block = torch.empty(0, dtype=dtype, device=device)
-        self.flags = torch.empty(0, dtype=torch.bool, device=device)
-        self.norms = torch.empty(0, dtype=dtype, device=device)
+    def __init__(self, dtype: torch.dtype, device: torch.device, fresh: bool = False) -> None:
+        self.dtype, self.device, self.fresh = dtype, device, fresh
+        self.buffers: dict[str, Tensor] = {}
+        self.plans: dict[tuple[tuple[int, ...], int], _Plan] = {}
 
-    def get(self, name: str, n: int) -> Tensor:
-        """The first ``n`` elements of buffer ``name``, grown (and kept) if too small."""
-        buf: Tensor = getattr(self, name)
-        if buf.numel() < n:
-            buf = torch.empty(n, dtype=buf.dtype, device=buf.device)
-            setattr(self, name, buf)
+    def get(self, name: str, n: int, dtype: torch.dtype | None = None) -> Tensor:
+        """The first ``n`` elements of buffer ``name`` (grown if too small)."""
+        dtype = dtype or (torch.bool if name == "flags" else self.dtype)
+        buf = self.buffers.get(name)
+        if self.fresh or buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = torch.empty(n, dtype=dtype, device=self.device)
+            if not self.fresh:
+                self.buffers[name] = buf
+                self.plans.clear()  # their views point into the old buffer
         return buf[:n]
+
+    def plan(self, shape: tuple[int, ...], dim: int) -> _Plan:
+        """The views for inputs of ``shape`` (kept for the last 16 shapes)."""
+        key = (shape, dim)
+        plan = self.plans.get(key)
+        if plan is None:
+            plan = _Plan(shape, dim, self)
+            if not self.fresh:  # building may grow buffers and clear the cache: add after
+                if len(self.plans) >= 16:
+                    self.plans.clear()
+                self.plans[key] = plan
+        return plan
 
 
 def batch_stats(
@@ -157,54 +248,33 @@ def batch_stats(
     than ``dim`` (vectors stay whole); each block is read from memory once and worked on
     in cache: ``|x|`` is written once and reduced twice (``|x|``, then squared in place,
     ``x**2``: ``|x|*|x| == x*x`` exactly). With ``scratch`` no temporary is allocated
-    (``norms`` is then a view of it, valid until its next use). ``x`` must already be
-    checked and detached, ``dim`` non-negative.
+    and the results are views of its buffers, valid until its next use. ``x`` must
+    already be checked and detached, ``dim`` non-negative.
     """
     if x.dim() == 1:
         x, dim = x.unsqueeze(0), 1
-    axis = 1 if dim == 0 else 0
-    rows = x.shape[axis]
-    per_row = x.numel() // rows
-    step = max(1, min(rows, BLOCK // max(per_row, 1)))
-    shape = list(x.shape)
-    vectors = x.numel() // x.shape[dim]
-    shape[axis] = step
     if scratch is None:
-        norms = x.new_empty(2, vectors)
-        block = flag_block = None
-    else:
-        norms = scratch.get("norms", 2 * vectors).view(2, vectors)
-        block = scratch.get("block", step * per_row).view(shape)
-        flag_block = scratch.get("flags", step * per_row).view(shape)
-    out_shape = [s for d, s in enumerate(x.shape) if d != dim]
-    l1n, sq = norms[0].view(out_shape), norms[1].view(out_shape)
-    counts = top = None
-    for start in range(0, rows, step):
-        size = min(step, rows - start)
-        xb = x.narrow(axis, start, size)
-        fbuf, bbuf = block, flag_block
-        if size < step and scratch is not None:  # the last block: a contiguous prefix
-            shape[axis] = size
-            fbuf = scratch.block[: size * per_row].view(shape)
-            bbuf = scratch.flags[: size * per_row].view(shape)
-        a = torch.abs(xb, out=fbuf)
-        torch.sum(a, dim, out=l1n.narrow(0, start, size))
+        scratch = Scratch(x.dtype, x.device, fresh=True)
+    plan = scratch.plan(tuple(x.shape), dim)
+    whole = len(plan.blocks) == 1
+    for b in plan.blocks:
+        xb = x if whole else x.narrow(plan.axis, b.start, b.size)
+        a = torch.abs(xb, out=b.work)
+        torch.sum(a, dim, out=b.l1_out)
         if eps == 0.0:
-            flags = _active_flags(xb, eps, bbuf)
+            b.flags.copy_(xb)  # x != 0, NaN included
             a.mul_(a)
         else:
             nn.functional.threshold(a, eps, 0.0, inplace=True)  # |x| <= eps -> 0, NaN stays
-            flags = a.bool() if bbuf is None else bbuf.copy_(a)
-            a = torch.mul(xb, xb, out=a)
-        torch.sum(a, dim, out=sq.narrow(0, start, size))
-        c, m = _count_per_unit(flags, dim), xb.amax()
-        if counts is None or top is None:
-            counts, top = c, m
-        else:
-            counts.add_(c)
-            torch.maximum(top, m, out=top)
-    assert counts is not None and top is not None
-    return norms, counts, top
+            b.flags.copy_(a)
+            torch.mul(xb, xb, out=a)
+        torch.sum(a, dim, out=b.sq_out)
+        counts = b.tally if b.wide is None else b.tally.sum(0, dtype=b.wide)
+        torch.sum(counts, -1, keepdim=b.count_out.dim() == 2, out=b.count_out)
+        torch.amax(xb, out=b.top_out)
+    if whole:
+        return plan.norms, plan.counts[0], plan.tops[0]
+    return plan.norms, plan.counts.sum(0, dtype=plan.counts.dtype), plan.tops.amax()
 
 
 def normalized_hoyer(ratio: Tensor, n: int, inplace: bool = False) -> Tensor:
@@ -218,8 +288,8 @@ def normalized_hoyer(ratio: Tensor, n: int, inplace: bool = False) -> Tensor:
     if n == 1:
         return (ratio == 0).to(ratio.dtype)
     root = math.sqrt(n)
-    if inplace:  # -r + root == root - r exactly
-        return ratio.neg_().add_(root).div_(root - 1.0).clamp_(0.0, 1.0)
+    if inplace:  # (r - root) / (1 - root) == (root - r) / (root - 1) exactly
+        return ratio.sub_(root).div_(1.0 - root).clamp_(0.0, 1.0)
     return ((root - ratio) / (root - 1.0)).clamp_(0.0, 1.0)
 
 

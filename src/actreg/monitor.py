@@ -181,7 +181,7 @@ class Monitor:
         # rest on the small per-vector table.
         scratch = self._scratch_for(x)
         norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
-        totals = norms.sum(1)  # sum |x|, sum x**2
+        totals = norms.sum(1)  # sum |x|, sum x**2 (then added in float64)
         hoyer = M.hoyer_from_norms(norms[0], norms[1], units, inplace=True).sum()
         state.sums += torch.cat((totals, hoyer.view(1)))
         state.active += active
