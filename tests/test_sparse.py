@@ -6,6 +6,7 @@ import copy
 import io
 import math
 from collections import OrderedDict
+from typing import Any
 
 import pytest
 import torch
@@ -24,6 +25,40 @@ from actreg._sparse_kernels import (
 from actreg.sparse import SparseInputLinear
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on the pure-PyTorch kernels unless it asks for ``cpp``."""
+    monkeypatch.setattr(kernels, "_EXT", False)
+
+
+@pytest.fixture(scope="session")
+def _built() -> object:
+    saved = kernels._EXT
+    kernels._EXT = None
+    try:
+        ok = kernels.load_extension()
+        return kernels._EXT if ok else None
+    finally:
+        kernels._EXT = saved
+
+
+@pytest.fixture
+def cpp(_built: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The C++ kernels, loaded (built once per session, ~40 s without a cache)."""
+    if _built is None:
+        pytest.skip("the C++ kernels do not build here")
+    monkeypatch.setattr(kernels, "_EXT", _built)
+    return _built
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def kernel(request: pytest.FixtureRequest) -> str:
+    """Run a test on both kernel sets."""
+    if request.param == "cpp":
+        request.getfixturevalue("cpp")
+    return str(request.param)
 
 
 def _pair(
@@ -45,7 +80,7 @@ SHAPES = [(1, 32), (5, 32), (32,), (2, 3, 32), (0, 32)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_same_outputs(
-    sparsity: float, shape: tuple[int, ...], dtype: torch.dtype, bias: bool
+    sparsity: float, shape: tuple[int, ...], dtype: torch.dtype, bias: bool, kernel: str
 ) -> None:
     dense, fast = _pair(bias=bias, dtype=dtype)
     x = (random_sparse(shape, sparsity) - 0.6).to(dtype)  # signed values
@@ -353,10 +388,7 @@ def test_deepcopy_and_pickle() -> None:
         assert _close(loaded(x), want) and _close(copy.deepcopy(fast)(x), want)
 
 
-@pytest.mark.slow
-def test_cpp_extension_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not kernels.load_extension():
-        pytest.skip("the C++ kernel does not build here")
+def test_cpp_extension_matches_dense(cpp: object) -> None:
     for rows in (1, 5):
         x = random_sparse((rows, 64), 0.8).double()
         w, b = torch.randn(7, 64, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
@@ -367,3 +399,318 @@ def test_cpp_extension_matches_dense(monkeypatch: pytest.MonkeyPatch) -> None:
         assert _close(kernels.sparse_linear(x, wt, None), want - b, torch.float64)
         assert torch.equal(b, b0)  # the bias is not written to
         assert nonzero_fraction(x) == pytest.approx(float((x != 0).double().mean()))
+
+
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 33, 100], ids=lambda k: f"in{k}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+def test_cpp_linear_auto_both_paths(k: int, dtype: torch.dtype, relu: bool, cpp: Any) -> None:
+    """Every width around the 16-lane vector step, NaN and -0.0 inputs, both decisions."""
+    gen = torch.Generator().manual_seed(k)
+    w = torch.randn(9, k, generator=gen, dtype=dtype)
+    b = torch.randn(9, generator=gen, dtype=dtype)
+    x = random_sparse((1, k), 0.6, generator=gen).to(dtype)
+    x[0, 0] = -0.0
+    want = nn.functional.linear(x, w, b)
+    want = torch.relu(want) if relu else want
+    for threshold in (0.0, math.inf):  # sparse kernel, then addmm
+        got = cpp.linear_auto(x, w, w.t().contiguous(), b, threshold, relu)
+        assert _close(got, want, dtype)
+    x[0, k - 1] = math.nan  # NaN is a non-zero input, as in the dense product
+    got = cpp.linear_auto(x, w, w.t().contiguous(), b, 0.0, False)
+    assert torch.isnan(got).all()
+
+
+def test_cpp_kernel_rejects_bad_shapes(cpp: Any) -> None:
+    x, w = torch.ones(2, 4), torch.ones(3, 5)
+    with pytest.raises(RuntimeError, match="transposed weight"):
+        cpp.linear_auto(x, w, w.t().contiguous(), None, 0.0, False)
+    with pytest.raises(RuntimeError, match="bias"):
+        w = torch.ones(3, 4)
+        cpp.linear_auto(x, w, w.t().contiguous(), torch.ones(5), 0.0, False)
+
+
+# ------------------------------------------------------------ SparseSequential (fused runs)
+
+
+def _mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(20, 48),
+            act1=nn.ReLU(),
+            drop=nn.Dropout(0.5),
+            fc2=nn.Linear(48, 48),
+            act2=nn.ReLU(),
+            ident=nn.Identity(),
+            fc3=nn.Linear(48, 5),
+        )
+    ).to(dtype)
+    with torch.no_grad():  # negative biases: most hidden units off, as after L1 training
+        net.fc1.bias.sub_(0.5)
+        net.fc2.bias.sub_(0.3)
+    return net.eval()
+
+
+def _fused(net: nn.Module, threshold: float = 0.0, first: bool = True) -> nn.Module:
+    return sparse.convert(net, ["fc1", "fc2", "fc3"][0 if first else 1 :], threshold=threshold)
+
+
+def _chain_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = sparse._Chain.run
+    monkeypatch.setattr(sparse._Chain, "run", lambda self, x: calls.append(1) or real(self, x))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(1, 20), (7, 20), (20,), (2, 3, 20), (0, 20)])
+@pytest.mark.parametrize("threshold", [0.0, 0.5, math.inf], ids=["sparse", "auto-ish", "dense"])
+@pytest.mark.parametrize("first", [True, False], ids=["all", "plain-first"])
+def test_fused_same_outputs(
+    dtype: torch.dtype, shape: tuple[int, ...], threshold: float, first: bool, cpp: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    net = _mlp(dtype)
+    fast = _fused(net, threshold, first)
+    assert type(fast) is sparse.SparseSequential
+    calls = _chain_calls(monkeypatch)
+    x = (random_sparse(shape, 0.5) - 0.3).to(dtype)
+    with torch.inference_mode():
+        want, got = net(x), fast(x)
+    assert calls, "the fused path was not taken"
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert _close(got, want, dtype)
+    if threshold == math.inf:  # all dense: the same addmm calls as the layers themselves
+        assert torch.equal(got, want)
+
+
+def test_fused_without_extension_is_plain_sequential(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _mlp()
+    fast = _fused(net)
+    calls = _chain_calls(monkeypatch)
+    x = random_sparse((3, 20), 0.5)
+    with torch.no_grad():
+        assert _close(fast(x), net(x))
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "case", ["train-grad", "eval-requires-grad", "input-requires-grad", "global-hook"]
+)
+def test_fused_path_not_taken_when_grad_or_hooks(
+    case: str, cpp: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _mlp()
+    fast = _fused(net)
+    calls = _chain_calls(monkeypatch)
+    x = random_sparse((3, 20), 0.5)
+    handle = None
+    if case == "train-grad":
+        fast.train()
+        net.train()
+        torch.manual_seed(1)
+        want = net(x)
+        torch.manual_seed(1)
+        got = fast(x)
+    else:
+        if case == "input-requires-grad":
+            x.requires_grad_()
+        if case == "global-hook":
+            handle = nn.modules.module.register_module_forward_hook(lambda *a: None)
+        want, got = net(x), fast(x)
+    if handle is not None:
+        handle.remove()
+    assert not calls
+    assert torch.equal(got, want)
+
+
+def test_fused_respects_child_hooks_and_rebuilds(
+    cpp: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _mlp()
+    fast = _fused(net)
+    seen: list[tuple[int, ...]] = []
+    x = random_sparse((2, 20), 0.5)
+    with torch.no_grad():
+        fast(x)
+        handle = fast.act1.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+        fast(x)  # ReLU with a hook runs as a module, the rest fused around it
+        handle.remove()
+        fast(x)
+        got = fast(x)
+    assert seen == [torch.Size([2, 48])]
+    assert _close(got, net(x).detach())
+
+
+def test_fused_monitor_still_sees_layers(cpp: object) -> None:
+    net = _mlp()
+    fast = _fused(net)
+    mon = actreg.Monitor(fast, ["act1", "act2"])
+    with torch.no_grad():
+        fast(random_sparse((4, 20), 0.5))
+    stats = mon.compute()
+    assert stats["act1"]["l0"] > 0 or stats["act1"]["zero_fraction"] == 1.0
+    mon.remove()
+
+
+@pytest.mark.parametrize(
+    "change", ["in-place", "load_state_dict", "new-parameter", "replace-layer", "delete-layer",
+               "threshold", "dropout-train", "to-double"],
+)  # fmt: skip
+def test_fused_plan_follows_changes(
+    change: str, cpp: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _mlp()
+    fast = _fused(net)
+    x = random_sparse((3, 20), 0.5)
+    with torch.no_grad():
+        fast(x)  # build and cache the plan
+        if change == "in-place":
+            fast.fc2.weight.mul_(-2.0)
+        elif change == "load_state_dict":
+            other = _mlp(seed=1)
+            fast.load_state_dict(other.state_dict())
+            net = other
+        elif change == "new-parameter":
+            fast.fc1.weight = nn.Parameter(torch.randn(48, 20))
+        elif change == "replace-layer":
+            fast.fc3 = nn.Linear(48, 5)
+        elif change == "delete-layer":
+            del fast.ident
+            del net.ident
+        elif change == "threshold":  # the fused call must ask the layers again
+            for name in ("fc1", "fc2", "fc3"):
+                fast.get_submodule(name).threshold = math.inf
+            asked: list[int] = []
+            real = SparseInputLinear.threshold_for
+            monkeypatch.setattr(
+                SparseInputLinear, "threshold_for", lambda s, b: asked.append(b) or real(s, b)
+            )
+        elif change == "dropout-train":
+            fast.drop.train()
+            net.drop.train()
+        elif change == "to-double":
+            fast.double()
+            x = x.double()
+            net = net.double()
+        if change in ("new-parameter", "replace-layer"):
+            net = copy.deepcopy(fast).float()
+            for m in net.modules():  # the reference: plain modules, one by one
+                if isinstance(m, SparseInputLinear):
+                    m.threshold = math.inf
+            monkeypatch.setattr(kernels, "_EXT", False)
+            want = net(x)
+            monkeypatch.setattr(kernels, "_EXT", cpp)
+        else:
+            torch.manual_seed(3)
+            want = net(x)
+        torch.manual_seed(3)
+        got = fast(x)
+    assert _close(got, want, x.dtype)
+    if change == "threshold":
+        assert asked == [3, 3, 3]
+
+
+def test_fused_inference_mode_model_and_pickle(cpp: object) -> None:
+    net = _mlp()
+    x = random_sparse((2, 20), 0.5)
+    with torch.inference_mode():  # a model converted inside inference mode: inference tensors
+        fast = sparse.convert(net, ["fc1", "fc2", "fc3"], threshold=0.0)
+        assert _close(fast(x), net(x))
+    with torch.no_grad():
+        fast = _fused(net)
+        want = fast(x)
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert "_actreg_plan" not in loaded.__dict__
+        assert _close(loaded(x), want) and _close(copy.deepcopy(fast)(x), want)
+
+
+def test_fused_errors_are_pytorchs(cpp: object) -> None:
+    fast = _fused(_mlp())
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        fast(torch.ones(2, 21))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="dtype"):
+        fast(torch.ones(2, 20, dtype=torch.float64))
+
+
+def test_convert_fuse_false_and_subclass_kept() -> None:
+    net = _mlp()
+    assert type(sparse.convert(net, threshold=0.5, fuse=False)) is nn.Sequential
+
+    class MySeq(nn.Sequential):
+        pass
+
+    mine = MySeq(nn.ReLU(), nn.Linear(4, 2))
+    assert type(sparse.convert(mine, threshold=0.5)) is MySeq
+
+
+def test_convert_inplace_changes_class_of_model() -> None:
+    net = _mlp()
+    out = sparse.convert(net, threshold=0.5, inplace=True)
+    assert out is net and type(net) is sparse.SparseSequential
+
+
+# ------------------------------------------------------------ fold_input_scaling, eligible
+
+
+@pytest.mark.parametrize("kind", ["scalar", "vector", "identity"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_fold_input_scaling(kind: str, bias: bool) -> None:
+    torch.manual_seed(0)
+    lin = nn.Linear(6, 3, bias=bias).double()
+    shift: float | torch.Tensor
+    scale: float | torch.Tensor
+    if kind == "scalar":
+        shift, scale = 0.13, 0.31
+    elif kind == "vector":
+        shift, scale = torch.rand(6), torch.rand(6) + 0.5
+    else:
+        shift, scale = 0.0, 1.0
+    folded = sparse.fold_input_scaling(lin, shift, scale)
+    x = random_sparse((4, 6), 0.7).double()
+    with torch.no_grad():
+        want = lin((x - torch.as_tensor(shift, dtype=torch.float64))
+                   / torch.as_tensor(scale, dtype=torch.float64))  # fmt: skip
+        assert torch.allclose(folded(x), want, atol=1e-12)
+    assert folded.weight.dtype == torch.float64 and folded is not lin
+    assert folded.bias is not None  # a shift needs a bias even when the layer had none
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"shift": torch.zeros(5)}, "one per input feature"),
+        ({"scale": 0.0}, "non-zero"),
+        ({"scale": math.nan}, "finite"),
+    ],
+)
+def test_fold_input_scaling_bad(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(actreg.ActregError, match=match):
+        sparse.fold_input_scaling(nn.Linear(6, 3), **kwargs)
+    with pytest.raises(actreg.ActregError, match="nn.Linear"):
+        sparse.fold_input_scaling(nn.ReLU())  # type: ignore[arg-type]
+
+
+def test_eligible_lists_default_choice() -> None:
+    assert sparse.eligible(_mlp()) == ["fc2", "fc3"]
+
+
+def test_measure_with_converted_inputs() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    raw = random_sparse((8, 6), 0.7)
+    shift, scale = 0.2, 0.4
+    fast = copy.deepcopy(net)
+    fast[0] = sparse.fold_input_scaling(net[0], shift, scale)
+    fast = sparse.convert(fast, ["0", "2"], threshold=0.0)
+    rep = sparse.measure(
+        net, fast, (raw - shift) / scale, converted_inputs=raw, batch_size=1, repeats=1
+    )
+    assert rep.identical and rep.max_abs_diff < 1e-5
+    assert rep.zero_fractions["0"] == pytest.approx(float((raw == 0).float().mean()))
+    with pytest.raises(actreg.ActregError, match="same examples"):
+        sparse.measure(net, fast, raw, converted_inputs=raw[:3])

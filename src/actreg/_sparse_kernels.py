@@ -100,41 +100,223 @@ def bag_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out.add_(bias)
 
 
-# An optional C++ kernel (one call: scan each row, add ``v * wt[j]`` for every non-zero ``v``).
-# Built on request by :func:`load_extension` (about 40 s with gcc, then cached by torch);
-# without it everything runs on :func:`bag_linear`.
+# The optional C++ kernels, built on request by :func:`load_extension` (about 40 s with gcc,
+# then cached by torch); without them everything runs on :func:`bag_linear`.
+#
+# * ``sparse_linear(x, wt, bias)``: for each row, list the non-zero inputs, then add
+#   ``v * wt[j]`` for four of them at a time (one load and store of the output row per four
+#   weight rows); the bias initialises the output row. No threads are started for one row or
+#   one thread (``at::parallel_for`` costs microseconds, as much as a sparse 1000-wide layer).
+# * ``linear_auto(x, w, wt, bias, threshold, relu)``: count the zeros of ``x`` exactly, then the
+#   sparse kernel if their fraction is at least ``threshold``, else ``addmm`` (what
+#   ``F.linear`` runs, so the fallback gives the dense layer's bits). One call per layer.
+# * ``chain(x, layers...)``: ``linear_auto`` for a run of Linear (+ ReLU) layers in one call.
 _CPP = r"""#include <torch/extension.h>
 #include <ATen/Parallel.h>
-torch::Tensor sparse_linear(torch::Tensor x, torch::Tensor wt, c10::optional<torch::Tensor> bias) {
-  auto n = x.size(0), k = x.size(1), o = wt.size(1);
-  auto out = bias.has_value() ? bias->repeat({n, 1}) : torch::zeros({n, o}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparse_linear", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = wt.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 1, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        scalar_t* __restrict__ orow = op + r * o;
-        const scalar_t* xr = xp + r * k;
-        for (int64_t j = 0; j < k; ++j) {
-          const scalar_t v = xr[j];
-          if (v != 0) {
-            const scalar_t* __restrict__ w = wp + j * o;
-            for (int64_t c = 0; c < o; ++c) orow[c] += v * w[c];
-          }
-        }
-      }
-    });
+#include <type_traits>
+#include <unordered_map>
+#include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// The positions of the non-zero entries of x[0..k) (NaN counts as non-zero, -0.0 as zero, as
+// with `x != 0`) written to idx (room for k + 16); returns how many. AVX-512 handles 16
+// floats per step.
+template <typename T>
+int64_t nonzeros(const T* x, int64_t k, int32_t* idx) {
+  int64_t m = 0, j = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value) {
+    const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (; j + 16 <= k; j += 16) {
+      const __mmask16 nz =
+          _mm512_cmp_ps_mask(_mm512_loadu_ps(x + j), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      // compress in a register, then a full store (idx has 16 entries of slack): a
+      // compressing store to memory is microcoded and slow on some CPUs (AMD Zen 4)
+      const __m512i ids = _mm512_add_epi32(_mm512_set1_epi32(int32_t(j)), lanes);
+      _mm512_storeu_si512(idx + m, _mm512_maskz_compress_epi32(nz, ids));
+      m += __builtin_popcount(nz);
+    }
+  }
+#endif
+  for (; j < k; ++j) { idx[m] = int32_t(j); m += (x[j] != 0); }
+  return m;
+}
+
+// orow = bias + sum over the m listed inputs of x[j] * wt[j], four weight rows at a time
+// (one load and store of the output row per four weight rows), then ReLU if asked.
+template <typename T>
+void row_kernel(const T* xr, const int32_t* idx, int64_t m, const T* wp, const T* bp,
+                T* __restrict__ orow, int64_t o, bool relu) {
+  if (bp) { for (int64_t c = 0; c < o; ++c) orow[c] = bp[c]; }
+  else { for (int64_t c = 0; c < o; ++c) orow[c] = 0; }
+  int64_t t = 0;
+  for (; t + 4 <= m; t += 4) {
+    const T v0 = xr[idx[t]], v1 = xr[idx[t + 1]], v2 = xr[idx[t + 2]], v3 = xr[idx[t + 3]];
+    const T* __restrict__ w0 = wp + int64_t(idx[t]) * o;
+    const T* __restrict__ w1 = wp + int64_t(idx[t + 1]) * o;
+    const T* __restrict__ w2 = wp + int64_t(idx[t + 2]) * o;
+    const T* __restrict__ w3 = wp + int64_t(idx[t + 3]) * o;
+    for (int64_t c = 0; c < o; ++c)
+      orow[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];
+  }
+  for (; t < m; ++t) {
+    const T v = xr[idx[t]];
+    const T* __restrict__ w = wp + int64_t(idx[t]) * o;
+    for (int64_t c = 0; c < o; ++c) orow[c] += v * w[c];
+  }
+  if (relu) { for (int64_t c = 0; c < o; ++c) orow[c] = orow[c] > 0 ? orow[c] : T(0); }
+}
+
+template <typename T>
+void rows_kernel(const T* xp, const T* wp, const T* bp, T* op,
+                 int64_t n, int64_t k, int64_t o, bool relu) {
+  auto body = [&](int64_t r0, int64_t r1) {
+    std::vector<int32_t> idx(k + 16);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t m = nonzeros(xp + r * k, k, idx.data());
+      row_kernel(xp + r * k, idx.data(), m, wp, bp, op + r * o, o, relu);
+    }
+  };
+  if (n == 1 || at::get_num_threads() == 1) body(0, n);
+  else at::parallel_for(0, n, 1, body);
+}
+
+void check(const at::Tensor& x, const at::Tensor& wt, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && wt.dim() == 2 && x.size(1) == wt.size(0),
+              "actreg sparse kernel: input (N, in) and transposed weight (in, out) expected, got ",
+              x.sizes(), " and ", wt.sizes());
+  TORCH_CHECK(x.device().is_cpu() && wt.device().is_cpu() && x.scalar_type() == wt.scalar_type()
+              && x.is_contiguous() && wt.is_contiguous(),
+              "actreg sparse kernel: contiguous CPU tensors of one dtype expected");
+  TORCH_CHECK(x.size(1) < (int64_t(1) << 31), "actreg sparse kernel: in_features must be < 2^31");
+  if (bias.has_value())
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == wt.size(1) && bias->is_contiguous()
+                && bias->scalar_type() == x.scalar_type() && bias->device().is_cpu(),
+                "actreg sparse kernel: bias of shape (out,) and the input's dtype expected");
+}
+
+at::Tensor sparse_rows(const at::Tensor& x, const at::Tensor& wt,
+                       const c10::optional<at::Tensor>& bias, bool relu) {
+  check(x, wt, bias);
+  const int64_t n = x.size(0), k = x.size(1), o = wt.size(1);
+  at::Tensor out = at::empty({n, o}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_sparse_rows", [&] {
+    rows_kernel<scalar_t>(x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                          bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
+                          out.data_ptr<scalar_t>(), n, k, o, relu);
   });
   return out;
 }
-int64_t count_nonzero(torch::Tensor x) {
+
+int64_t count(const at::Tensor& x) {
   int64_t c = 0;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "count", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_count", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
-    for (int64_t i = 0, n = x.numel(); i < n; ++i) c += (p[i] != 0);
+    for (int64_t i = 0, e = x.numel(); i < e; ++i) c += (p[i] != 0);
   });
   return c;
+}
+
+}  // namespace
+
+at::Tensor sparse_linear(at::Tensor x, at::Tensor wt, c10::optional<at::Tensor> bias) {
+  return sparse_rows(x, wt, bias, false);
+}
+
+at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
+                       c10::optional<at::Tensor> bias, double threshold, bool relu) {
+  const int64_t e = x.numel();
+  if (!(threshold <= 1.0)) {  // never sparse (a plain Linear): wt may be a placeholder
+  } else if (x.dim() == 2 && x.size(0) == 1 && e > 0) {  // one row: list the non-zeros once
+    check(x, wt, bias);
+    const int64_t k = x.size(1), o = wt.size(1);
+    std::vector<int32_t> idx(k + 16);
+    at::Tensor out;
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_linear_row", [&] {
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      const int64_t m = nonzeros(xp, k, idx.data());
+      if (1.0 - double(m) / double(k) >= threshold) {
+        out = at::empty({1, o}, x.options());
+        row_kernel(xp, idx.data(), m, wt.data_ptr<scalar_t>(),
+                   bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
+                   out.data_ptr<scalar_t>(), o, relu);
+      }
+    });
+    if (out.defined()) return out;
+  } else if (e > 0 && 1.0 - double(count(x)) / double(e) >= threshold) {
+    return sparse_rows(x, wt, bias, relu);
+  }
+  at::Tensor out = bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  if (relu) out.relu_();
+  return out;
+}
+
+at::Tensor chain(at::Tensor x, std::vector<at::Tensor> ws, std::vector<at::Tensor> wts,
+                 std::vector<c10::optional<at::Tensor>> biases, std::vector<double> thresholds,
+                 std::vector<bool> relu) {
+  at::Tensor h = x;
+  for (size_t i = 0; i < ws.size(); ++i)
+    h = linear_auto(h, ws[i], wts[i], biases[i], thresholds[i], relu[i]);
+  return h;
+}
+
+int64_t count_nonzero(at::Tensor x) { return count(x); }
+
+// A run of layers held in C++ so that a call passes one tensor: run(x) is chain(x, ...) with
+// the thresholds set for x's row count, or None when a weight or bias changed since the object
+// was made (storage or in-place version: the caller rebuilds it) or no thresholds are set for
+// that row count yet (the caller sets them).
+struct Chain {
+  std::vector<at::Tensor> ws, wts;
+  std::vector<c10::optional<at::Tensor>> bs;
+  std::vector<bool> relu;
+  std::vector<at::Tensor> params;
+  std::vector<const void*> ptrs;
+  std::vector<int64_t> versions;
+  std::unordered_map<int64_t, std::vector<double>> limits;
+
+  Chain(std::vector<at::Tensor> ws_, std::vector<at::Tensor> wts_,
+        std::vector<c10::optional<at::Tensor>> bs_, std::vector<bool> relu_)
+      : ws(ws_), wts(wts_), bs(bs_), relu(relu_) {
+    for (size_t i = 0; i < ws.size(); ++i) {
+      params.push_back(ws[i]);
+      if (bs[i].has_value()) params.push_back(*bs[i]);
+    }
+    for (auto& p : params) {
+      ptrs.push_back(p.data_ptr());
+      versions.push_back(p.is_inference() ? -1 : int64_t(p._version()));
+    }
+  }
+  bool fresh() const {
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (params[i].data_ptr() != ptrs[i]) return false;
+      if (versions[i] >= 0 && int64_t(params[i]._version()) != versions[i]) return false;
+    }
+    return true;
+  }
+  void set_limits(int64_t rows, std::vector<double> l) { limits[rows] = l; }
+  c10::optional<at::Tensor> run(at::Tensor x) {
+    auto it = limits.find(x.size(0));
+    if (it == limits.end() || !fresh()) return c10::nullopt;
+    return chain(x, ws, wts, bs, it->second, relu);
+  }
+};
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("sparse_linear", &sparse_linear);
+  m.def("linear_auto", &linear_auto);
+  m.def("chain", &chain);
+  m.def("count_nonzero", &count_nonzero);
+  py::class_<Chain>(m, "Chain")
+      .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>,
+                    std::vector<c10::optional<at::Tensor>>, std::vector<bool>>())
+      .def("fresh", &Chain::fresh)
+      .def("set_limits", &Chain::set_limits)
+      .def("run", &Chain::run);
 }
 """
 _EXT: Any = None
@@ -154,7 +336,6 @@ def load_extension(verbose: bool = False) -> bool:
             _EXT = load_inline(
                 "actreg_sparse_cpu",
                 cpp_sources=_CPP,
-                functions=["sparse_linear", "count_nonzero"],
                 extra_cflags=["-O3", "-march=native"],
                 verbose=verbose,
             )
@@ -164,7 +345,9 @@ def load_extension(verbose: bool = False) -> bool:
     return bool(_EXT)
 
 
-def _use_ext(x: Tensor, wt: Tensor) -> bool:
+def _use_ext(x: Tensor, wt: Tensor, bias: Tensor | None = None) -> bool:
+    """Whether the C++ kernels are loaded and take these tensors (CPU, float32/64, one dtype,
+    contiguous)."""
     return (
         bool(_EXT)
         and x.device.type == "cpu"
@@ -172,6 +355,7 @@ def _use_ext(x: Tensor, wt: Tensor) -> bool:
         and x.dtype == wt.dtype
         and x.is_contiguous()
         and wt.is_contiguous()
+        and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous()))
     )
 
 
@@ -183,7 +367,7 @@ def sparse_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
         >>> sparse_linear(torch.tensor([[0.0, 2.0]]), torch.eye(2), None)
         tensor([[0., 2.]])
     """
-    if _use_ext(x, wt) and (bias is None or bias.is_contiguous()):
+    if _use_ext(x, wt, bias):
         return _EXT.sparse_linear(x, wt, bias)
     return bag_linear(x, wt, bias)
 

@@ -125,6 +125,8 @@ def _speedup(args: argparse.Namespace) -> int:
             examples=args.examples,
             batch_size=args.batch_size,
             threads=args.threads,
+            extension=not args.no_extension,
+            fold_input=not args.no_fold,
         )
     )
     zeros = row.pop("zero_fractions")
@@ -209,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=500, help="test images to time (500)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing (1)")
+    p.add_argument(
+        "--no-extension",
+        action="store_true",
+        help="do not build the C++ kernels; time the pure-PyTorch kernel",
+    )
+    p.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="MLP: keep the first layer dense on scaled pixels instead of folding the scaling",
+    )
     p.set_defaults(func=_speedup)
 
     p = sub.add_parser("report", help="write a Markdown report of runs side by side")

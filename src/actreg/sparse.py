@@ -12,7 +12,7 @@ Example:
     >>> net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
     >>> fast = actreg.sparse.convert(net, threshold=0.5)
     >>> fast
-    Sequential(
+    SparseSequential(
       (0): Linear(in_features=8, out_features=16, bias=True)
       (1): ReLU()
       (2): SparseInputLinear(in_features=16, out_features=2, bias=True, threshold=0.5)
@@ -36,10 +36,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_globals
 
+from actreg import _sparse_kernels as _k
 from actreg._errors import ActregError
 from actreg._resolve import check_model, resolve
 from actreg._sparse_kernels import (
+    _use_ext,
     calibrate,
     load_extension,
     nonzero_fraction,
@@ -51,9 +54,12 @@ from actreg.layers import ActivityRegularization, TopK
 __all__ = [
     "SparseInputLinear",
     "SparseReport",
+    "SparseSequential",
     "calibrate",
     "convert",
+    "eligible",
     "flop_limit",
+    "fold_input_scaling",
     "load_extension",
     "measure",
 ]
@@ -68,6 +74,16 @@ ZERO_KEEPERS: tuple[type[nn.Module], ...] = (
 )  # fmt: skip
 
 Threshold = float | Mapping[int, float]
+
+
+#: Bumped whenever a SparseInputLinear's threshold is set or a parameter or module is
+#: registered (SparseSequential keeps a plan while it is unchanged).
+_GENERATION = [0]
+
+
+def _version(t: Tensor) -> int:
+    """The in-place version counter (inference tensors have none: -1)."""
+    return -1 if t.is_inference() else t._version
 
 
 def _check_threshold(threshold: object) -> dict[int, float]:
@@ -158,6 +174,7 @@ class SparseInputLinear(nn.Linear):
     def threshold(self, value: Threshold) -> None:
         self._threshold = _check_threshold(value)
         self._by_batch: dict[int, float] = {}
+        _GENERATION[0] += 1  # fused plans re-read their thresholds
 
     def threshold_for(self, batch: int) -> float:
         """The zero fraction from which a batch of ``batch`` rows uses the sparse path."""
@@ -185,9 +202,11 @@ class SparseInputLinear(nn.Linear):
         return self.bias is not None and self.bias.requires_grad
 
     def transposed_weight(self) -> Tensor:
-        """``weight.T`` as a contiguous ``(in, out)`` tensor, cached until the weight changes."""
+        """``weight.T`` as a contiguous ``(in, out)`` tensor, cached until the weight changes
+        (a new tensor, or an in-place update; inference tensors, which have no version
+        counter, are taken as unchanged while they are the same tensor)."""
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        key = (w.data_ptr(), _version(w), w.dtype, w.device)
         if self._wt is None or key != self._wt_key:
             with torch.no_grad():
                 self._wt = w.detach().t().contiguous()
@@ -195,15 +214,220 @@ class SparseInputLinear(nn.Linear):
         return self._wt
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._needs_grad(x) or x.dim() == 0 or not self.uses_sparse(x):
+        if self._needs_grad(x) or x.dim() == 0 or x.shape[-1] != self.in_features:
+            return F.linear(x, self.weight, self.bias)  # with PyTorch's errors
+        x2 = x.reshape(-1, self.in_features)
+        if _use_ext(x2, self.weight, self.bias) and x2.shape[0] > 0:  # decide + run in C++
+            t = self.threshold_for(x2.shape[0])
+            out = _k._EXT.linear_auto(
+                x2, self.weight, self.transposed_weight(), self.bias, t, False
+            )
+        elif self.uses_sparse(x):
+            out = sparse_linear(x2, self.transposed_weight(), self.bias)
+        else:
             return F.linear(x, self.weight, self.bias)
-        out = sparse_linear(x.reshape(-1, self.in_features), self.transposed_weight(), self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         t = self.threshold
         shown = t[1] if list(t) == [1] else t
         return f"{super().extra_repr()}, threshold={shown}"
+
+
+_LINEARS = (nn.Linear, SparseInputLinear)
+
+
+def _bump(*_: object) -> None:
+    _GENERATION[0] += 1
+
+
+def _watch_registrations() -> None:
+    """Count parameter and module (re)registrations anywhere (global hooks, installed once on
+    first use), so that fused plans notice a replaced weight or layer."""
+    if not _WATCHING:
+        _module_globals.register_module_parameter_registration_hook(_bump)
+        _module_globals.register_module_module_registration_hook(_bump)
+        _WATCHING.append(True)
+
+
+_WATCHING: list[bool] = []
+
+
+class _Chain:
+    """A run of Linear (+ ReLU) layers and its C++ object (``_EXT.Chain``), which holds the
+    weights, transposed weights and biases so that a call passes one tensor. The object is
+    rebuilt when it reports a weight or bias changed (storage or in-place version), and the
+    thresholds are set per row count on first use."""
+
+    __slots__ = ("cpp", "dtype", "layers", "relus", "width")
+
+    def __init__(self, layers: list[nn.Linear], relus: list[bool]) -> None:
+        self.layers, self.relus = layers, relus
+        self.refresh()
+
+    def refresh(self) -> None:
+        wts = [
+            lin.transposed_weight() if isinstance(lin, SparseInputLinear) else lin.weight
+            for lin in self.layers
+        ]
+        ws = [lin.weight.detach() for lin in self.layers]
+        bs = [None if lin.bias is None else lin.bias.detach() for lin in self.layers]
+        self.dtype = ws[0].dtype
+        self.width = self.layers[0].in_features
+        self.cpp = _k._EXT.Chain(ws, wts, bs, self.relus)
+
+    def one_by_one(self, x: Tensor) -> Tensor:
+        for lin, relu in zip(self.layers, self.relus, strict=True):
+            x = lin(x)
+            x = F.relu(x) if relu else x
+        return x
+
+    def run(self, x: Tensor) -> Tensor:
+        dim = x.dim()
+        x2 = x if dim == 2 else x.reshape(-1, x.shape[-1]) if dim else x.view(1, 1)
+        if x2.dtype != self.dtype or x2.shape[1] != self.width or not x2.shape[0] or not dim:
+            return self.one_by_one(x)  # PyTorch's own errors, or its empty result
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        out = self.cpp.run(x2)
+        if out is None:  # a weight changed, or the first batch of this size
+            rows = x2.shape[0]
+            if not self.cpp.fresh():
+                self.refresh()
+            self.cpp.set_limits(
+                rows,
+                [
+                    lin.threshold_for(rows) if isinstance(lin, SparseInputLinear) else math.inf
+                    for lin in self.layers
+                ],
+            )
+            out = self.cpp.run(x2)
+        return out if dim == 2 else out.reshape(*x.shape[:-1], out.shape[1])
+
+
+def _chainable(layers: list[nn.Linear]) -> bool:
+    """Whether the C++ chain takes these layers: widths that chain, one float dtype, contiguous
+    weights and biases on the CPU."""
+    w0 = layers[0].weight
+    for i, lin in enumerate(layers):
+        w, b = lin.weight, lin.bias
+        if i and layers[i - 1].out_features != lin.in_features:
+            return False
+        if w.device.type != "cpu" or w.dtype != w0.dtype or w.dtype not in _FLOATS:
+            return False
+        if not _k._use_ext(w, w, b):
+            return False
+    return True
+
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+class _Plan:
+    """What a SparseSequential runs at inference: modules and chains, in order, with what it
+    was built for (the children, the hooks, the dropout modes)."""
+
+    __slots__ = ("dropouts", "generation", "hooked", "mods", "steps")
+
+    def __init__(self, mods: tuple[nn.Module, ...]) -> None:
+        self.mods = mods
+        self.generation = _GENERATION[0]
+        self.hooked = [bool(m._forward_hooks or m._forward_pre_hooks) for m in mods]
+        self.dropouts = [(m, m.training) for m in mods if isinstance(m, nn.Dropout)]
+        self.steps: list[nn.Module | _Chain] = []
+        layers: list[nn.Linear] = []
+        relus: list[bool] = []
+
+        def flush() -> None:
+            if layers:
+                if _chainable(layers):
+                    self.steps.append(_Chain(list(layers), list(relus)))
+                else:
+                    for lin, relu in zip(layers, relus, strict=True):
+                        self.steps += [lin, nn.ReLU()] if relu else [lin]
+            layers.clear()
+            relus.clear()
+
+        for m in mods:
+            kind = type(m)
+            if m._forward_hooks or m._forward_pre_hooks:
+                pass
+            elif isinstance(m, nn.Linear) and kind in _LINEARS:
+                layers.append(m)
+                relus.append(False)
+                continue
+            elif kind is nn.ReLU and layers:
+                relus[-1] = True
+                continue
+            elif kind is nn.Identity or (kind is nn.Dropout and (not m.training or m.p == 0)):
+                continue
+            flush()
+            self.steps.append(m)
+        flush()
+
+    def valid(self, mods: tuple[nn.Module, ...]) -> bool:
+        if self.generation != _GENERATION[0] or mods != self.mods:
+            return False
+        if [bool(m._forward_hooks or m._forward_pre_hooks) for m in mods] != self.hooked:
+            return False
+        return not self.dropouts or all(m.training is mode for m, mode in self.dropouts)
+
+
+class SparseSequential(nn.Sequential):
+    """An ``nn.Sequential`` that runs its Linear/ReLU runs in one C++ call at inference.
+
+    :func:`convert` gives this class to every ``nn.Sequential`` that holds a
+    :class:`SparseInputLinear` (same children, same names, same ``state_dict``). With the C++
+    kernels loaded (:func:`load_extension`), a CPU input and no grad needed, each run of
+    ``nn.Linear``/``SparseInputLinear`` layers, each optionally followed by ``nn.ReLU``
+    (looking through ``nn.Identity`` and inactive dropout), goes through one call that
+    decides layer by layer, as the layers themselves would: the sparse kernel where the
+    input's zero fraction reaches the layer's threshold, else ``addmm`` (a plain ``nn.Linear``
+    is always dense). That removes the fixed Python cost of each module call and ReLU, which
+    at batch 1 is as large as a sparse layer's arithmetic. Everything else (other modules,
+    modules with hooks, training with grad) runs exactly as in ``nn.Sequential``. The plan is
+    kept between calls and rebuilt when children, hooks, dropout modes, weights (replaced or
+    updated in place) or thresholds change.
+
+    Example:
+        >>> import torch, actreg.sparse
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> fast = actreg.sparse.convert(net, threshold=0.5)
+        >>> type(fast).__name__, list(fast.state_dict()) == list(net.state_dict())
+        ('SparseSequential', True)
+    """
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        if self.training or x.requires_grad:
+            return True
+        return any(p.requires_grad for p in self.parameters())
+
+    def forward(self, input: Tensor) -> Tensor:
+        g = _module_globals
+        if (
+            not _k._EXT
+            or not isinstance(input, Tensor)
+            or input.is_cuda
+            or (torch.is_grad_enabled() and self._needs_grad(input))
+            or g._global_forward_hooks
+            or g._global_forward_pre_hooks
+        ):
+            return super().forward(input)
+        mods = tuple(self._modules.values())
+        plan: _Plan | None = self.__dict__.get("_actreg_plan")
+        if plan is None or not plan.valid(mods):
+            _watch_registrations()
+            plan = _Plan(mods)
+            self.__dict__["_actreg_plan"] = plan
+        x = input
+        for step in plan.steps:
+            x = step.run(x) if isinstance(step, _Chain) else step(x)
+        return x
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_actreg_plan", None)  # rebuilt on first use; holds no state of its own
+        return state
 
 
 def _producer(children: list[nn.Module], i: int) -> nn.Module | None:
@@ -214,8 +438,18 @@ def _producer(children: list[nn.Module], i: int) -> nn.Module | None:
     return None
 
 
-def _eligible(model: nn.Module) -> list[str]:
-    """Names of Linear layers that directly follow a ReLU-like module in an nn.Sequential."""
+def eligible(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` layers that :func:`convert` picks by default: those that
+    follow a ReLU-like module (:data:`ZERO_MAKERS`, looking through :data:`ZERO_KEEPERS`)
+    inside an ``nn.Sequential``.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> eligible(net)
+        ['2']
+    """
+    model = check_model(model)
     found = []
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -250,6 +484,7 @@ def convert(
     *,
     threshold: str | Threshold = "auto",
     inplace: bool = False,
+    fuse: bool = True,
 ) -> nn.Module:
     """Replace eligible ``nn.Linear`` layers with :class:`SparseInputLinear`.
 
@@ -262,6 +497,9 @@ def convert(
         threshold: ``"auto"`` (:func:`calibrate` each layer shape on this machine; takes a
             second or so per shape), a zero fraction in ``[0, 1]``, or ``{batch: fraction}``.
         inplace: swap the layers in ``model`` itself instead of in a deep copy.
+        fuse: make every plain ``nn.Sequential`` that holds a converted layer a
+            :class:`SparseSequential` (its class changes, nothing else), which runs Linear/ReLU
+            runs in one C++ call once :func:`load_extension` has loaded the kernels.
 
     Returns:
         The converted model (``model`` itself when ``inplace``). Parameters are shared with
@@ -283,7 +521,7 @@ def convert(
         raise ActregError(f'threshold must be "auto" or a number, got {threshold!r}')
     if not isinstance(threshold, str):
         _check_threshold(threshold)
-    chosen = _eligible(model) if names is None else _named_linears(model, names)
+    chosen = eligible(model) if names is None else _named_linears(model, names)
     if not chosen:
         warnings.warn(
             f"no nn.Linear after a ReLU-like module found in {type(model).__name__}; "
@@ -303,7 +541,10 @@ def convert(
             t = threshold
         new = SparseInputLinear.from_linear(old, threshold=t)
         parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else target, child, new)
+        parent = modules[parent_name] if parent_name else target
+        setattr(parent, child, new)
+        if fuse and type(parent) is nn.Sequential:
+            parent.__class__ = SparseSequential  # same children and state: only forward differs
     return target
 
 
@@ -335,6 +576,52 @@ class SparseReport:
     def of_limit(self) -> float:
         """Measured speedup as a fraction of the FLOP-based limit."""
         return self.speedup / self.limit
+
+
+def fold_input_scaling(
+    linear: nn.Linear, shift: float | Tensor = 0.0, scale: float | Tensor = 1.0
+) -> nn.Linear:
+    """A new ``nn.Linear`` equal to ``linear((x - shift) / scale)`` that reads ``x`` itself.
+
+    Input scaling (standardization, min-max) turns the zeros of raw data, such as the ~80% of
+    MNIST pixels that are black, into non-zero values; folding it into the first layer's
+    weights and bias (``W / scale`` and ``b - W @ (shift / scale)``) lets that layer skip the
+    raw zeros. ``shift`` and ``scale`` are scalars or per-feature vectors of length
+    ``in_features``; computed in float64, stored in the layer's dtype, so outputs agree with
+    the scaled original to rounding.
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> folded = fold_input_scaling(lin, shift=0.13, scale=0.31)
+        >>> x = torch.tensor([[0.0, 0.5, 1.0]])
+        >>> torch.allclose(folded(x), lin((x - 0.13) / 0.31), atol=1e-5)
+        True
+    """
+    if not isinstance(linear, nn.Linear):
+        raise ActregError(f"fold_input_scaling needs an nn.Linear, got {type(linear).__name__}")
+    w = linear.weight.detach().double()
+    n = linear.in_features
+
+    def vec(v: float | Tensor, what: str) -> Tensor:
+        t = torch.as_tensor(v, dtype=torch.float64, device=w.device).reshape(-1)
+        if t.numel() not in (1, n) or not bool(torch.isfinite(t).all()):
+            raise ActregError(
+                f"{what} must be a finite scalar or {n} finite values (one per input feature), "
+                f"got {t.numel()} values"
+            )
+        return t.expand(n)
+
+    sh, sc = vec(shift, "shift"), vec(scale, "scale")
+    if bool((sc == 0).any()):
+        raise ActregError("scale must be non-zero (a constant feature's scale is usually 1)")
+    new = nn.Linear(n, linear.out_features, device=w.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        wf = w / sc
+        b = linear.bias.detach().double() if linear.bias is not None else w.new_zeros(w.shape[0])
+        new.weight.copy_(wf)
+        new.bias.copy_(b - wf @ sh)
+    return new
 
 
 def flop_limit(converted: nn.Module, batches: Iterable[Tensor]) -> tuple[float, dict[str, float]]:
@@ -392,10 +679,13 @@ def measure(
     batch_size: int = 1,
     repeats: int = 7,
     clock: str = "auto",
+    converted_inputs: Tensor | None = None,
 ) -> SparseReport:
     """Latency of ``model`` against ``converted`` on ``inputs`` split into batches, with the
     prediction check and the FLOP-based limit. Both run in eval mode under
     ``torch.inference_mode()``, interleaved so background load hits both alike.
+    ``converted_inputs`` (same examples, in the same order) feeds ``converted`` when it takes
+    another form of the input, e.g. raw pixels after :func:`fold_input_scaling`.
     ``clock="auto"`` is CPU time with one CPU thread, else wall time
     (see :func:`actreg._sparse_kernels.time_interleaved`).
 
@@ -409,16 +699,25 @@ def measure(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ActregError(f"batch_size must be a positive int, got {batch_size!r}")
     batches = list(inputs.split(batch_size))
+    if converted_inputs is None:
+        fast_batches = batches
+    elif not isinstance(converted_inputs, Tensor) or len(converted_inputs) != len(inputs):
+        raise ActregError(
+            "converted_inputs must be a tensor with the same examples as inputs "
+            f"({len(inputs)} along dim 0)"
+        )
+    else:
+        fast_batches = list(converted_inputs.split(batch_size))
     if clock == "auto":
         clock = "cpu" if torch.get_num_threads() == 1 and inputs.device.type == "cpu" else "wall"
     modes = [(m, m.training) for m in (model, converted)]
     model.eval()
     converted.eval()
     try:
-        limit, zeros = flop_limit(converted, batches)
+        limit, zeros = flop_limit(converted, fast_batches)
         with torch.inference_mode():
             ref = [model(xb) for xb in batches]
-            got = [converted(xb) for xb in batches]
+            got = [converted(xb) for xb in fast_batches]
             same = all(
                 torch.equal(r.argmax(-1), g.argmax(-1)) for r, g in zip(ref, got, strict=True)
             )
@@ -426,7 +725,7 @@ def measure(
             t = time_interleaved(
                 {
                     "dense": lambda: [model(xb) for xb in batches],
-                    "sparse": lambda: [converted(xb) for xb in batches],
+                    "sparse": lambda: [converted(xb) for xb in fast_batches],
                 },
                 repeats=repeats,
                 min_time=0.05,

@@ -176,12 +176,19 @@ def test_report_embeds_a_search_folder(runs, tmp_path):
     assert "## cnn:" in text
 
 
+@pytest.mark.parametrize("flags", [[], ["--no-extension", "--no-fold"]], ids=["cpp", "torch"])
 @pytest.mark.parametrize("name", ["sparse-rectifier", "sparse-ae"])
-def test_speedup_converts_a_trained_run(runs, name, capsys):
-    assert main(["speedup", runs[name]["run_dir"], "--examples", "20"]) == 0
+def test_speedup_converts_a_trained_run(runs, name, flags, capsys):
+    assert main(["speedup", runs[name]["run_dir"], "--examples", "20", *flags]) == 0
     out = capsys.readouterr().out
-    assert "| True |" in out  # identical predictions
+    header, _, row = out.splitlines()[:3]
+    cells = dict(zip(header.split("|"), row.split("|"), strict=True))
+    assert cells[" identical "].strip() == "True"
+    folded = name == "sparse-rectifier" and not flags
+    assert cells[" input_folded "].strip() == str(folded)
     assert "input zero fraction per converted layer" in out
+    if folded:  # the first layer reads the raw pixels, most of them zero
+        assert "fc1 0." in out
 
 
 def test_speedup_refuses_other_runs(runs, capsys):

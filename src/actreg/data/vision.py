@@ -104,15 +104,16 @@ def _stats(x: np.ndarray, per_feature: bool) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(s2 / count - mean * mean, 0.0))
 
 
-def _scale(xs: list[np.ndarray], scaling: str) -> tuple[list[np.ndarray], dict[str, Any]]:
-    train = xs[0]
+def affine_scaler(train: np.ndarray, scaling: str) -> tuple[Any, Any, dict[str, Any]]:
+    """``(shift, scale, info)`` such that ``scaling`` maps ``x`` to ``(x - shift) / scale``,
+    fitted on ``train`` (examples along axis 0); scalars for ``"standard"`` and ``"none"``,
+    per-feature float32 vectors for ``"feature"`` and ``"minmax"``."""
     if scaling == "none":
-        return xs, {"kind": "none", "note": "pixels in [0, 1]"}
+        return 0.0, 1.0, {"kind": "none", "note": "pixels in [0, 1]"}
     if scaling == "standard":
         mean, std = _stats(train, per_feature=False)
-        sd = max(float(std), 1e-12)
         info = {"kind": "standard", "mean": float(mean), "std": float(std)}
-        return [((x - float(mean)) / sd).astype(np.float32) for x in xs], info
+        return float(mean), max(float(std), 1e-12), info
     if scaling == "feature":
         mean, std = _stats(train, per_feature=True)
         floored = np.maximum(std, FEATURE_STD_FLOOR)
@@ -122,8 +123,7 @@ def _scale(xs: list[np.ndarray], scaling: str) -> tuple[list[np.ndarray], dict[s
             "n_floored": int((std < FEATURE_STD_FLOOR).sum()),
             "note": "per-pixel mean/std of the training split",
         }
-        m32, s32 = mean.astype(np.float32), floored.astype(np.float32)
-        return [(x - m32) / s32 for x in xs], info
+        return mean.astype(np.float32), floored.astype(np.float32), info
     if scaling == "minmax":
         lo, hi = train.min(axis=0), train.max(axis=0)
         rng = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
@@ -132,8 +132,15 @@ def _scale(xs: list[np.ndarray], scaling: str) -> tuple[list[np.ndarray], dict[s
             "n_constant": int((hi <= lo).sum()),
             "note": "per-pixel training min/max; other splits not clipped",
         }
-        return [(x - lo) / rng for x in xs], info
+        return lo, rng, info
     raise ActregError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
+
+
+def _scale(xs: list[np.ndarray], scaling: str) -> tuple[list[np.ndarray], dict[str, Any]]:
+    shift, scale, info = affine_scaler(xs[0], scaling)
+    if scaling == "none":
+        return xs, info
+    return [((x - shift) / scale).astype(np.float32) for x in xs], info
 
 
 def _source(name: str, data_dir: str | Path | None) -> tuple[str, Path | None]:
