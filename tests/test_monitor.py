@@ -338,3 +338,35 @@ def test_other_dtypes_use_their_own_buffers(dtype):
         net(x.to(dtype))
         got = mon.compute()["act"]
     assert_stats_equal(got, expected(torch.cat([x, x.to(dtype).float()]), 1, 0.0))
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile needs torch >= 2.0")
+def test_compiled_model_does_not_recompile_every_step():
+    """The hook's running counts are tensors: no guard on a Python int that changes."""
+    import torch._dynamo as dynamo
+
+    dynamo.reset()
+    try:
+
+        class MonitoredConv(nn.Module):  # a class of its own: compiled code is per class
+            def __init__(self):
+                super().__init__()
+                self.conv, self.act = nn.Conv2d(2, 6, 3), nn.ReLU()
+
+            def forward(self, x):
+                return self.act(self.conv(x))
+
+        torch.manual_seed(0)
+        model = MonitoredConv()
+        mon = actreg.Monitor(model, "act", dim=1)
+        fast = torch.compile(model, backend="eager")
+        xs = [torch.randn(4, 2, 7, 7) for _ in range(6)]
+        dynamo.utils.counters.clear()
+        with torch.no_grad():
+            for x in xs:
+                fast(x)
+            seen = torch.cat([model.act(model.conv(x)) for x in xs])
+        assert dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # first call, then one
+        assert_stats_equal(mon.compute()["act"], expected(seen, 1, 0.0))
+    finally:
+        dynamo.reset()

@@ -35,22 +35,29 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 class _State:
     """The running statistics of one layer (sums in float64 on the layer's device)."""
 
-    __slots__ = ("active", "elements", "max", "positions", "sums", "units")
+    __slots__ = ("active", "max", "seen", "sums", "units")
 
     def __init__(self, units: int, device: torch.device) -> None:
         self.units = units
-        self.positions = 0  # vectors along the unit axis seen (host ints: shapes, no sync)
-        self.elements = 0
+        # Vectors along the unit axis seen: a tensor, not a Python int, so that hooks
+        # traced by torch.compile do not guard on (and recompile for) its value.
+        self.seen = torch.zeros((), dtype=torch.int64, device=device)
         dtype = _acc_dtype(device)
         self.sums = torch.zeros(3, dtype=dtype, device=device)
         self.active = torch.zeros(units, dtype=dtype, device=device)
         self.max = torch.full((), -math.inf, dtype=dtype, device=device)
+
+    @property
+    def positions(self) -> int:
+        """Vectors seen (copies to the host)."""
+        return int(self.seen)
 
     def to(self, device: torch.device) -> None:
         dtype = _acc_dtype(device)
         self.sums, self.active, self.max = (
             t.to(device, dtype) for t in (self.sums, self.active, self.max)
         )
+        self.seen = self.seen.to(device, torch.int64)
 
 
 class _Hook:
@@ -186,8 +193,7 @@ class Monitor:
         state.sums += torch.cat((totals, hoyer.view(1)))
         state.active += active
         torch.maximum(state.max, top, out=state.max)
-        state.positions += x.numel() // units
-        state.elements += x.numel()
+        state.seen += x.numel() // units
 
     def _scratch_for(self, x: Tensor) -> M.Scratch | None:
         """Reused buffers for :func:`metrics.batch_stats` on the CPU (one per dtype), or None.
@@ -206,7 +212,7 @@ class Monitor:
         return scratch
 
     def compute(self, sync: bool = False) -> Stats:
-        """The statistics since the last :meth:`reset`, per layer; copies to the host once.
+        """The statistics since the last :meth:`reset`, per layer (two small host copies each).
 
         Args:
             sync: combine the statistics of every rank when ``torch.distributed`` is
@@ -222,12 +228,15 @@ class Monitor:
         out: Stats = {}
         for name in self.layers:
             state = states.get(name)
-            if state is None or state.positions == 0:
+            if state is None:
                 continue
             host = torch.cat((state.sums, state.max.view(1), state.active)).cpu().double()
+            positions = state.positions
+            if positions == 0:
+                continue
+            elements = positions * state.units
             active = host[4:]
             n_active = float(active.sum())
-            positions, elements = state.positions, state.elements
             out[name] = {
                 "zero_fraction": 1.0 - n_active / elements,
                 "l0": n_active / positions,
@@ -262,8 +271,8 @@ class Monitor:
                 raise ActregError(
                     f"Monitor, layer {name!r}: {state.units} units on this rank, {size} on another"
                 )
-            counts = torch.tensor([state.positions, state.elements], dtype=torch.float64)
-            sums += [counts.to(units.device), state.sums.to(units.device)]
+            seen = state.seen.to(units.device, torch.float64).view(1)
+            sums += [seen, state.sums.to(units.device)]
             sums.append(state.active.to(units.device))
             maxes.append(state.max.to(units.device).view(1))
         flat, top = torch.cat(sums), torch.cat(maxes)
@@ -272,11 +281,11 @@ class Monitor:
         out: dict[str, _State] = {}
         offset = 0
         for i, (name, size) in enumerate(zip(self.layers, sizes, strict=True)):
-            chunk = flat[offset : offset + 5 + size]
-            offset += 5 + size
+            chunk = flat[offset : offset + 4 + size]
+            offset += 4 + size
             state = out[name] = _State(size, units.device)
-            state.positions, state.elements = int(chunk[0]), int(chunk[1])
-            state.sums, state.active, state.max = chunk[2:5], chunk[5:], top[i]
+            state.seen = chunk[0].round().to(torch.int64)
+            state.sums, state.active, state.max = chunk[1:4], chunk[4:], top[i]
         return out
 
     def log(self, writer: Any, step: int, prefix: str = "actreg", sync: bool = False) -> Stats:
@@ -314,7 +323,7 @@ class Monitor:
                 name: {
                     "units": s.units,
                     "positions": s.positions,
-                    "elements": s.elements,
+                    "elements": s.positions * s.units,
                     "sums": s.sums.clone(),
                     "active": s.active.clone(),
                     "max": s.max.clone(),
@@ -340,7 +349,7 @@ class Monitor:
         for name, s in layers.items():
             try:
                 st = new[name] = _State(int(s["units"]), s["sums"].device)
-                st.positions, st.elements = int(s["positions"]), int(s["elements"])
+                st.seen = torch.tensor(int(s["positions"]), dtype=torch.int64)
                 st.sums, st.active, st.max = (s[k].clone() for k in ("sums", "active", "max"))
             except (KeyError, TypeError, AttributeError) as err:
                 raise ActregError(
