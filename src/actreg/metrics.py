@@ -128,9 +128,9 @@ def active_counts(x: Tensor, dim: int, eps: float) -> Tensor:
 
 
 #: Elements per block of :func:`batch_stats`: a block's ``|x|`` and flags stay in cache
-#: between the passes over it (2 MiB of float32; the best of 2**16..2**24 measured
+#: between the passes over it (1 MiB of float32; the best of 2**17..2**20 measured
 #: inside the CNN training step of ``benchmarks/bench_step.py`` on a 1 MiB-L2 CPU).
-BLOCK = 2**19
+BLOCK = 2**18
 
 
 class _Block(NamedTuple):
