@@ -11,18 +11,21 @@ as in real ReLU activations):
   bag     per-example non-zeros summed by F.embedding_bag (the kernel SparseInputLinear uses)
   ext     the optional C++ kernel (actreg.sparse.load_extension; --no-extension skips it)
   module  SparseInputLinear with threshold="auto" (calibrated here), fallback included
+Where the module takes the dense path, "decision" is the time of what it adds before the
+same addmm that nn.Linear runs (grad and shape checks, threshold lookup, exact zero count),
+timed alone (thousands of calls, so steady), as a share of the dense time.
 The module is timed against dense alone, the kernels against dense in a second group; within
 a group, variants run in turn inside each repetition (actreg._sparse_kernels.time_interleaved),
 so machine noise hits them alike; with 1 thread the clock is CPU time (steady under load).
 A speedup is the median over repetitions of the paired
 ratio dense/variant, with its min-max.
 
-Part 2, end to end: an MLP with 3 hidden ReLU layers trained with actreg.attach(..., L1(1e-3))
-on MNIST (if the IDX files are in ./data/mnist or ~/.cache/actreg/mnist) or scikit-learn's
-digits, converted with actreg.sparse.convert and measured with actreg.sparse.measure at
-batch 1 (and 32). --checkpoint measures a saved model instead of training one: a pickled
-nn.Module, a dict holding one under "model", or a state_dict of an nn.Sequential MLP
-(Linear weights in order, ReLU between them).
+Part 2, end to end: the trained models of the issue, through `actreg speedup`
+(actreg.experiments.speedup): the L1-regularized 3x1000 MNIST MLP and the sparse
+autoencoder's decoder (--runs, default the run folders named in RUNS; make them with the
+commands in docs/RESULTS.md). Each at batch 1, 8 and 32 with the C++ kernels; the MLP also
+with its first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
+pure-PyTorch kernel.
 
 --write replaces the generated block of docs/PERFORMANCE_SPARSE.md with this run's tables.
 """
@@ -39,12 +42,10 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import actreg
 from actreg import _sparse_kernels as kern
 from actreg import sparse
 from actreg._sparse_kernels import bag_linear, gather_linear, random_sparse, time_interleaved
@@ -56,9 +57,11 @@ BATCHES = [1, 8, 32]  # batch sizes of the per-layer tables
 ZEROS = [0.0, 0.5, 0.9, 0.95, 0.99]  # input zero fractions of the per-layer tables
 REPEATS = 7  # timed repetitions per configuration (medians over these)
 MIN_TIME = 5e-3  # seconds each timed sample runs at least
-HIDDEN = 1024  # hidden width of the end-to-end MLP
-L1_COEF = 1e-3  # L1 activity penalty on every hidden ReLU (Glorot et al. 2011)
-E2E_EXAMPLES = 300  # test examples timed end to end
+RUNS = [  # trained runs timed end to end (docs/RESULTS.md has the commands)
+    "runs/results/sparse-rectifier/mnist-l1-3e-4-15ep",
+    "runs/results/sparse-ae/mnist-l1-0.002-14ep",
+]
+E2E_EXAMPLES = 500  # test examples timed end to end
 BEGIN, END = "<!-- bench_sparse:begin -->", "<!-- bench_sparse:end -->"
 
 
@@ -84,11 +87,12 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
         f"Speedup = dense time / variant time (median over repetitions of the paired ratio, "
         f"min-max in brackets); {clock} clock.",
         "",
-        "| layer | batch | zeros | dense us | gather | bag | ext | module (auto) | path |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| layer | batch | zeros | dense us | gather | bag | ext | module (auto) | path "
+        "| decision |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     key: dict[str, float] = {}
-    worst_fallback = 0.0
+    worst_fallback = worst_decision = 0.0
     for fin, fout in shapes:
         lin = nn.Linear(fin, fout).eval()
         with torch.no_grad():
@@ -118,6 +122,17 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                     tk = time_interleaved(kernels, repeats=repeats, min_time=MIN_TIME, clock=clock)
                     ok = torch.allclose(mod(x), F.linear(x, w, b), rtol=1e-4, atol=1e-5)
                     path = "sparse" if mod.uses_sparse(x) else "dense"
+                    decision = "-"
+                    if path == "dense":
+                        td = time_interleaved(
+                            {"decide": partial(decide, mod, x, b)},
+                            repeats=repeats,
+                            min_time=MIN_TIME,
+                            clock=clock,
+                        )
+                        share = statistics.median(td["decide"]) / statistics.median(t["dense"])
+                        worst_decision = max(worst_decision, share)
+                        decision = f"{share:.1%}"
                 assert ok, (fin, fout, batch, z)
                 m = ratio_stats(t["dense"], t["module"])
                 g, bg = (ratio_stats(tk["dense"], tk[k]) for k in ("gather", "bag"))
@@ -125,7 +140,7 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                 dense_us = statistics.median(t["dense"]) * 1e6
                 lines.append(
                     f"| {fin}->{fout} | {batch} | {z:.0%} | {dense_us:.0f} | {fmt(g)} | "
-                    f"{fmt(bg)} | {e} | {fmt(m)} | {path} |"
+                    f"{fmt(bg)} | {e} | {fmt(m)} | {path} | {decision} |"
                 )
                 if path == "dense":
                     worst_fallback = max(worst_fallback, 1 / m[0] - 1)
@@ -133,152 +148,84 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                 key[f"{fin}->{fout} b{batch} z{z:g} gather"] = g[0]
     lines += [
         "",
-        f"Fallback overhead (module on the dense path vs nn.Linear, worst median over the "
-        f"rows above): {worst_fallback:+.1%}.",
+        f"Fallback (module on the dense path): worst median time ratio against nn.Linear over "
+        f"the rows above {worst_fallback:+.1%} (two noisy timings); worst cost of the decision "
+        f"itself, timed alone, {worst_decision:.1%} of the dense time.",
         "",
     ]
     key["worst_fallback"] = worst_fallback
+    key["worst_decision"] = worst_decision
     return lines, key
+
+
+def decide(mod: sparse.SparseInputLinear, x: torch.Tensor, b: torch.Tensor) -> object:
+    """What SparseInputLinear.forward does besides its product: grad and shape checks, the C++
+    object's lookup and freshness check, and the exact zero count (the pure-PyTorch path:
+    its sampled zero count and threshold lookup)."""
+    mod._needs_grad(x)
+    _ = x.dim() == 0 or x.shape[-1] != mod.in_features
+    x2 = x if x.dim() == 2 else x.reshape(-1, mod.in_features)
+    cpp = mod._cpp() if kern._EXT and not x2.is_cuda else None
+    if cpp is not None and x2.dtype == mod.weight.dtype:
+        return x2.is_contiguous(), cpp.fresh(), kern._EXT.count_nonzero(x2)
+    return mod.uses_sparse(x)
 
 
 # ---------------------------------------------------------------- end to end
 
 
-def load_data() -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(name, train x, train y, test x, test y), pixels scaled to [0, 1], flattened."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "actreg" / "mnist"
-    for folder in (Path("data/mnist"), cache):
-        if folder.is_dir():
-            try:
-                from actreg.data.idx import load_idx_dir
-
-                s = load_idx_dir(folder)
-            except Exception as err:  # a partial download: fall back to digits
-                print(f"# MNIST at {folder} not usable ({err}); using digits", file=sys.stderr)
-                continue
-
-            def prep(a: np.ndarray) -> torch.Tensor:
-                return torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)
-
-            return (
-                f"MNIST ({folder})",
-                prep(s.train_images),
-                torch.from_numpy(s.train_labels.astype(np.int64)),
-                prep(s.test_images),
-                torch.from_numpy(s.test_labels.astype(np.int64)),
-            )
-    from sklearn.datasets import load_digits
-
-    xs, ys = load_digits(return_X_y=True)
-    perm = np.random.default_rng(SEED).permutation(len(xs))
-    x = torch.from_numpy(xs[perm].astype(np.float32) / 16.0)
-    y = torch.from_numpy(ys[perm].astype(np.int64))
-    n = 1400
-    return "scikit-learn digits (1400 train / 397 test)", x[:n], y[:n], x[n:], y[n:]
-
-
-def mlp(d_in: int, hidden: int, classes: int = 10) -> nn.Sequential:
-    h = hidden
-    return nn.Sequential(
-        nn.Linear(d_in, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-        nn.Linear(h, h), nn.ReLU(), nn.Linear(h, classes),
-    )  # fmt: skip
-
-
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> None:
-    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    reg = actreg.attach(model, {n: actreg.L1(L1_COEF) for n in relus})
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(SEED)
-    model.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(64):
-            loss = F.cross_entropy(model(x[idx]), y[idx]) + reg.penalty()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    reg.remove()
-
-
-def from_checkpoint(path: str) -> nn.Module:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        obj = obj["model"]
-    if isinstance(obj, nn.Module):
-        return obj
-    if isinstance(obj, dict):
-        state = obj.get("model", obj.get("state_dict", obj))
-        ws = [(k, v) for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-        if ws:
-            layers: list[nn.Module] = []
-            for _, v in ws:
-                layers += [nn.Linear(v.shape[1], v.shape[0]), nn.ReLU()]
-            net = nn.Sequential(*layers[:-1])
-            net.load_state_dict(dict(zip(net.state_dict(), state.values(), strict=True)))
-            return net
-    raise SystemExit(f"{path}: expected an nn.Module or the state_dict of a Sequential MLP")
-
-
 def end_to_end(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
-    torch.manual_seed(SEED)
-    torch.set_num_threads(args.e2e_threads)
-    name, xtr, ytr, xte, yte = load_data()
-    if args.checkpoint:
-        model = from_checkpoint(args.checkpoint)
-        origin = f"checkpoint `{args.checkpoint}`"
-    else:
-        epochs = args.epochs or (3 if name.startswith("MNIST") else 20)
-        model = mlp(xtr.shape[1], args.hidden)
-        t0 = time.perf_counter()
-        train(model, xtr, ytr, epochs)
-        origin = (
-            f"MLP {xtr.shape[1]}-{args.hidden}x3-10, L1({L1_COEF}) on each hidden ReLU via "
-            f"actreg.attach, Adam 1e-3, batch 64, {epochs} epochs "
-            f"({time.perf_counter() - t0:.0f} s)"
-        )
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(xte).argmax(1) == yte).float().mean())
-    converted = sparse.convert(model)  # every Linear after a ReLU
-    first = next(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
-    with torch.no_grad():
-        pixel_zeros = float((xte == 0).float().mean())
-    if pixel_zeros > 0.5:  # MNIST pixels are mostly zero: name the first layer too
-        sparse.convert(converted, [first], inplace=True)
-    kinds = [n for n, m in converted.named_modules() if isinstance(m, sparse.SparseInputLinear)]
-    thresholds = {n: dict(converted.get_submodule(n).threshold) for n in kinds}
+    from actreg.experiments.speedup import SpeedupConfig, speedup
+
+    runs = [r for r in args.runs if (Path(r) / "results.json").is_file()]
     lines = [
         f"### End to end, {args.e2e_threads} thread(s)",
         "",
-        f"Data: {name} ({pixel_zeros:.0%} zero pixels). Model: {origin}. "
-        f"Test accuracy {acc:.2%}. Clock: {'CPU' if args.e2e_threads == 1 else 'wall'} time.",
-        f"Converted: {kinds}; calibrated thresholds {thresholds}.",
+        "Trained models through `actreg speedup RUN --batch-size B` (CPU clock with one "
+        "thread). `first layer`: `folded` = the input scaling folded into it, fed raw pixels; "
+        "`dense` = as trained, on scaled pixels (`--no-fold`). FLOP limit: dense Linear FLOPs "
+        "over the FLOPs left when the zero inputs of converted layers are skipped "
+        "(`actreg.sparse.flop_limit`). Identical = same argmax on every test image.",
         "",
-        "| batch | dense us/batch | converted us/batch | speedup (min-max) | FLOP limit | "
-        "of limit | identical | max abs diff | input zeros per layer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | batch | kernels | first layer | dense us | converted us | speedup | "
+        "FLOP limit | of limit | identical | max abs diff | input zeros per layer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     key: dict[str, float] = {}
-    for batch in (1, 32):
-        n = E2E_EXAMPLES if batch == 1 else min(len(xte), 32 * 10)
-        rep = sparse.measure(model, converted, xte[:n], batch_size=batch, repeats=args.repeats)
-        lo = rep.dense_spread[0] / rep.sparse_spread[1]
-        hi = rep.dense_spread[1] / rep.sparse_spread[0]
-        zeros = ", ".join(f"{k}: {v:.1%}" for k, v in rep.zero_fractions.items())
-        lines.append(
-            f"| {batch} | {rep.dense_s * 1e6:.0f} | {rep.sparse_s * 1e6:.0f} | "
-            f"{rep.speedup:.2f}x ({lo:.2f}-{hi:.2f}) | {rep.limit:.2f}x | {rep.of_limit:.0%} | "
-            f"{rep.identical} | {rep.max_abs_diff:.1e} | {zeros} |"
-        )
-        key[f"e2e b{batch} speedup"] = rep.speedup
-        key[f"e2e b{batch} of_limit"] = rep.of_limit
-    lines += [
-        "",
-        "FLOP limit: dense Linear FLOPs over the FLOPs left when zero inputs of the converted "
-        "layers are skipped (actreg.sparse.flop_limit). The min-max spread pairs the extreme "
-        "samples, so it is wider than the spread of paired ratios.",
-        "",
-    ]
+    if not runs:
+        lines.append("| (no trained runs found: see docs/RESULTS.md) |" + " |" * 11)
+    for run in runs:
+        mlp = "sparse-rectifier" in run
+        plans = [(1, True, True), (8, True, True), (32, True, True)]
+        if mlp:
+            plans += [(1, True, False), (1, False, True)]
+        else:
+            plans += [(1, False, True)]
+        for batch, ext, fold in plans:
+            row = speedup(
+                SpeedupConfig(
+                    run_dir=run,
+                    examples=E2E_EXAMPLES,
+                    batch_size=batch,
+                    threads=args.e2e_threads,
+                    extension=ext and not args.no_extension,
+                    fold_input=fold,
+                )
+            )
+            kern_name = row["kernels"]
+            first = "folded" if row["input_folded"] else ("dense" if mlp else "-")
+            zeros = ", ".join(f"{k}: {v:.1%}" for k, v in row["zero_fractions"].items())
+            name = Path(run).parent.name + "/" + Path(run).name
+            lines.append(
+                f"| {name} | {batch} | {kern_name} | {first} | {row['dense_ms'] * 1e3:.0f} | "
+                f"{row['sparse_ms'] * 1e3:.1f} | {row['speedup']:.2f}x | {row['limit']:.2f}x | "
+                f"{row['of_limit']:.0%} | {row['identical']} | {row['max_abs_diff']:.1e} | "
+                f"{zeros} |"
+            )
+            print(lines[-1], flush=True)
+            key[f"e2e {name} b{batch} {kern_name} {first} speedup"] = row["speedup"]
+            key[f"e2e {name} b{batch} {kern_name} {first} of_limit"] = row["of_limit"]
+    lines.append("")
     return lines, key
 
 
@@ -290,9 +237,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=REPEATS)
     p.add_argument("--quick", action="store_true", help="one layer shape only (a smoke run)")
     p.add_argument("--skip-layers", action="store_true", help="end-to-end part only")
-    p.add_argument("--checkpoint", help="measure this saved model instead of training one")
-    p.add_argument("--hidden", type=int, default=HIDDEN)
-    p.add_argument("--epochs", type=int, default=0, help="0: 3 on MNIST, 20 on digits")
+    p.add_argument("--runs", nargs="*", default=RUNS, help="trained run folders (end to end)")
     p.add_argument("--write", help="replace the generated block of this markdown file")
     args = p.parse_args()
 

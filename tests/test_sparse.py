@@ -124,14 +124,36 @@ def test_grad_uses_dense_path(training: bool, monkeypatch: pytest.MonkeyPatch) -
     assert torch.equal(x.grad, x2.grad)
 
 
-def test_weight_update_refreshes_transposed_copy() -> None:
+@pytest.mark.parametrize(
+    "change", ["in-place", "new-weight", "new-bias", "threshold", "to-double", "to-half"]
+)
+def test_weight_update_refreshes_transposed_copy(change: str, kernel: str) -> None:
     _, fast = _pair()
     x = random_sparse((3, 32), 0.8)
     with torch.no_grad():
         fast(x)
-        fast.weight.mul_(2.0)
+        if change in ("to-double", "to-half"):
+            dtype = torch.float64 if change == "to-double" else torch.bfloat16
+            fast.to(dtype)
+            x = x.to(dtype)
+            got = fast(x)
+            assert got.dtype == dtype
+            want = nn.functional.linear(x, fast.weight, fast.bias)
+            assert torch.allclose(got.double(), want.double(), atol=0.05)
+            return
+        if change == "in-place":
+            fast.weight.mul_(2.0)
+        elif change == "new-weight":
+            fast.weight = nn.Parameter(torch.randn(16, 32))
+        elif change == "new-bias":
+            fast.bias = nn.Parameter(torch.randn(16))
+        else:
+            fast.threshold = math.inf
         got = fast(x)
-    assert _close(got, nn.functional.linear(x, fast.weight, fast.bias).detach())
+        want = nn.functional.linear(x, fast.weight, fast.bias)
+    assert _close(got, want)
+    if change == "threshold":  # dense now: F.linear's own addmm
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +198,7 @@ def test_threshold_logic(
     assert _close(out, nn.functional.linear(x, fast.weight, fast.bias).detach())
 
 
-def test_dtype_mismatch_falls_back_to_dense_error() -> None:
+def test_dtype_mismatch_falls_back_to_dense_error(kernel: str) -> None:
     _, fast = _pair()
     with torch.no_grad(), pytest.raises(RuntimeError):
         fast(torch.zeros(2, 32, dtype=torch.float64))
@@ -376,7 +398,7 @@ def test_measure_bad_inputs(bad: object) -> None:
         sparse.measure(net, net, bad)  # type: ignore[arg-type]
 
 
-def test_deepcopy_and_pickle() -> None:
+def test_deepcopy_and_pickle(kernel: str) -> None:
     _, fast = _pair()
     x = random_sparse((2, 32), 0.9)
     with torch.no_grad():

@@ -25,11 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import statistics
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ __all__ = [
     "fold_input_scaling",
     "load_extension",
     "measure",
+    "pure_pytorch",
 ]
 
 #: Modules whose outputs have exact zeros (ReLU-like), so a Linear after them gets sparse input.
@@ -174,6 +176,7 @@ class SparseInputLinear(nn.Linear):
     def threshold(self, value: Threshold) -> None:
         self._threshold = _check_threshold(value)
         self._by_batch: dict[int, float] = {}
+        self.__dict__["_cpp_state"] = None
         _GENERATION[0] += 1  # fused plans re-read their thresholds
 
     def threshold_for(self, batch: int) -> float:
@@ -213,20 +216,48 @@ class SparseInputLinear(nn.Linear):
             self._wt_key = key
         return self._wt
 
+    def _cpp(self) -> Any:
+        """The C++ object (``_EXT.Chain`` of this one layer) that decides and runs a batch in
+        one call, or None where the kernels do not take the weights (not CPU float32/64);
+        rebuilt when the weight or bias is replaced, or the threshold is set."""
+        state = self.__dict__.get("_cpp_state")
+        ps = self._parameters
+        if state is None or ps["weight"] is not state[1] or ps["bias"] is not state[2]:
+            w, b = self.weight, self.bias
+            cpp = None
+            if _use_ext(w, w, b):  # the parameters themselves: C++ sees `.data` swaps
+                cpp = _k._EXT.Chain([w], [self.transposed_weight()], [b], [False])
+            state = self.__dict__["_cpp_state"] = (cpp, w, b)
+        return state[0]
+
     def forward(self, x: Tensor) -> Tensor:
         if self._needs_grad(x) or x.dim() == 0 or x.shape[-1] != self.in_features:
             return F.linear(x, self.weight, self.bias)  # with PyTorch's errors
-        x2 = x.reshape(-1, self.in_features)
-        if _use_ext(x2, self.weight, self.bias) and x2.shape[0] > 0:  # decide + run in C++
-            t = self.threshold_for(x2.shape[0])
-            out = _k._EXT.linear_auto(
-                x2, self.weight, self.transposed_weight(), self.bias, t, False
-            )
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        rows = x2.shape[0]
+        cpp = self._cpp() if _k._EXT and rows and not x2.is_cuda else None
+        if cpp is not None and x2.dtype == self.weight.dtype:  # decide + run in one C++ call
+            if not x2.is_contiguous():
+                x2 = x2.contiguous()
+            out = cpp.run(x2)
+            if out is None:  # first batch of this size, or the weights changed in place
+                if not cpp.fresh():
+                    self.__dict__["_cpp_state"] = None
+                    cpp = self._cpp()
+                    if cpp is None or x2.dtype != self.weight.dtype:
+                        return self.forward(x)
+                cpp.set_limits(rows, [self.threshold_for(rows)])
+                out = cpp.run(x2)
         elif self.uses_sparse(x):
             out = sparse_linear(x2, self.transposed_weight(), self.bias)
         else:
             return F.linear(x, self.weight, self.bias)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()  # caches are rebuilt on first use
+        state.update(_wt=None, _wt_key=None, _cpp_state=None)
+        return state
 
     def extra_repr(self) -> str:
         t = self.threshold
@@ -270,8 +301,8 @@ class _Chain:
             lin.transposed_weight() if isinstance(lin, SparseInputLinear) else lin.weight
             for lin in self.layers
         ]
-        ws = [lin.weight.detach() for lin in self.layers]
-        bs = [None if lin.bias is None else lin.bias.detach() for lin in self.layers]
+        ws = [lin.weight for lin in self.layers]  # not detached: C++ sees `.data` swaps
+        bs = [lin.bias for lin in self.layers]
         self.dtype = ws[0].dtype
         self.width = self.layers[0].in_features
         self.cpp = _k._EXT.Chain(ws, wts, bs, self.relus)
@@ -285,6 +316,10 @@ class _Chain:
     def run(self, x: Tensor) -> Tensor:
         dim = x.dim()
         x2 = x if dim == 2 else x.reshape(-1, x.shape[-1]) if dim else x.view(1, 1)
+        if x2.dtype != self.dtype and self.layers[0].weight.dtype == x2.dtype:
+            if not _chainable(self.layers):  # e.g. converted to half precision
+                return self.one_by_one(x)
+            self.refresh()  # the model was converted to another dtype
         if x2.dtype != self.dtype or x2.shape[1] != self.width or not x2.shape[0] or not dim:
             return self.one_by_one(x)  # PyTorch's own errors, or its empty result
         if not x2.is_contiguous():
@@ -428,6 +463,23 @@ class SparseSequential(nn.Sequential):
         state = super().__getstate__()
         state.pop("_actreg_plan", None)  # rebuilt on first use; holds no state of its own
         return state
+
+
+@contextlib.contextmanager
+def pure_pytorch() -> Iterator[None]:
+    """Within this block, converted models run the pure-PyTorch kernels even when the C++
+    ones are loaded (to time or test them side by side).
+
+    Example:
+        >>> with pure_pytorch():
+        ...     pass
+    """
+    saved = _k._EXT
+    _k._EXT = False
+    try:
+        yield
+    finally:
+        _k._EXT = saved
 
 
 def _producer(children: list[nn.Module], i: int) -> nn.Module | None:

@@ -15,6 +15,7 @@ then cached); without a compiler everything runs on the pure-PyTorch kernel.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,9 +122,10 @@ def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        report = sparse.measure(
-            model, converted, inputs, batch_size=cfg.batch_size, converted_inputs=fast_inputs
-        )
+        with contextlib.nullcontext() if kernels == "C++" else sparse.pure_pytorch():
+            report = sparse.measure(
+                model, converted, inputs, batch_size=cfg.batch_size, converted_inputs=fast_inputs
+            )
     finally:
         torch.set_num_threads(old_threads)
     return {
