@@ -558,8 +558,10 @@ def test_fused_respects_child_hooks_and_rebuilds(
         fast(x)
         handle = fast.act1.register_forward_hook(lambda m, a, out: seen.append(out.shape))
         fast(x)  # ReLU with a hook runs as a module, the rest fused around it
+        assert len(fast.__dict__["_actreg_plan"].steps) == 3  # chain, hooked ReLU, chain
         handle.remove()
         fast(x)
+        assert len(fast.__dict__["_actreg_plan"].steps) == 1  # all fused again
         got = fast(x)
     assert seen == [torch.Size([2, 48])]
     assert _close(got, net(x).detach())

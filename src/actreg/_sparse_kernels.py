@@ -171,14 +171,21 @@ void row_kernel(const T* xr, const int32_t* idx, int64_t m, const T* wp, const T
   if (relu) { for (int64_t c = 0; c < o; ++c) orow[c] = orow[c] > 0 ? orow[c] : T(0); }
 }
 
+// The k + 16 entries that nonzeros() may write, kept per thread between calls.
+int32_t* index_buffer(int64_t k) {
+  thread_local std::vector<int32_t> idx;
+  if (int64_t(idx.size()) < k + 16) idx.resize(k + 16);
+  return idx.data();
+}
+
 template <typename T>
 void rows_kernel(const T* xp, const T* wp, const T* bp, T* op,
                  int64_t n, int64_t k, int64_t o, bool relu) {
   auto body = [&](int64_t r0, int64_t r1) {
-    std::vector<int32_t> idx(k + 16);
+    int32_t* idx = index_buffer(k);
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t m = nonzeros(xp + r * k, k, idx.data());
-      row_kernel(xp + r * k, idx.data(), m, wp, bp, op + r * o, o, relu);
+      const int64_t m = nonzeros(xp + r * k, k, idx);
+      row_kernel(xp + r * k, idx, m, wp, bp, op + r * o, o, relu);
     }
   };
   if (n == 1 || at::get_num_threads() == 1) body(0, n);
@@ -199,11 +206,21 @@ void check(const at::Tensor& x, const at::Tensor& wt, const c10::optional<at::Te
                 "actreg sparse kernel: bias of shape (out,) and the input's dtype expected");
 }
 
+// An (n, o) output: *buf when it is one (an intermediate of a Chain, reused between calls).
+at::Tensor output(const at::Tensor& x, int64_t n, int64_t o, at::Tensor* buf) {
+  if (buf == nullptr) return at::empty({n, o}, x.options());
+  if (!buf->defined() || buf->size(0) != n || buf->size(1) != o
+      || buf->scalar_type() != x.scalar_type())
+    *buf = at::empty({n, o}, x.options());
+  return *buf;
+}
+
 at::Tensor sparse_rows(const at::Tensor& x, const at::Tensor& wt,
-                       const c10::optional<at::Tensor>& bias, bool relu) {
+                       const c10::optional<at::Tensor>& bias, bool relu,
+                       at::Tensor* buf = nullptr) {
   check(x, wt, bias);
   const int64_t n = x.size(0), k = x.size(1), o = wt.size(1);
-  at::Tensor out = at::empty({n, o}, x.options());
+  at::Tensor out = output(x, n, o, buf);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_sparse_rows", [&] {
     rows_kernel<scalar_t>(x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
                           bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
@@ -227,32 +244,38 @@ at::Tensor sparse_linear(at::Tensor x, at::Tensor wt, c10::optional<at::Tensor> 
   return sparse_rows(x, wt, bias, false);
 }
 
-at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
-                       c10::optional<at::Tensor> bias, double threshold, bool relu) {
+at::Tensor linear_auto_into(const at::Tensor& x, const at::Tensor& w, const at::Tensor& wt,
+                            const c10::optional<at::Tensor>& bias, double threshold, bool relu,
+                            at::Tensor* buf) {
   const int64_t e = x.numel();
   if (!(threshold <= 1.0)) {  // never sparse (a plain Linear): wt may be a placeholder
   } else if (x.dim() == 2 && x.size(0) == 1 && e > 0) {  // one row: list the non-zeros once
     check(x, wt, bias);
     const int64_t k = x.size(1), o = wt.size(1);
-    std::vector<int32_t> idx(k + 16);
+    int32_t* idx = index_buffer(k);
     at::Tensor out;
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_linear_row", [&] {
       const scalar_t* xp = x.data_ptr<scalar_t>();
-      const int64_t m = nonzeros(xp, k, idx.data());
+      const int64_t m = nonzeros(xp, k, idx);
       if (1.0 - double(m) / double(k) >= threshold) {
-        out = at::empty({1, o}, x.options());
-        row_kernel(xp, idx.data(), m, wt.data_ptr<scalar_t>(),
+        out = output(x, 1, o, buf);
+        row_kernel(xp, idx, m, wt.data_ptr<scalar_t>(),
                    bias.has_value() ? bias->data_ptr<scalar_t>() : nullptr,
                    out.data_ptr<scalar_t>(), o, relu);
       }
     });
     if (out.defined()) return out;
   } else if (e > 0 && 1.0 - double(count(x)) / double(e) >= threshold) {
-    return sparse_rows(x, wt, bias, relu);
+    return sparse_rows(x, wt, bias, relu, buf);
   }
   at::Tensor out = bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
   if (relu) out.relu_();
   return out;
+}
+
+at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
+                       c10::optional<at::Tensor> bias, double threshold, bool relu) {
+  return linear_auto_into(x, w, wt, bias, threshold, relu, nullptr);
 }
 
 at::Tensor chain(at::Tensor x, std::vector<at::Tensor> ws, std::vector<at::Tensor> wts,
@@ -278,6 +301,7 @@ struct Chain {
   std::vector<const void*> ptrs;
   std::vector<int64_t> versions;
   std::unordered_map<int64_t, std::vector<double>> limits;
+  std::vector<at::Tensor> bufs;  // intermediate outputs, reused (never handed out)
 
   Chain(std::vector<at::Tensor> ws_, std::vector<at::Tensor> wts_,
         std::vector<c10::optional<at::Tensor>> bs_, std::vector<bool> relu_)
@@ -302,7 +326,13 @@ struct Chain {
   c10::optional<at::Tensor> run(at::Tensor x) {
     auto it = limits.find(x.size(0));
     if (it == limits.end() || !fresh()) return c10::nullopt;
-    return chain(x, ws, wts, bs, it->second, relu);
+    const std::vector<double>& lim = it->second;
+    bufs.resize(ws.size());
+    at::Tensor h = x;
+    for (size_t i = 0; i < ws.size(); ++i)
+      h = linear_auto_into(h, ws[i], wts[i], bs[i], lim[i], relu[i],
+                           i + 1 < ws.size() ? &bufs[i] : nullptr);
+    return h;
   }
 };
 
@@ -490,9 +520,11 @@ def measure_thresholds(
     win: float,
     clock: str,
 ) -> dict[int, float]:
-    """Time dense ``F.linear`` against the sparse path (:func:`nonzero_fraction`, then
-    :func:`sparse_linear`) per batch size and zero fraction, and return the crossover zero
-    fraction for each batch size."""
+    """Time the dense path against the sparse one per batch size and zero fraction, and return
+    the crossover zero fraction for each batch size. With the C++ kernels loaded these are
+    the two outcomes of the one call a converted layer makes (``addmm`` or the sparse kernel,
+    after the zero count); without them ``F.linear`` against :func:`nonzero_fraction` then
+    :func:`sparse_linear`."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(out_features, in_features, generator=gen).to(device, dtype)
     bias = torch.randn(out_features, generator=gen).to(device, dtype)
@@ -503,10 +535,21 @@ def measure_thresholds(
             ratios = []
             for s in sparsities:
                 x = random_sparse((b, in_features), s, generator=gen).to(device, dtype)
-                fns: dict[str, Callable[[], object]] = {
-                    "dense": functools.partial(F.linear, x, weight, bias),
-                    "sparse": functools.partial(_sparse_path, x, wt, bias),
-                }
+                fns: dict[str, Callable[[], object]]
+                if _use_ext(x, wt, bias):  # the one C++ call a converted layer makes, both ways
+                    fns = {
+                        "dense": functools.partial(
+                            _EXT.linear_auto, x, weight, wt, bias, math.inf, False
+                        ),
+                        "sparse": functools.partial(
+                            _EXT.linear_auto, x, weight, wt, bias, 0.0, False
+                        ),
+                    }
+                else:
+                    fns = {
+                        "dense": functools.partial(F.linear, x, weight, bias),
+                        "sparse": functools.partial(_sparse_path, x, wt, bias),
+                    }
                 t = time_interleaved(fns, repeats=repeats, device=device, clock=clock)
                 ratios.append(statistics.median(t["sparse"]) / statistics.median(t["dense"]))
             out[int(b)] = crossover(sparsities, ratios, win)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import operator
 import statistics
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -314,6 +315,14 @@ class _Chain:
         return x
 
     def run(self, x: Tensor) -> Tensor:
+        if x.dim() == 2 and x.dtype is self.dtype and x.shape[1] == self.width:
+            if x.is_contiguous():  # the common case, in as few Python steps as possible
+                out = self.cpp.run(x)
+                if out is not None:
+                    return out
+        return self.run_slow(x)
+
+    def run_slow(self, x: Tensor) -> Tensor:
         dim = x.dim()
         x2 = x if dim == 2 else x.reshape(-1, x.shape[-1]) if dim else x.view(1, 1)
         if x2.dtype != self.dtype and self.layers[0].weight.dtype == x2.dtype:
@@ -356,18 +365,26 @@ def _chainable(layers: list[nn.Linear]) -> bool:
 
 
 _FLOATS = (torch.float32, torch.float64)
+_FORWARD_HOOKS = operator.attrgetter("_forward_hooks")
+_PRE_HOOKS = operator.attrgetter("_forward_pre_hooks")
+
+
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
 class _Plan:
     """What a SparseSequential runs at inference: modules and chains, in order, with what it
     was built for (the children, the hooks, the dropout modes)."""
 
-    __slots__ = ("dropouts", "generation", "hooked", "mods", "steps")
+    __slots__ = ("calls", "dropouts", "generation", "hooked", "mods", "steps", "watched")
 
     def __init__(self, mods: tuple[nn.Module, ...]) -> None:
         self.mods = mods
         self.generation = _GENERATION[0]
-        self.hooked = [bool(m._forward_hooks or m._forward_pre_hooks) for m in mods]
+        # fused modules: a hook added to one of them later makes the plan invalid
+        self.watched = [m for m in mods if not _hooked(m)]
+        self.hooked = [m for m in mods if _hooked(m)]
         self.dropouts = [(m, m.training) for m in mods if isinstance(m, nn.Dropout)]
         self.steps: list[nn.Module | _Chain] = []
         layers: list[nn.Linear] = []
@@ -399,12 +416,15 @@ class _Plan:
             flush()
             self.steps.append(m)
         flush()
+        self.calls = [s.run if isinstance(s, _Chain) else s for s in self.steps]
 
     def valid(self, mods: tuple[nn.Module, ...]) -> bool:
         if self.generation != _GENERATION[0] or mods != self.mods:
             return False
-        if [bool(m._forward_hooks or m._forward_pre_hooks) for m in mods] != self.hooked:
-            return False
+        if any(map(_FORWARD_HOOKS, self.watched)) or any(map(_PRE_HOOKS, self.watched)):
+            return False  # a hook was added to a fused module
+        if self.hooked and not all(map(_hooked, self.hooked)):
+            return False  # a hook was removed: fuse again
         return not self.dropouts or all(m.training is mode for m, mode in self.dropouts)
 
 
@@ -455,8 +475,8 @@ class SparseSequential(nn.Sequential):
             plan = _Plan(mods)
             self.__dict__["_actreg_plan"] = plan
         x = input
-        for step in plan.steps:
-            x = step.run(x) if isinstance(step, _Chain) else step(x)
+        for step in plan.calls:
+            x = step(x)
         return x
 
     def __getstate__(self) -> dict[str, Any]:
