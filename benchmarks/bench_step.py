@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/bench_step.py [--model mlp cnn lstm] [--reps 15] [--steps 10] [--quick]
+        [--json PATH]
 
 For each model, four variants of one training step (forward, loss, backward, Adam), all
 copies of the same initial weights, timed interleaved in one process (see ``_common``):
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,6 +246,72 @@ def hook_cost(reps: int = 15, calls: int = 2000) -> dict[str, float]:
     return {k: timing.ms(k)[1] * 1e3 / calls for k in fns}
 
 
+def page_faults(name: str, steps: int = 10) -> dict[str, float]:
+    """Minor page faults per training step of each variant of model ``name``.
+
+    Each fault is a page of freshly mapped memory touched for the first time (zeroed by
+    the kernel): the allocator handing back and re-mapping big temporaries. Counted from
+    ``getrusage`` over ``steps`` steps per variant, after ``WARMUP`` untimed steps.
+    """
+    import resource
+
+    out = {}
+    for kind, step in variants(make_case(name)).items():
+        for _ in range(WARMUP):
+            step()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(steps):
+            step()
+        out[kind] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+    return out
+
+
+def monitor_hook_time(name: str, steps: int = 40) -> dict[str, object]:
+    """Milliseconds per step spent inside the Monitor's hook of each watched layer.
+
+    The ``attach+Monitor`` step of model ``name``, with ``Monitor._update`` timed call by
+    call on the CPU clock (after ``WARMUP`` untimed steps). Returns the markdown table
+    (layer, output shape, ms per step, share of the step) and the total.
+    """
+    case = make_case(name)
+    step = variants(case, "attach+Monitor")["attach+Monitor"]
+    mon = actreg.Monitor  # the class: every instance's hook goes through _update
+    spent: dict[str, float] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    update = mon._update
+
+    def timed(self: actreg.Monitor, layer: str, x: Tensor, dim: int) -> None:
+        start = time.process_time()
+        update(self, layer, x, dim)
+        spent[layer] = spent.get(layer, 0.0) + time.process_time() - start
+        shapes[layer] = tuple(x.shape)
+
+    mon._update = timed  # type: ignore[method-assign]
+    try:
+        for _ in range(WARMUP):
+            step()
+        spent.clear()
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        total = (time.process_time() - start) / steps * 1e3
+    finally:
+        mon._update = update  # type: ignore[method-assign]
+    rows = [
+        [
+            f"`{layer}`",
+            " x ".join(map(str, shapes[layer])),
+            f"{t / steps * 1e3:.3f}",
+            f"{t / steps * 1e3 / total:.1%}",
+        ]
+        for layer, t in spent.items()
+    ]
+    hooks = sum(spent.values()) / steps * 1e3
+    rows.append(["all", "", f"{hooks:.3f}", f"{hooks / total:.1%}"])
+    table = md_table(["layer", "output", "ms per step in the hook", "share of the step"], rows)
+    return {"table": table, "hooks_ms": hooks, "step_ms": total, "steps": steps}
+
+
 def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[str, object]:
     """Time every model; returns the markdown table and the raw figures."""
     rows, figures = [], {}
@@ -288,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="5 reps x 3 steps")
+    parser.add_argument("--json", help="also write the table and the ratios to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     reps, steps = (5, 3) if args.quick else (args.reps, args.steps)
@@ -295,6 +365,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(machine_line())
     print(f"{reps} reps x {steps} steps per variant; ms per step on the CPU clock, median (IQR)")
     print(result["table"])
+    if args.json:
+        figures = result["figures"]
+        assert isinstance(figures, dict)
+        ratios = {
+            name: {"attach/hand": f["attach/hand"], "monitor": f["monitor"]}
+            for name, f in figures.items()
+        }
+        faults = {name: page_faults(name) for name in args.model}
+        out = {
+            "table": result["table"],
+            "ratios": ratios,
+            "faults": faults,
+            "reps": reps,
+            "steps": steps,
+        }
+        Path(args.json).write_text(json.dumps(out))
     return result
 
 
