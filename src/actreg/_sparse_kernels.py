@@ -160,6 +160,13 @@ void row_kernel(const T* xr, const int32_t* idx, int64_t m, const T* wp, const T
     const T* __restrict__ w1 = wp + int64_t(idx[t + 1]) * o;
     const T* __restrict__ w2 = wp + int64_t(idx[t + 2]) * o;
     const T* __restrict__ w3 = wp + int64_t(idx[t + 3]) * o;
+    if (t + 8 <= m) {
+      for (int q = 4; q < 8; ++q) {
+        const char* nx = reinterpret_cast<const char*>(wp + int64_t(idx[t + q]) * o);
+        __builtin_prefetch(nx); __builtin_prefetch(nx + 64); __builtin_prefetch(nx + 128);
+        __builtin_prefetch(nx + 192);
+      }
+    }
     for (int64_t c = 0; c < o; ++c)
       orow[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];
   }
@@ -290,8 +297,9 @@ at::Tensor chain(at::Tensor x, std::vector<at::Tensor> ws, std::vector<at::Tenso
 int64_t count_nonzero(at::Tensor x) { return count(x); }
 
 // A run of layers held in C++ so that a call passes one tensor: run(x) is chain(x, ...) with
-// the thresholds set for x's row count, or None when a weight or bias changed since the object
-// was made (storage or in-place version: the caller rebuilds it) or no thresholds are set for
+// the thresholds set for x's row count, or None when x is not a contiguous 2-D CPU tensor of
+// the layers' dtype and width, when a weight or bias changed since the object was made
+// (storage or in-place version: the caller rebuilds it), or when no thresholds are set for
 // that row count yet (the caller sets them).
 struct Chain {
   std::vector<at::Tensor> ws, wts;
@@ -323,7 +331,10 @@ struct Chain {
     return true;
   }
   void set_limits(int64_t rows, std::vector<double> l) { limits[rows] = l; }
-  c10::optional<at::Tensor> run(at::Tensor x) {
+  c10::optional<at::Tensor> run(const at::Tensor& x) {
+    if (x.dim() != 2 || !x.device().is_cpu() || !x.is_contiguous()
+        || x.scalar_type() != ws[0].scalar_type() || x.size(1) != ws[0].size(1))
+      return c10::nullopt;  // the caller reshapes, converts, or lets PyTorch raise
     auto it = limits.find(x.size(0));
     if (it == limits.end() || !fresh()) return c10::nullopt;
     const std::vector<double>& lim = it->second;

@@ -315,12 +315,8 @@ class _Chain:
         return x
 
     def run(self, x: Tensor) -> Tensor:
-        if x.dim() == 2 and x.dtype is self.dtype and x.shape[1] == self.width:
-            if x.is_contiguous():  # the common case, in as few Python steps as possible
-                out = self.cpp.run(x)
-                if out is not None:
-                    return out
-        return self.run_slow(x)
+        out = self.cpp.run(x)  # None unless the common case: see run_slow
+        return self.run_slow(x) if out is None else out
 
     def run_slow(self, x: Tensor) -> Tensor:
         dim = x.dim()
@@ -329,6 +325,7 @@ class _Chain:
             if not _chainable(self.layers):  # e.g. converted to half precision
                 return self.one_by_one(x)
             self.refresh()  # the model was converted to another dtype
+            _GENERATION[0] += 1
         if x2.dtype != self.dtype or x2.shape[1] != self.width or not x2.shape[0] or not dim:
             return self.one_by_one(x)  # PyTorch's own errors, or its empty result
         if not x2.is_contiguous():
@@ -338,6 +335,7 @@ class _Chain:
             rows = x2.shape[0]
             if not self.cpp.fresh():
                 self.refresh()
+                _GENERATION[0] += 1  # plans call the C++ object directly: rebuild them
             self.cpp.set_limits(
                 rows,
                 [
@@ -416,7 +414,10 @@ class _Plan:
             flush()
             self.steps.append(m)
         flush()
-        self.calls = [s.run if isinstance(s, _Chain) else s for s in self.steps]
+        # what forward calls: a chain's C++ object directly (None: take the slow path)
+        self.calls = [
+            (s.cpp.run, s.run_slow) if isinstance(s, _Chain) else (s, None) for s in self.steps
+        ]
 
     def valid(self, mods: tuple[nn.Module, ...]) -> bool:
         if self.generation != _GENERATION[0] or mods != self.mods:
@@ -475,8 +476,9 @@ class SparseSequential(nn.Sequential):
             plan = _Plan(mods)
             self.__dict__["_actreg_plan"] = plan
         x = input
-        for step in plan.calls:
-            x = step(x)
+        for step, slow in plan.calls:
+            y = step(x)
+            x = slow(x) if y is None and slow is not None else y
         return x
 
     def __getstate__(self) -> dict[str, Any]:
