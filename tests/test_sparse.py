@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -48,6 +49,8 @@ def _built() -> object:
 def cpp(_built: object, monkeypatch: pytest.MonkeyPatch) -> object:
     """The C++ kernels, loaded (built once per session, ~40 s without a cache)."""
     if _built is None:
+        if os.environ.get("ACTREG_REQUIRE_EXTENSION"):
+            pytest.fail("the C++ kernels did not build (ACTREG_REQUIRE_EXTENSION is set)")
         pytest.skip("the C++ kernels do not build here")
     monkeypatch.setattr(kernels, "_EXT", _built)
     return _built
