@@ -370,3 +370,16 @@ def test_compiled_model_does_not_recompile_every_step():
         assert_stats_equal(mon.compute()["act"], expected(seen, 1, 0.0))
     finally:
         dynamo.reset()
+
+
+def test_cpu_buffers_are_reused_and_freed_on_remove():
+    net = nn.Sequential(OrderedDict(a=nn.Identity(), b=nn.Identity()))
+    mon = actreg.Monitor(net, ["a", "b"], dim=1)
+    net(torch.relu(torch.randn(8, 3, 5, 5)))
+    scratch = mon._scratch[torch.float32]
+    work = scratch.buffers["work"]
+    net(torch.relu(torch.randn(8, 3, 5, 5)))  # same shapes: the same buffers and views
+    assert scratch.buffers["work"] is work and len(scratch.plans) == 1
+    mon.remove()
+    assert mon._scratch == {}
+    assert mon.compute()["a"]["l0"] > 0  # statistics stay readable

@@ -314,6 +314,7 @@ class Monitor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._scratch = {}  # the hooks' reused buffers are no longer needed
 
     def state_dict(self) -> dict[str, Any]:
         """The accumulated statistics, as plain values and cloned tensors."""
