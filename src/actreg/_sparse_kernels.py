@@ -151,31 +151,38 @@ int64_t nonzeros(const T* x, int64_t k, int32_t* idx) {
 template <typename T>
 void row_kernel(const T* xr, const int32_t* idx, int64_t m, const T* wp, const T* bp,
                 T* __restrict__ orow, int64_t o, bool relu) {
-  if (bp) { for (int64_t c = 0; c < o; ++c) orow[c] = bp[c]; }
-  else { for (int64_t c = 0; c < o; ++c) orow[c] = 0; }
-  int64_t t = 0;
-  for (; t + 4 <= m; t += 4) {
+  // The m % 4 leftover rows first, together with the bias (one pass writes the output row);
+  // then four rows at a time, the last four with the ReLU (no separate passes).
+  const int64_t r = m % 4;
+  const T* __restrict__ u[3] = {wp, wp, wp};
+  T a[3] = {0, 0, 0};
+  for (int64_t q = 0; q < r; ++q) { a[q] = xr[idx[q]]; u[q] = wp + int64_t(idx[q]) * o; }
+  for (int64_t c = 0; c < o; ++c)
+    orow[c] = (bp ? bp[c] : T(0)) + a[0] * u[0][c] + a[1] * u[1][c] + a[2] * u[2][c];
+  for (int64_t t = r; t < m; t += 4) {
     const T v0 = xr[idx[t]], v1 = xr[idx[t + 1]], v2 = xr[idx[t + 2]], v3 = xr[idx[t + 3]];
     const T* __restrict__ w0 = wp + int64_t(idx[t]) * o;
     const T* __restrict__ w1 = wp + int64_t(idx[t + 1]) * o;
     const T* __restrict__ w2 = wp + int64_t(idx[t + 2]) * o;
     const T* __restrict__ w3 = wp + int64_t(idx[t + 3]) * o;
-    if (t + 8 <= m) {
+    if (t + 8 <= m) {  // start the next four rows' streams early
       for (int q = 4; q < 8; ++q) {
         const char* nx = reinterpret_cast<const char*>(wp + int64_t(idx[t + q]) * o);
         __builtin_prefetch(nx); __builtin_prefetch(nx + 64); __builtin_prefetch(nx + 128);
         __builtin_prefetch(nx + 192);
       }
     }
-    for (int64_t c = 0; c < o; ++c)
-      orow[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];
+    if (relu && t + 4 == m) {
+      for (int64_t c = 0; c < o; ++c) {
+        const T y = orow[c] + v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];
+        orow[c] = y > 0 ? y : T(0);
+      }
+    } else {
+      for (int64_t c = 0; c < o; ++c)
+        orow[c] += v0 * w0[c] + v1 * w1[c] + v2 * w2[c] + v3 * w3[c];
+    }
   }
-  for (; t < m; ++t) {
-    const T v = xr[idx[t]];
-    const T* __restrict__ w = wp + int64_t(idx[t]) * o;
-    for (int64_t c = 0; c < o; ++c) orow[c] += v * w[c];
-  }
-  if (relu) { for (int64_t c = 0; c < o; ++c) orow[c] = orow[c] > 0 ? orow[c] : T(0); }
+  if (relu && m == r) { for (int64_t c = 0; c < o; ++c) orow[c] = orow[c] > 0 ? orow[c] : T(0); }
 }
 
 // The k + 16 entries that nonzeros() may write, kept per thread between calls.
