@@ -371,10 +371,13 @@ _EXT: Any = None
 
 
 def load_extension(verbose: bool = False) -> bool:
-    """Build (once, cached by ``torch.utils.cpp_extension``) and use the C++ CPU kernel.
+    """Build (once, cached by ``torch.utils.cpp_extension``) and use the C++ CPU kernels.
 
     Returns False, leaving the pure-PyTorch kernel in use, when the build fails (no
-    compiler, no headers). Not called on import: it can take a minute.
+    compiler or ninja, no headers). Not called on import: it can take a minute. The build
+    targets this CPU (``-march=native``); torch caches it under ``TORCH_EXTENSIONS_DIR``
+    (default ``~/.cache/torch_extensions``), so a home directory shared by machines with
+    different CPUs should set that variable per machine.
     """
     global _EXT
     if _EXT is None:
