@@ -11,7 +11,10 @@ copies of the same initial weights, timed interleaved in one process (see ``_com
 * ``hand``: the penalty written by hand in the forward, as cheaply as it can be written
   (``h.abs().sum() * (coef / batch)``): the limit;
 * ``attach``: the same penalty through ``actreg.attach`` and ``reg.penalty()``;
-* ``attach+Monitor``: the same, plus an ``actreg.Monitor`` on the penalized layers.
+* ``attach+Monitor``: the same, plus an ``actreg.Monitor`` on the penalized layers,
+  statistics by the PyTorch sweep (``metrics.batch_stats``);
+* ``attach+Monitor (C++)``: the same Monitor with the optional C++ kernel
+  (``actreg.monitor.load_extension()``; left out, with a note, when it does not build).
 
 Models: MLP 784-1024-1024-10 (batch 128, L1 1e-5 on both hidden ReLUs); CNN
 ``actreg.models.CNN`` on 1x28x28 (batch 64, L1 on both conv ReLUs and the hidden ReLU);
@@ -39,6 +42,7 @@ from _common import interleave, machine_line, md_table, ms_cell, ratio_cell
 from bench_monitor import make_model as make_mlp
 
 import actreg
+from actreg import _monitor_kernels
 from actreg.models import CNN
 
 # Defaults: one comment per setting.
@@ -161,10 +165,28 @@ def make_case(name: str) -> Case:
 
 
 KINDS = ("none", "hand", "attach", "attach+Monitor")
+CPP = "attach+Monitor (C++)"  # the Monitor on the C++ kernel
+_EXT: object = None  # the loaded C++ Monitor kernel, or False (see cpp_kinds)
 
 
-def variants(case: Case, only: str | None = None) -> dict[str, Callable[[], object]]:
-    """One training step per variant (or only ``only``), each on its own copy of the weights."""
+def cpp_kinds() -> tuple[str, ...]:
+    """:data:`KINDS` plus :data:`CPP` if the C++ Monitor kernel builds (built once here)."""
+    global _EXT
+    if _EXT is None:
+        saved = _monitor_kernels._EXT  # False while a step of another variant switched it off
+        _monitor_kernels._EXT = None
+        try:
+            _EXT = _monitor_kernels._EXT if actreg.monitor.load_extension() else False
+        finally:
+            _monitor_kernels._EXT = saved
+    return (*KINDS, CPP) if _EXT else KINDS
+
+
+def variants(
+    case: Case, only: str | None = None, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Callable[[], object]]:
+    """One training step per variant of ``kinds`` (or only ``only``), each on its own copy
+    of the weights. Every step first switches the C++ Monitor kernel on (``CPP``) or off."""
     x, y = case.data
     out: dict[str, Callable[[], object]] = {}
 
@@ -173,11 +195,15 @@ def variants(case: Case, only: str | None = None) -> dict[str, Callable[[], obje
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         reg = actreg.attach(model, case.spec) if kind.startswith("attach") else None
-        if kind == "attach+Monitor":
+        if kind == CPP:
+            cpp_kinds()  # build (or load) the kernel
+        ext = _EXT if kind == CPP else False
+        if kind.startswith("attach+Monitor"):
             mon = actreg.Monitor(model, list(case.monitor), dim=case.monitor)
             model._bench_monitor = mon  # type: ignore[assignment]  # keep it alive
 
         def step() -> None:
+            _monitor_kernels._EXT = ext
             if kind == "hand":
                 logits, pen = case.hand(model, x)
                 loss = case.loss(logits, y) + pen
@@ -191,7 +217,7 @@ def variants(case: Case, only: str | None = None) -> dict[str, Callable[[], obje
 
         return step
 
-    for kind in KINDS if only is None else (only,):
+    for kind in kinds if only is None else (only,):
         out[kind] = make(kind)
     return out
 
@@ -256,7 +282,7 @@ def page_faults(name: str, steps: int = 10) -> dict[str, float]:
     import resource
 
     out = {}
-    for kind, step in variants(make_case(name)).items():
+    for kind, step in variants(make_case(name), kinds=cpp_kinds()).items():
         for _ in range(WARMUP):
             step()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -266,15 +292,18 @@ def page_faults(name: str, steps: int = 10) -> dict[str, float]:
     return out
 
 
-def monitor_hook_time(name: str, steps: int = 40) -> dict[str, object]:
+def monitor_hook_time(
+    name: str, steps: int = 40, kind: str = "attach+Monitor"
+) -> dict[str, object]:
     """Milliseconds per step spent inside the Monitor's hook of each watched layer.
 
-    The ``attach+Monitor`` step of model ``name``, with ``Monitor._update`` timed call by
-    call on the CPU clock (after ``WARMUP`` untimed steps). Returns the markdown table
-    (layer, output shape, ms per step, share of the step) and the total.
+    The ``kind`` step (``attach+Monitor`` or :data:`CPP`) of model ``name``, with
+    ``Monitor._update`` timed call by call on the CPU clock (after ``WARMUP`` untimed
+    steps). Returns the markdown table (layer, output shape, ms per step, share of the
+    step) and the total.
     """
     case = make_case(name)
-    step = variants(case, "attach+Monitor")["attach+Monitor"]
+    step = variants(case, kind)[kind]
     mon = actreg.Monitor  # the class: every instance's hook goes through _update
     spent: dict[str, float] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -315,13 +344,22 @@ def monitor_hook_time(name: str, steps: int = 40) -> dict[str, object]:
 def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[str, object]:
     """Time every model; returns the markdown table and the raw figures."""
     rows, figures = [], {}
+    kinds = cpp_kinds()
     for name in models:
         case = make_case(name)
         rel = check_same_penalty(case)
-        timing = interleave(variants(case), reps=reps, steps=steps, warmup=warmup)
+        timing = interleave(variants(case, kinds=kinds), reps=reps, steps=steps, warmup=warmup)
         att = timing.ratio("attach", "hand")
         mon = timing.ratio("attach+Monitor", "attach")
-        figures[name] = {"attach/hand": att, "monitor": mon, "timing": timing, "rel": rel}
+        cpp = timing.ratio(CPP, "attach") if CPP in kinds else None
+        figures[name] = {
+            "attach/hand": att,
+            "monitor": mon,
+            "monitor_cpp": cpp,
+            "timing": timing,
+            "rel": rel,
+        }
+        no_build = "n/a (no C++ build)"
         rows.append(
             [
                 case.describe,
@@ -332,6 +370,8 @@ def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[
                 ratio_cell(timing.ratio("attach", "hand", "wall")),
                 ratio_cell(mon, GOAL_MONITOR),
                 ratio_cell(timing.ratio("attach+Monitor", "attach", "wall")),
+                no_build if cpp is None else ratio_cell(cpp, GOAL_MONITOR),
+                no_build if cpp is None else ratio_cell(timing.ratio(CPP, "attach", "wall")),
                 f"{rel:.1e}",
             ]
         )
@@ -344,6 +384,8 @@ def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[
         "attach / hand (wall)",
         "+Monitor / attach (CPU)",
         "+Monitor / attach (wall)",
+        "+Monitor (C++) / attach (CPU)",
+        "+Monitor (C++) / attach (wall)",
         "penalty rel. diff",
     ]
     table = md_table(header, rows)
@@ -369,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         figures = result["figures"]
         assert isinstance(figures, dict)
         ratios = {
-            name: {"attach/hand": f["attach/hand"], "monitor": f["monitor"]}
+            name: {k: f[k] for k in ("attach/hand", "monitor", "monitor_cpp")}
             for name, f in figures.items()
         }
         faults = {name: page_faults(name) for name in args.model}

@@ -1,4 +1,9 @@
-"""Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`."""
+"""Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`.
+
+:func:`load_extension` builds an optional C++ kernel (30-40 s once, then cached by torch)
+that computes a batch's statistics in one pass over a contiguous CPU float32/float64
+output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` does.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from actreg import _monitor_kernels as _K
 from actreg import metrics as M
 from actreg._errors import ActregError
+from actreg._monitor_kernels import load_extension
 from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
 from actreg.attach import _NoOp, in_backward
 
-__all__ = ["Monitor"]
+__all__ = ["Monitor", "load_extension"]
 
 Stats = dict[str, dict[str, Any]]
 
@@ -105,6 +112,10 @@ class Monitor:
     is the mean number of active units per position (per time step for sequences, not
     per sequence), ``firing_rate`` a unit's share of positions where it is active.
 
+    On the CPU, :func:`actreg.monitor.load_extension` (opt-in, builds a C++ kernel once)
+    makes the hooks compute a batch's statistics in one pass over the output instead of a
+    few PyTorch ops per block; the statistics are the same (sums to float rounding).
+
     Args:
         model: the ``nn.Module`` to watch.
         names_or_patterns: a module name or glob pattern (``"blocks.*.act"``), or several;
@@ -184,10 +195,15 @@ class Monitor:
             )
         elif state.sums.device != x.device:
             state.to(x.device)
-        # The big-tensor work in one blocked sweep (in reused buffers on the CPU); the
-        # rest on the small per-vector table.
+        # The big-tensor work in one pass of the C++ kernel (after load_extension()) or one
+        # blocked sweep of PyTorch ops (in reused buffers on the CPU); the rest on the
+        # small per-vector table.
         scratch = self._scratch_for(x)
-        norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
+        if _K.usable(x):
+            out = None if scratch is None else scratch.get("norms", 2 * (x.numel() // units))
+            norms, active, top = _K.batch_stats(x, dim, self.eps, out)
+        else:
+            norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
         totals = norms.sum(1)  # sum |x|, sum x**2 (then added in float64)
         hoyer = M.hoyer_from_norms(norms[0], norms[1], units, inplace=True).sum()
         state.sums += torch.cat((totals, hoyer.view(1)))

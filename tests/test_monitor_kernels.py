@@ -1,0 +1,240 @@
+"""The optional C++ Monitor kernel (actreg._monitor_kernels): same results as the PyTorch
+path of metrics.batch_stats, and a Monitor using it gives the same statistics."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import actreg
+from actreg import ActregError
+from actreg import _monitor_kernels as kernels
+from actreg import metrics as M
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on the PyTorch path unless it asks for ``cpp``."""
+    monkeypatch.setattr(kernels, "_EXT", False)
+
+
+@pytest.fixture(scope="session")
+def _built() -> object:
+    saved = kernels._EXT
+    kernels._EXT = None
+    try:
+        ok = kernels.load_extension()
+        return kernels._EXT if ok else None
+    finally:
+        kernels._EXT = saved
+
+
+@pytest.fixture
+def cpp(_built: object, monkeypatch: pytest.MonkeyPatch) -> object:
+    """The C++ kernel, loaded (built once per session, ~40 s without a cache)."""
+    if _built is None:
+        if os.environ.get("ACTREG_REQUIRE_EXTENSION"):
+            pytest.fail("the C++ Monitor kernel did not build (ACTREG_REQUIRE_EXTENSION is set)")
+        pytest.skip("the C++ Monitor kernel does not build here")
+    monkeypatch.setattr(kernels, "_EXT", _built)
+    return _built
+
+
+# (shape, dim): 1-D, 2-D both axes, (N, T, H) sequences, NCHW conv maps, odd sizes (unit
+# counts not a multiple of 4, rows not a multiple of 16), size-1 axes.
+CASES = [
+    ((1,), 0),
+    ((7,), 0),
+    ((33,), 0),
+    ((5, 16), 1),
+    ((5, 16), 0),
+    ((3, 37), 1),
+    ((1, 1), 1),
+    ((1, 1), 0),
+    ((12, 5, 8), 2),
+    ((12, 5, 8), 1),
+    ((12, 5, 8), 0),
+    ((4, 6, 5, 5), 1),
+    ((2, 7, 3, 3), 1),
+    ((2, 3, 4, 5), 3),
+    ((2, 3, 4, 5), 2),
+    ((3, 1, 4, 4), 1),
+    ((64, 32, 28, 28), 1),
+]
+
+
+def _ids(case: tuple[tuple[int, ...], int]) -> str:
+    shape, dim = case
+    return "x".join(map(str, shape)) + f"-d{dim}"
+
+
+def _sample(shape: tuple[int, ...], dtype: torch.dtype, kind: str, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    if kind == "relu":
+        x = x.relu()
+    elif kind == "zeros":
+        x = torch.zeros(shape, dtype=torch.float64)
+    elif kind == "nan":
+        x = x.relu()
+        x.view(-1)[x.numel() // 2] = math.nan
+    elif kind == "inf":
+        x.view(-1)[0] = math.inf
+        x.view(-1)[-1] = -math.inf
+    elif kind == "negative":
+        x = -x.abs() - 1.0  # the max is negative: the running max must not start at 0
+    return x.to(dtype)
+
+
+def _check(x: torch.Tensor, dim: int, eps: float) -> None:
+    want = M.batch_stats(x, dim, eps)
+    want = tuple(t.clone() for t in want)
+    got = kernels.batch_stats(x, dim, eps)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == w.dtype
+    tol = TOL[x.dtype] * (10 if x.numel() > 10**5 else 1)
+    torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol, equal_nan=True)
+    assert torch.equal(got[1], want[1])  # counts: exact
+    torch.testing.assert_close(got[2], want[2], rtol=0, atol=0, equal_nan=True)  # max: exact
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.3], ids=["eps0", "eps0.3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", ["signed", "relu", "zeros", "nan", "inf", "negative"])
+@pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
+def test_kernel_equals_pytorch_path(cpp, case, kind, dtype, eps):
+    shape, dim = case
+    _check(_sample(shape, dtype, kind), dim, eps)
+
+
+def test_eps_is_rounded_to_the_dtype(cpp):
+    """A value equal to eps rounded to float32 is not active, as with the PyTorch path."""
+    eps = 0.1
+    x = torch.tensor([[0.1, 0.1000001, -0.1, 0.0]], dtype=torch.float32)
+    _check(x, 1, eps)
+    _check(x, 0, eps)
+
+
+def test_norms_into_a_buffer(cpp):
+    x = _sample((4, 3, 5), torch.float32, "signed")
+    buf = torch.full((100,), 7.0)
+    norms, _, _ = kernels.batch_stats(x, 1, 0.0, buf)
+    assert norms.data_ptr() == buf.data_ptr() and norms.shape == (2, 20)
+    torch.testing.assert_close(norms, M.batch_stats(x, 1, 0.0)[0])
+
+
+def test_usable_only_for_contiguous_cpu_float(cpp):
+    x = torch.randn(4, 6)
+    assert kernels.usable(x)
+    assert not kernels.usable(x.t())
+    assert not kernels.usable(x.half())
+    assert not kernels.usable(torch.empty(0, 6))
+
+
+def test_not_usable_without_the_extension():
+    assert not kernels.usable(torch.randn(4, 6))
+
+
+def test_kernel_rejects_bad_input(cpp):
+    with pytest.raises(RuntimeError, match="contiguous CPU"):
+        cpp.batch_stats(torch.randn(4, 6).t(), 0, 0.0, None)
+    with pytest.raises(RuntimeError, match="dim out of range"):
+        cpp.batch_stats(torch.randn(4, 6), 2, 0.0, None)
+    with pytest.raises(RuntimeError, match="empty"):
+        cpp.batch_stats(torch.empty(0, 6), 1, 0.0, None)
+    with pytest.raises(RuntimeError, match="out buffer"):
+        cpp.batch_stats(torch.randn(4, 6), 1, 0.0, torch.empty(3))
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(2, 6, 3, padding=1),
+            cact=nn.ReLU(),
+            flat=nn.Flatten(),
+            fc=nn.Linear(6 * 5 * 5, 9),
+            act=nn.Tanh(),
+        )
+    )
+
+
+def _monitor_stats(net: nn.Module, eps: float, batches: list[torch.Tensor]) -> dict:
+    with actreg.Monitor(net, ["cact", "act", "fc"], eps=eps, dim={"cact": 1}) as mon:
+        for x in batches:
+            net(x)
+        return mon.compute()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("eps", [0.0, 0.05], ids=["eps0", "eps0.05"])
+def test_monitor_same_with_and_without_the_kernel(cpp, monkeypatch, eps, dtype):
+    torch.manual_seed(0)
+    net = _net().to(dtype)
+    batches = [torch.randn(n, 2, 5, 5, dtype=dtype) for n in (3, 1, 8)]
+    with_cpp = _monitor_stats(net, eps, batches)
+    monkeypatch.setattr(kernels, "_EXT", False)
+    without = _monitor_stats(net, eps, batches)
+    assert set(with_cpp) == set(without) == {"cact", "act", "fc"}
+    for layer, stats in without.items():
+        for key, value in stats.items():
+            got = with_cpp[layer][key]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got, value), (layer, key)  # counts: exact
+            elif key == "max" or key in ("zero_fraction", "l0", "dead_fraction"):
+                assert got == value, (layer, key)
+            else:
+                assert got == pytest.approx(value, rel=1e-5, abs=1e-7), (layer, key)
+
+
+def test_monitor_uses_the_kernel_and_falls_back(cpp, monkeypatch):
+    calls = []
+    real = kernels.batch_stats
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "batch_stats", counting)
+    net = nn.Sequential(OrderedDict(act=nn.Identity()))
+    with actreg.Monitor(net, "act") as mon:
+        net(torch.randn(4, 6))  # C++
+        net(torch.randn(6, 4).t())  # not contiguous: PyTorch path
+        net(torch.randn(4, 6).half())  # upcast to float32 by the check: C++
+        stats = mon.compute()["act"]
+    assert len(calls) == 2
+    assert stats["l0"] == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize(
+    ("dim", "x", "match"),
+    [
+        (3, torch.ones(2, 3), r"layer 'act'.*dim=3 is out of range .* \(2, 3\)"),
+        (-1, torch.ones(2, 3, dtype=torch.long), "floating-point tensor, got dtype torch.int64"),
+        (-1, torch.tensor(1.0), "0-dim"),
+    ],
+    ids=["axis", "integer", "scalar"],
+)
+def test_bad_batches_same_errors_with_the_kernel(cpp, dim, x, match):
+    model = nn.Sequential(OrderedDict(act=nn.Identity()))
+    with actreg.Monitor(model, "act", dim=dim), pytest.raises(ActregError, match=match):
+        model(x)
+
+
+def test_unit_count_change_is_an_error_with_the_kernel(cpp):
+    model = nn.Sequential(OrderedDict(act=nn.Identity()))
+    with actreg.Monitor(model, "act"):
+        model(torch.ones(2, 3))
+        with pytest.raises(ActregError, match="earlier batches had 3"):
+            model(torch.ones(2, 4))
+
+
+def test_load_extension_is_public():
+    assert actreg.monitor.load_extension is kernels.load_extension
+    assert "load_extension" in actreg.monitor.__all__
