@@ -356,7 +356,7 @@ amax): that is the default path, and what the C++ kernel below replaces when loa
 
 CPP_NOTE = """\
 The C++ kernel (`actreg/_monitor_kernels.py`, opt-in: `actreg.monitor.load_extension()`
-builds it with `torch.utils.cpp_extension.load_inline`, `-O3 -march=native`, 30-40 s once,
+builds it with `torch.utils.cpp_extension.load_inline`, `-O3 -march=native`, under a minute once,
 then cached by torch; returns False and keeps the PyTorch sweep, with a logged warning, when
 it does not build; never built on import). For a contiguous CPU float32/float64 output it
 computes everything `metrics.batch_stats` does in one pass: `x` viewed as `(outer, units,

@@ -17,7 +17,7 @@ order (16 lanes when the unit axis is last), so they agree with it to floating-p
 rounding; counts and the maximum are exact (the maximum is NaN if any value is NaN:
 ``||v||_1`` of a vector is NaN exactly when the vector holds a NaN).
 
-Built on request by :func:`load_extension` (about 30-40 s with gcc, then cached by
+Built on request by :func:`load_extension` (under a minute with gcc, then cached by
 ``torch.utils.cpp_extension``); not on import. Without it the Monitor runs on
 :func:`actreg.metrics.batch_stats`.
 """
@@ -67,7 +67,8 @@ T strided(const T* x, int64_t outer, int64_t units, int64_t inner, T e, T* l1, T
     for (int64_t i = 0; i < inner; ++i) { a1[i] = T(0); a2[i] = T(0); }
     const T* base = x + o * units * inner;
     // Unit after unit: one sequential stream through memory (walking 2 or 4 units side by
-    // side needs fewer passes over the rows, but is 1.5-2x slower on data out of cache).
+    // side needs fewer passes over the rows, but was slower on data out of cache in a
+    // micro-benchmark).
     for (int64_t u = 0; u < units; ++u) unit1(base + u * inner, inner, e, a1, a2, mx, counts + u);
   }
   T top = -std::numeric_limits<T>::infinity();
@@ -178,7 +179,7 @@ def load_extension(verbose: bool = False) -> bool:
     After it returns True, :class:`actreg.Monitor` computes a batch's statistics of a
     contiguous CPU float32/float64 output in one C++ pass (other tensors keep the PyTorch
     path). Returns False, leaving :func:`actreg.metrics.batch_stats` in use, when the
-    build fails (no compiler, no headers). Not called on import: a build takes 30-40 s.
+    build fails (no compiler, no headers). Not called on import: a build takes under a minute.
 
     Example:
         >>> import actreg

@@ -1,6 +1,6 @@
 """Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`.
 
-:func:`load_extension` builds an optional C++ kernel (30-40 s once, then cached by torch)
+:func:`load_extension` builds an optional C++ kernel (under a minute once, then cached by torch)
 that computes a batch's statistics in one pass over a contiguous CPU float32/float64
 output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` does.
 """
