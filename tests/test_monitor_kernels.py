@@ -4,7 +4,6 @@ path of metrics.batch_stats, and a Monitor using it gives the same statistics.""
 from __future__ import annotations
 
 import math
-import os
 from collections import OrderedDict
 
 import pytest
@@ -19,32 +18,7 @@ from actreg import metrics as M
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs on the PyTorch path unless it asks for ``cpp``."""
-    monkeypatch.setattr(kernels, "_EXT", False)
-
-
-@pytest.fixture(scope="session")
-def _built() -> object:
-    saved = kernels._EXT
-    kernels._EXT = None
-    try:
-        ok = kernels.load_extension()
-        return kernels._EXT if ok else None
-    finally:
-        kernels._EXT = saved
-
-
-@pytest.fixture
-def cpp(_built: object, monkeypatch: pytest.MonkeyPatch) -> object:
-    """The C++ kernel, loaded (built once per session, ~40 s without a cache)."""
-    if _built is None:
-        if os.environ.get("ACTREG_REQUIRE_EXTENSION"):
-            pytest.fail("the C++ Monitor kernel did not build (ACTREG_REQUIRE_EXTENSION is set)")
-        pytest.skip("the C++ Monitor kernel does not build here")
-    monkeypatch.setattr(kernels, "_EXT", _built)
-    return _built
+KERNELS = kernels  # see tests/conftest.py: _torch_kernels, cpp
 
 
 # (shape, dim): 1-D, 2-D both axes, (N, T, H) sequences, NCHW conv maps, odd sizes (unit

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import math
-import os
 from collections import OrderedDict
 from typing import Any
 
@@ -28,32 +27,7 @@ from actreg.sparse import SparseInputLinear
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def _torch_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs on the pure-PyTorch kernels unless it asks for ``cpp``."""
-    monkeypatch.setattr(kernels, "_EXT", False)
-
-
-@pytest.fixture(scope="session")
-def _built() -> object:
-    saved = kernels._EXT
-    kernels._EXT = None
-    try:
-        ok = kernels.load_extension()
-        return kernels._EXT if ok else None
-    finally:
-        kernels._EXT = saved
-
-
-@pytest.fixture
-def cpp(_built: object, monkeypatch: pytest.MonkeyPatch) -> object:
-    """The C++ kernels, loaded (built once per session, ~40 s without a cache)."""
-    if _built is None:
-        if os.environ.get("ACTREG_REQUIRE_EXTENSION"):
-            pytest.fail("the C++ kernels did not build (ACTREG_REQUIRE_EXTENSION is set)")
-        pytest.skip("the C++ kernels do not build here")
-    monkeypatch.setattr(kernels, "_EXT", _built)
-    return _built
+KERNELS = kernels  # see tests/conftest.py: _torch_kernels, cpp
 
 
 @pytest.fixture(params=["torch", "cpp"])

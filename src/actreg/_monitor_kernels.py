@@ -24,11 +24,12 @@ Built on request by :func:`load_extension` (under a minute with gcc, then cached
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from actreg._cpp import build_inline
 
 __all__ = ["batch_stats", "load_extension", "usable"]
 
@@ -188,18 +189,9 @@ def load_extension(verbose: bool = False) -> bool:
     """
     global _EXT
     if _EXT is None:
-        try:
-            from torch.utils.cpp_extension import load_inline
-
-            _EXT = load_inline(
-                "actreg_monitor_cpu",
-                cpp_sources=_CPP,
-                extra_cflags=["-O3", "-march=native"],
-                verbose=verbose,
-            )
-        except Exception as err:  # any build failure: keep the fallback
-            logging.getLogger("actreg.monitor").warning("C++ Monitor kernel unavailable: %s", err)
-            _EXT = False
+        _EXT = build_inline(
+            "actreg_monitor_cpu", _CPP, "C++ Monitor kernel", "actreg.monitor", verbose
+        )
     return bool(_EXT)
 
 

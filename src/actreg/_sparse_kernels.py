@@ -15,7 +15,6 @@ Two pure-PyTorch kernels compute ``x @ W.T + b`` from ``wt = W.T`` (``in x out``
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import statistics
 import time
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from actreg._cpp import build_inline
 from actreg._errors import ActregError
 
 _CACHE: dict[tuple[object, ...], dict[int, float]] = {}
@@ -381,18 +381,9 @@ def load_extension(verbose: bool = False) -> bool:
     """
     global _EXT
     if _EXT is None:
-        try:
-            from torch.utils.cpp_extension import load_inline
-
-            _EXT = load_inline(
-                "actreg_sparse_cpu",
-                cpp_sources=_CPP,
-                extra_cflags=["-O3", "-march=native"],
-                verbose=verbose,
-            )
-        except Exception as err:  # any build failure: keep the fallback
-            logging.getLogger("actreg.sparse").warning("C++ sparse kernel unavailable: %s", err)
-            _EXT = False
+        _EXT = build_inline(
+            "actreg_sparse_cpu", _CPP, "C++ sparse kernel", "actreg.sparse", verbose
+        )
     return bool(_EXT)
 
 
