@@ -110,7 +110,8 @@ def bag_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
 # * ``linear_auto(x, w, wt, bias, threshold, relu)``: count the zeros of ``x`` exactly, then the
 #   sparse kernel if their fraction is at least ``threshold``, else ``addmm`` (what
 #   ``F.linear`` runs, so the fallback gives the dense layer's bits). One call per layer.
-# * ``chain(x, layers...)``: ``linear_auto`` for a run of Linear (+ ReLU) layers in one call.
+# * ``Chain``: an object holding a run of Linear (+ ReLU) layers; ``run(x)`` is ``linear_auto``
+#   layer after layer in one call, intermediate outputs reused between calls.
 _CPP = r"""#include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <type_traits>
@@ -292,19 +293,10 @@ at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
   return linear_auto_into(x, w, wt, bias, threshold, relu, nullptr);
 }
 
-at::Tensor chain(at::Tensor x, std::vector<at::Tensor> ws, std::vector<at::Tensor> wts,
-                 std::vector<c10::optional<at::Tensor>> biases, std::vector<double> thresholds,
-                 std::vector<bool> relu) {
-  at::Tensor h = x;
-  for (size_t i = 0; i < ws.size(); ++i)
-    h = linear_auto(h, ws[i], wts[i], biases[i], thresholds[i], relu[i]);
-  return h;
-}
-
 int64_t count_nonzero(at::Tensor x) { return count(x); }
 
-// A run of layers held in C++ so that a call passes one tensor: run(x) is chain(x, ...) with
-// the thresholds set for x's row count, or None when x is not a contiguous 2-D CPU tensor of
+// A run of layers held in C++ so that a call passes one tensor: run(x) is linear_auto layer
+// after layer with the thresholds set for x's row count, or None when x is not a contiguous 2-D CPU tensor of
 // the layers' dtype and width, when a weight or bias changed since the object was made
 // (storage or in-place version: the caller rebuilds it), or when no thresholds are set for
 // that row count yet (the caller sets them).
@@ -357,7 +349,6 @@ struct Chain {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_linear", &sparse_linear);
   m.def("linear_auto", &linear_auto);
-  m.def("chain", &chain);
   m.def("count_nonzero", &count_nonzero);
   py::class_<Chain>(m, "Chain")
       .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>,

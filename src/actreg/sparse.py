@@ -314,11 +314,9 @@ class _Chain:
             x = F.relu(x) if relu else x
         return x
 
-    def run(self, x: Tensor) -> Tensor:
-        out = self.cpp.run(x)  # None unless the common case: see run_slow
-        return self.run_slow(x) if out is None else out
-
     def run_slow(self, x: Tensor) -> Tensor:
+        """What forward does when ``cpp.run(x)`` returned None: reshape, convert, rebuild,
+        set this batch size's thresholds, or run the layers one by one."""
         dim = x.dim()
         x2 = x if dim == 2 else x.reshape(-1, x.shape[-1]) if dim else x.view(1, 1)
         if x2.dtype != self.dtype and self.layers[0].weight.dtype == x2.dtype:
