@@ -295,11 +295,11 @@ at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
 
 int64_t count_nonzero(at::Tensor x) { return count(x); }
 
-// A run of layers held in C++ so that a call passes one tensor: run(x) is linear_auto layer
-// after layer with the thresholds set for x's row count, or None when x is not a contiguous 2-D CPU tensor of
-// the layers' dtype and width, when a weight or bias changed since the object was made
-// (storage or in-place version: the caller rebuilds it), or when no thresholds are set for
-// that row count yet (the caller sets them).
+// A run of layers held in C++ so that a call passes one tensor: run(x) is linear_auto
+// layer after layer with the thresholds set for x's row count, or None when x is not a
+// contiguous 2-D CPU tensor of the layers' dtype and width, when a weight or bias changed
+// since the object was made (storage or in-place version: the caller rebuilds it), or when
+// no thresholds are set for that row count yet (the caller sets them).
 struct Chain {
   std::vector<at::Tensor> ws, wts;
   std::vector<c10::optional<at::Tensor>> bs;
