@@ -213,9 +213,11 @@ def jsonable(value: Any) -> Any:
 
 
 def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str, Any]) -> Path:
-    """Write ``results.json``: experiment, library version, the whole config, then payload."""
+    """Write ``results.json``: experiment, library version, the whole config, then payload,
+    which gets ``run_dir`` (as a string) as its last key, in place, for the caller too."""
     from actreg import __version__
 
+    payload["run_dir"] = str(run_dir)
     doc = {
         "experiment": experiment,
         "version": __version__,

@@ -64,7 +64,6 @@ def run(cfg: CNNConfig) -> dict[str, Any]:
         out["maps"] = out.pop("layers")
         results["variants"][name] = out
     results["data"] = data.info
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "cnn", cfg, results)
     return results
 

@@ -310,7 +310,6 @@ def run(cfg: LSTMLMConfig) -> dict[str, Any]:
         results["val_ppl_gain"] = 1.0 - with_["val_ppl"] / without["val_ppl"]
         results["test_ppl_gain"] = 1.0 - with_["test_ppl"] / without["test_ppl"]
     results["data"] = corpus.info
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "lstm-lm", cfg, results)
     return results
 

@@ -284,7 +284,6 @@ def run(cfg: Seq2SeqConfig) -> dict[str, Any]:
         )
     results["sentences"] = {split: len(items) for split, items in data.items()}
     results["data"] = corpus.info
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "seq2seq", cfg, results)
     return results
 

@@ -180,7 +180,6 @@ def run(cfg: SparseAEConfig) -> dict[str, Any]:
         models[name] = model
     results["pictures"] = _pictures(run_dir, data, models, results)
     results["data"] = data.info
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "sparse-ae", cfg, results)
     return results
 

@@ -67,7 +67,6 @@ def run(cfg: SparseRectifierConfig) -> dict[str, Any]:
         out["mean_zero_fraction"] = sum(s["zero_fraction"] for s in stats.values()) / len(stats)
         results["variants"][variant] = out
     results["data"] = data.info
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "sparse-rectifier", cfg, results)
     return results
 

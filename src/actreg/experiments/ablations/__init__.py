@@ -261,7 +261,6 @@ def run(cfg: AblationConfig) -> dict[str, Any]:
     results["pictures"] = pictures
     results["data"] = runner.data.first_info()
     results["seconds"] = time.perf_counter() - start
-    results["run_dir"] = str(run_dir)
     save_results(run_dir, "ablation", cfg, results)
     return results
 
