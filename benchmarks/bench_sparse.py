@@ -15,13 +15,13 @@ Where the module takes the dense path, "decision" is the time of what it adds be
 same addmm that nn.Linear runs (grad and shape checks, threshold lookup, exact zero count),
 timed alone (thousands of calls, so steady), as a share of the dense time.
 The module is timed against dense alone, the kernels against dense in a second group; within
-a group, variants run in turn inside each repetition (actreg._sparse_kernels.time_interleaved),
+a group, variants run in turn inside each repetition (actreg.sparse._kernels.time_interleaved),
 so machine noise hits them alike; with 1 thread the clock is CPU time (steady under load).
 A speedup is the median over repetitions of the paired
 ratio dense/variant, with its min-max.
 
 Part 2, end to end: the trained models of the issue, through `actreg speedup`
-(actreg.experiments.speedup): the L1-regularized 3x1000 MNIST MLP and the sparse
+(actreg.lab.experiments.speedup): the L1-regularized 3x1000 MNIST MLP and the sparse
 autoencoder's decoder (--runs, default the run folders named in RUNS; make them with the
 commands in docs/RESULTS.md). Each at batch 1, 8 and 32 with the C++ kernels; the MLP also
 with its first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
@@ -46,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actreg import _sparse_kernels as kern
 from actreg import sparse
-from actreg._sparse_kernels import bag_linear, gather_linear, random_sparse, time_interleaved
+from actreg.sparse import _kernels as kern
+from actreg.sparse._kernels import bag_linear, gather_linear, random_sparse, time_interleaved
 
 # Defaults: one comment per setting.
 SEED = 0  # every weight, input and training run starts here
@@ -175,7 +175,7 @@ def decide(mod: sparse.SparseInputLinear, x: torch.Tensor, b: torch.Tensor) -> o
 
 
 def end_to_end(args: argparse.Namespace) -> tuple[list[str], dict[str, float]]:
-    from actreg.experiments.speedup import SpeedupConfig, speedup
+    from actreg.lab.experiments.speedup import SpeedupConfig, speedup
 
     runs = [r for r in args.runs if (Path(r) / "results.json").is_file()]
     lines = [

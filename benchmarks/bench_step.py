@@ -17,7 +17,7 @@ copies of the same initial weights, timed interleaved in one process (see ``_com
   (``actreg.monitor.load_extension()``; left out, with a note, when it does not build).
 
 Models: MLP 784-1024-1024-10 (batch 128, L1 1e-5 on both hidden ReLUs); CNN
-``actreg.models.CNN`` on 1x28x28 (batch 64, L1 on both conv ReLUs and the hidden ReLU);
+``actreg.lab.models.CNN`` on 1x28x28 (batch 64, L1 on both conv ReLUs and the hidden ReLU);
 a 2-layer LSTM language model, time-first (35 steps x batch 20, vocabulary 2000, 200
 units), with AR (alpha 2, mean, on the output dropout) and TAR (beta 1, mean, on the LSTM
 output before dropout), as in AWD-LSTM. Goals: attach / hand <= 1.02x, Monitor <= 1.05x.
@@ -43,7 +43,7 @@ from bench_monitor import make_model as make_mlp
 
 import actreg
 from actreg import _monitor_kernels
-from actreg.models import CNN
+from actreg.lab.models import CNN
 
 # Defaults: one comment per setting.
 REPS = 15  # repetitions (each times one block of every variant)

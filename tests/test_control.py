@@ -11,7 +11,7 @@ from actreg.control import Scheduled
 
 @pytest.fixture(scope="module")
 def digits():
-    from actreg.data import load_vision
+    from actreg.lab.data import load_vision
 
     return load_vision("digits", seed=0).x_train
 

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 import actreg
-from actreg import _sparse_kernels as kernels
 from actreg import sparse
-from actreg._sparse_kernels import (
+from actreg.sparse import SparseInputLinear
+from actreg.sparse import _kernels as kernels
+from actreg.sparse._kernels import (
     bag_linear,
     crossover,
     gather_linear,
     nonzero_fraction,
     random_sparse,
 )
-from actreg.sparse import SparseInputLinear
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 

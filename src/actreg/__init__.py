@@ -1,6 +1,6 @@
 """actreg: activation regularization for PyTorch."""
 
-from actreg import metrics, sparse
+from actreg import metrics
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint, mask_url
 from actreg.attach import Regularizer, attach
@@ -50,5 +50,4 @@ __all__ = [
     "make_penalty",
     "mask_url",
     "metrics",
-    "sparse",
 ]

@@ -1,0 +1,97 @@
+"""Dataclass configs: ``key=value`` overrides typed by the fields, and JSON round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from actreg._errors import ActregError
+
+C = TypeVar("C")
+
+__all__ = ["apply_overrides", "from_dict", "parse_value", "to_dict"]
+
+
+def _convert(text: str, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null", "") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(text, inner[0], key)
+    if origin is tuple:
+        item = args[0] if args else str
+        parts = [p for p in text.replace(" ", "").split(",") if p]
+        return tuple(_convert(p, item, key) for p in parts)
+    if hint is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ActregError(f"{key} expects true or false, got {text!r}")
+    if hint in (int, float):
+        try:
+            return hint(float(text)) if hint is int and "e" in text.lower() else hint(text)
+        except ValueError:
+            raise ActregError(f"{key} expects {hint.__name__}, got {text!r}") from None
+    return text
+
+
+def parse_value(cls: type, key: str, text: str) -> Any:
+    """Convert ``text`` to the type of field ``key`` of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    return _convert(text, hints[key], key)
+
+
+def apply_overrides(config: C, overrides: Iterable[str]) -> C:
+    """Return a copy of dataclass ``config`` with ``key=value`` strings applied.
+
+    Raises:
+        ActregError: for a malformed override or an unknown key (listing the valid keys).
+
+    Example:
+        >>> from actreg.lab.train import TrainConfig
+        >>> apply_overrides(TrainConfig(), ["epochs=3", "lr=1e-2"]).epochs
+        3
+    """
+    names = [f.name for f in dataclasses.fields(config)]  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ActregError(f"expected key=value, got {item!r} (e.g. --set epochs=5)")
+        key, text = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ActregError(
+                f"unknown key {key!r} for {type(config).__name__}{hint}; "
+                f"valid keys: {', '.join(names)}"
+            )
+        changes[key] = parse_value(type(config), key, text.strip())
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    """Rebuild a dataclass from :func:`to_dict` output (unknown keys are an error)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ActregError(f"unknown keys for {cls.__name__}: {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
+    values = {
+        k: tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v
+        for k, v in data.items()
+    }
+    return cls(**values)

@@ -1,0 +1,119 @@
+"""What the sequence experiments share: the base config, locked dropout, corpus loading."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from actreg._errors import ActregError
+from actreg.lab.data.text import Corpus, load_corpus
+from actreg.lab.experiments._common import make_run_dir
+
+__all__ = ["LockedDropout", "SeqConfig", "check_positive", "check_rate"]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """Raise naming the first of ``names`` that is not a positive int."""
+    for name in names:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ActregError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def check_rate(cfg: Any, *names: str) -> None:
+    """Raise naming the first of ``names`` that is not a probability in [0, 1)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise ActregError(f"{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass
+class SeqConfig:
+    """Settings every sequence experiment has. Subclasses add the model and the penalty."""
+
+    data: str = "austen"  # a corpus folder (train.txt, valid.txt, test.txt) or a name in data_dir
+    data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
+    vocab_size: int = 10000  # words kept (<unk> and <eos> included)
+    seed: int = 0  # seeds the initialization, dropout and batch order
+    epochs: int = 10  # passes over the training data (at most; see patience)
+    batch_size: int = 20  # sequences per step
+    lr: float = 2e-3  # learning rate
+    optimizer: str = "adam"  # adam | sgd (plain SGD, as the reference's first phase)
+    clip: float = 0.25  # gradient norm clipping (0 = off); 0.25 as in awd-lstm-lm
+    patience: int = 0  # early stopping: epochs without validation improvement (0 = off)
+    out_dir: str = "runs"  # results go to OUT_DIR/EXPERIMENT/RUN_NAME
+    run_name: str | None = None  # default: a timestamp
+    progress: bool = True  # progress bars
+    threads: int = 1  # torch threads (0 = leave as is)
+
+    def __post_init__(self) -> None:
+        check_positive(self, "vocab_size", "epochs", "batch_size")
+        if self.vocab_size < 3:
+            raise ActregError(
+                f"vocab_size must be >= 3 (<unk>, <eos> and a word), got {self.vocab_size}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ActregError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ActregError(f"lr must be a positive number, got {self.lr!r}")
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise ActregError(f"clip must be >= 0 (0 = off), got {self.clip!r}")
+        if self.patience < 0 or self.threads < 0:
+            raise ActregError("patience and threads must be >= 0")
+
+    def load(self) -> Corpus:
+        """Set the thread count and load the corpus (:func:`actreg.lab.data.text.load_corpus`)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return load_corpus(self.data, vocab_size=self.vocab_size, data_dir=self.data_dir)
+
+    def run_dir(self, experiment: str) -> Path:
+        """``OUT_DIR/EXPERIMENT/RUN_NAME``, created."""
+        return make_run_dir(cast(Any, self), experiment)
+
+    def optimizer_for(self, model: nn.Module) -> torch.optim.Optimizer:
+        """The configured optimizer over ``model``'s parameters."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(model.parameters(), lr=self.lr)
+        return torch.optim.Adam(model.parameters(), lr=self.lr)
+
+
+class LockedDropout(nn.Module):
+    """Variational dropout: one mask per sequence, shared over time (awd-lstm-lm's).
+
+    Args:
+        p: the drop probability.
+        time_dim: the time axis of the inputs (0 for time-first ``(T, B, H)``).
+
+    Example:
+        >>> drop = LockedDropout(0.5).train()
+        >>> y = drop(torch.ones(4, 2, 3))
+        >>> bool((y[0] == y[3]).all())  # the same units are dropped at every step
+        True
+    """
+
+    def __init__(self, p: float = 0.5, time_dim: int = 0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ActregError(f"dropout must be in [0, 1), got {p!r}")
+        self.p = p
+        self.time_dim = time_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        shape = list(x.shape)
+        shape[self.time_dim] = 1
+        mask = x.new_empty(shape).bernoulli_(1.0 - self.p) / (1.0 - self.p)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -1,0 +1,334 @@
+"""``lstm-lm``: a word-level LSTM language model with and without AR/TAR (Merity et al. 2017).
+
+Usage::
+
+    actreg data fetch austen
+    actreg run lstm-lm --set layers=1 --set limit_tokens=120000 --set epochs=10
+
+Trains the same model twice on the same data and budget: once with AR (``alpha *
+mean(dropped_output**2)`` on the last layer's output after its dropout) and TAR (``beta *
+mean((raw_output[t+1] - raw_output[t])**2)`` on the last layer's output before dropout,
+time-first) added to the loss, as awd-lstm-lm does, and once without. The penalties are
+attached with :func:`actreg.attach` to the modules ``drop_out`` (AR) and the last
+``rnns.K`` LSTM (TAR, first tensor of its ``(output, (h, c))``). In the plain variant the
+same penalties are attached and measured (``reg.last``) but not added to the loss.
+Perplexities are of the task loss only. Truncated BPTT carries the hidden state across
+chunks, detached; gradients are clipped; the learning rate is divided by ``lr_decay``
+whenever validation perplexity does not improve.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import actreg
+from actreg._errors import ActregError
+from actreg.lab.data.text import Corpus, batchify, bptt_batches
+from actreg.lab.experiments._common import save_results
+from actreg.lab.experiments._seq import LockedDropout, SeqConfig, check_positive, check_rate
+from actreg.lab.train import seed_everything
+
+__all__ = ["LSTMLM", "LSTMLMConfig", "attach_ar_tar", "evaluate_lm", "run", "summary_rows"]
+
+Hidden = list[tuple[Tensor, Tensor]]
+
+
+@dataclass
+class LSTMLMConfig(SeqConfig):
+    """The LSTM language model experiment (defaults: a full run to early stopping on a CPU).
+
+    The measured runs of docs/RESULTS_SEQUENCE.md use a smaller budget (see the commands).
+    """
+
+    layers: int = 2  # LSTM layers (1-3)
+    emb_size: int = 256  # embedding width (= the last LSTM layer's width when tied)
+    hidden: int = 512  # width of the LSTM layers below the last
+    tie_weights: bool = True  # decoder weight = embedding weight (last layer has emb_size)
+    dropout: float = 0.4  # locked dropout on the last layer's output (AR is measured after it)
+    dropout_h: float = 0.25  # locked dropout between LSTM layers
+    dropout_i: float = 0.4  # locked dropout on the embeddings
+    bptt: int = 35  # truncated BPTT length (steps per chunk)
+    eval_batch_size: int = 10  # streams for validation and test (as awd-lstm-lm)
+    alpha: float = 2.0  # AR coefficient
+    beta: float = 1.0  # TAR coefficient
+    epochs: int = 40  # at most; training stops earlier when validation stalls (patience)
+    patience: int = 3  # early stopping: epochs without validation improvement (0 = off)
+    lr_decay: float = 4.0  # divide the learning rate by this when validation does not improve
+    limit_tokens: int | None = None  # train on the first N training tokens only (None: all)
+    log_every: int = 100  # record training loss and AR/TAR every this many chunks
+    compare: bool = True  # also train the same model without AR/TAR
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "emb_size", "hidden", "eval_batch_size", "log_every")
+        if not 1 <= self.layers <= 3:
+            raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
+        check_rate(self, "dropout", "dropout_h", "dropout_i")
+        if isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt < 2:
+            raise ActregError(
+                f"bptt must be >= 2: TAR differences consecutive steps, got {self.bptt!r}"
+            )
+        if self.alpha < 0 or self.beta < 0:
+            raise ActregError(f"alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
+        if not self.lr_decay >= 1.0:
+            raise ActregError(f"lr_decay must be >= 1 (1 = no decay), got {self.lr_decay!r}")
+        if self.limit_tokens is not None and self.limit_tokens < 3 * self.batch_size:
+            raise ActregError(
+                f"limit_tokens={self.limit_tokens} is too small for batch_size={self.batch_size}; "
+                f"use at least {3 * self.batch_size} (or none for the whole training split)"
+            )
+
+
+class LSTMLM(nn.Module):
+    """Embedding, 1-3 LSTM layers with locked dropout between them, output dropout, decoder.
+
+    Time-first: ``forward(x (T, B), hidden) -> (logits (T, B, V), hidden)``. The modules
+    ``rnns.K`` (the last LSTM) and ``drop_out`` (its dropout) are where TAR and AR attach.
+
+    Example:
+        >>> model = LSTMLM(50, emb_size=8, hidden=16, layers=2)
+        >>> logits, h = model(torch.zeros(5, 3, dtype=torch.long), model.init_hidden(3))
+        >>> tuple(logits.shape), len(h)
+        ((5, 3, 50), 2)
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        emb_size: int = 256,
+        hidden: int = 512,
+        layers: int = 2,
+        dropout: float = 0.4,
+        dropout_h: float = 0.25,
+        dropout_i: float = 0.4,
+        tie_weights: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, emb_size)
+        self.drop_in = LockedDropout(dropout_i)
+        sizes = [emb_size] + [hidden] * (layers - 1) + [emb_size if tie_weights else hidden]
+        self.sizes = sizes
+        self.rnns = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1]) for i in range(layers))
+        self.drop_h = nn.ModuleList(LockedDropout(dropout_h) for _ in range(layers - 1))
+        self.drop_out = LockedDropout(dropout)
+        self.decoder = nn.Linear(sizes[-1], vocab)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if tie_weights:
+            self.decoder.weight = self.encoder.weight
+        else:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    @property
+    def last_rnn(self) -> str:
+        """The name of the last LSTM module (where TAR attaches)."""
+        return f"rnns.{len(self.rnns) - 1}"
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        """Zero ``(h, c)`` per layer for ``batch_size`` streams."""
+        weight = self.decoder.weight
+        return [
+            (weight.new_zeros(1, batch_size, n), weight.new_zeros(1, batch_size, n))
+            for n in self.sizes[1:]
+        ]
+
+    def forward(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        out = self.drop_in(self.encoder(x))
+        new: Hidden = []
+        for i, rnn in enumerate(self.rnns):
+            out, state = rnn(out, hidden[i])
+            new.append(state)
+            if i < len(self.drop_h):
+                out = self.drop_h[i](out)
+        return self.decoder(self.drop_out(out)), new
+
+
+def detach(hidden: Hidden) -> Hidden:
+    """The hidden state cut from its history (truncated BPTT)."""
+    return [(h.detach(), c.detach()) for h, c in hidden]
+
+
+def attach_ar_tar(model: LSTMLM, alpha: float = 2.0, beta: float = 1.0) -> actreg.Regularizer:
+    """AR on ``drop_out`` (after dropout) and TAR on the last LSTM (before dropout), via attach.
+
+    Example:
+        >>> model = LSTMLM(50, emb_size=8, hidden=16, layers=1)
+        >>> reg = attach_ar_tar(model)
+        >>> _ = model(torch.zeros(4, 2, dtype=torch.long), model.init_hidden(2))
+        >>> _ = reg.penalty()
+        >>> sorted(reg.last)
+        ['drop_out', 'rnns.0']
+    """
+    return actreg.attach(
+        model, {"drop_out": actreg.AR(alpha), model.last_rnn: actreg.TAR(beta, time_dim=0)}
+    )
+
+
+@torch.no_grad()
+def evaluate_lm(model: LSTMLM, data: Tensor, bptt: int) -> float:
+    """Mean cross-entropy per token over the ``(T, B)`` streams, hidden state carried."""
+    was_training = model.training
+    model.eval()
+    hidden = model.init_hidden(data.size(1))
+    total, count = 0.0, 0
+    for x, y in bptt_batches(data, bptt):
+        logits, hidden = model(x, hidden)
+        total += float(
+            nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        )
+        count += y.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def train_variant(
+    cfg: LSTMLMConfig, corpus: Corpus, penalized: bool, run_dir: Path, name: str
+) -> dict[str, Any]:
+    """Train one model; AR/TAR join the loss only when ``penalized`` (always measured)."""
+    from tqdm.auto import tqdm
+
+    seed_everything(cfg.seed)
+    ids = corpus.train[: cfg.limit_tokens]
+    if len(ids) < 3 * cfg.batch_size:
+        raise ActregError(
+            f"{len(ids)} training tokens are too few for batch_size={cfg.batch_size}: "
+            "each stream needs at least 3 tokens; lower batch_size"
+        )
+    train = batchify(ids, cfg.batch_size)
+    valid = batchify(corpus.valid, min(cfg.eval_batch_size, len(corpus.valid)))
+    test = batchify(corpus.test, min(cfg.eval_batch_size, len(corpus.test)))
+    model = LSTMLM(
+        len(corpus.vocab), cfg.emb_size, cfg.hidden, cfg.layers,
+        cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights,
+    )  # fmt: skip
+    reg = attach_ar_tar(model, cfg.alpha, cfg.beta)
+    ar_name, tar_name = "drop_out", model.last_rnn
+    opt = cfg.optimizer_for(model)
+    lr = cfg.lr
+    chunks = math.ceil((train.size(0) - 1) / cfg.bptt)
+    history: list[dict[str, Any]] = []
+    trace: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, Tensor]] | None = None
+    step, stale, start = 0, 0, time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        hidden = model.init_hidden(cfg.batch_size)
+        sums = {"task": 0.0, "ar": 0.0, "tar": 0.0, "tokens": 0.0, "chunks": 0.0}
+        window = dict.fromkeys(sums, 0.0)
+        bar = tqdm(
+            bptt_batches(train, cfg.bptt), total=chunks, desc=f"{name} {epoch}/{cfg.epochs}",
+            disable=not cfg.progress, leave=False,
+        )  # fmt: skip
+        for x, y in bar:
+            if x.size(0) < 2:  # a one-step tail: TAR needs two steps
+                continue
+            hidden = detach(hidden)
+            logits, hidden = model(x, hidden)
+            task = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+            penalty = reg.penalty()
+            loss = task + penalty if penalized else task
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            step += 1
+            last = reg.last
+            values = {"task": float(task.detach()) * y.numel(), "ar": last[ar_name],
+                      "tar": last[tar_name], "tokens": y.numel(), "chunks": 1}  # fmt: skip
+            for acc in (sums, window):
+                for key, value in values.items():
+                    acc[key] += value
+            if step % cfg.log_every == 0:
+                trace.append(_point(step, epoch, window))
+                bar.set_postfix(ppl=f"{trace[-1]['train_ppl']:.1f}", ar=f"{trace[-1]['ar']:.3f}")
+                window = dict.fromkeys(sums, 0.0)
+        val_loss = evaluate_lm(model, valid, cfg.bptt)
+        row = {**_point(step, epoch, sums), "val_ppl": _ppl(val_loss), "lr": lr,
+               "seconds": time.perf_counter() - start}  # fmt: skip
+        history.append(row)
+        if best is None or val_loss < best[0]:
+            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+            stale = 0
+            torch.save({"model": best[2], "epoch": epoch}, run_dir / f"{name}.pt")
+        else:
+            stale += 1
+            lr /= cfg.lr_decay
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if cfg.patience and stale >= cfg.patience:
+                break
+    assert best is not None
+    reg.remove()
+    model.load_state_dict(best[2])
+    return {
+        "penalized": penalized,
+        "history": history,
+        "trace": trace,
+        "best_epoch": best[1],
+        "val_ppl": _ppl(best[0]),
+        "test_ppl": _ppl(evaluate_lm(model, test, cfg.bptt)),
+        "steps": step,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _point(step: int, epoch: int, acc: dict[str, float]) -> dict[str, Any]:
+    n = max(acc["chunks"], 1.0)
+    return {
+        "step": step,
+        "epoch": epoch,
+        "train_ppl": _ppl(acc["task"] / max(acc["tokens"], 1.0)),
+        "ar": acc["ar"] / n,
+        "tar": acc["tar"] / n,
+    }
+
+
+def run(cfg: LSTMLMConfig) -> dict[str, Any]:
+    """Run the experiment; writes ``results.json`` (and the best weights) into the run folder."""
+    corpus = cfg.load()
+    run_dir = cfg.run_dir("lstm-lm")
+    variants = [("ar_tar", True)] + ([("none", False)] if cfg.compare else [])
+    results: dict[str, Any] = {"variants": {}}
+    for name, penalized in variants:
+        results["variants"][name] = train_variant(cfg, corpus, penalized, run_dir, name)
+    if cfg.compare:
+        with_, without = (results["variants"][k] for k in ("ar_tar", "none"))
+        results["val_ppl_gain"] = 1.0 - with_["val_ppl"] / without["val_ppl"]
+        results["test_ppl_gain"] = 1.0 - with_["test_ppl"] / without["test_ppl"]
+    results["data"] = corpus.info
+    save_results(run_dir, "lstm-lm", cfg, results)
+    return results
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant: best-epoch validation and test perplexity, final AR/TAR values."""
+    rows = []
+    for name, out in results["variants"].items():
+        final = out["history"][-1]
+        rows.append(
+            {
+                "variant": name,
+                "val_ppl": out["val_ppl"],
+                "test_ppl": out["test_ppl"],
+                "best_epoch": out["best_epoch"],
+                "epochs": len(out["history"]),
+                "ar_last_epoch": final["ar"],
+                "tar_last_epoch": final["tar"],
+                "minutes": out["seconds"] / 60,
+            }
+        )
+    return rows

@@ -1,0 +1,251 @@
+"""``sparse-ae``: an overcomplete autoencoder with a sparsity penalty on its code.
+
+Usage::
+
+    actreg run sparse-ae --set data=mnist --set epochs=20 --set coef=0.01
+
+Trains the same autoencoder with and without the penalty on ``encoder.code`` and reports
+reconstruction error, code sparsity (zero fraction, L0, dead units), and the accuracy of a
+linear probe (logistic regression) on the codes, on clean and on noisy test inputs, next
+to the same probe on the raw inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import actreg
+from actreg._errors import ActregError
+from actreg.lab.experiments._common import (
+    VisionConfig,
+    features,
+    linear_probe,
+    make_run_dir,
+    save_results,
+)
+from actreg.lab.models import Autoencoder, resample_dead_units
+from actreg.lab.train import evaluate, fit, seed_everything
+
+__all__ = ["SparseAEConfig", "build_penalty", "run"]
+
+WHERE = ("code", "encoder", "all")
+
+
+@dataclass
+class SparseAEConfig(VisionConfig):
+    """The sparse autoencoder experiment (defaults: the MNIST run of docs/RESULTS.md)."""
+
+    code: int = 1024  # code width (overcomplete when above the input size)
+    hidden: tuple[int, ...] = ()  # encoder hidden widths (mirrored in the decoder)
+    act: str = "relu"  # activation of every layer incl. the code
+    penalty: str = "l1"  # l1 | l2 | l1l2 | log | hoyer | hoyer_square | kl | binary | decov
+    coef: float = 0.01  # the penalty's coefficient (Keras scaling: sum / batch)
+    kl_target: float = 0.05  # target rate for penalty=kl
+    where: str = "code"  # code | encoder (every encoder activation) | all (and decoder)
+    topk: int = 0  # keep only the k largest code units (TopK); 0 = off
+    unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
+    resample_dead: float = 0.5  # resample dead code units after each epoch of this first share
+    compare: bool = True  # also train the same model without the penalty
+    probe_size: int = 0  # training examples for the linear probe (0 = the whole train split)
+    noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.where not in WHERE:
+            raise ActregError(f"unknown where={self.where!r}; use one of {WHERE}")
+        build_penalty(self)
+
+
+def build_penalty(cfg: SparseAEConfig) -> actreg.Penalty:
+    """The configured penalty object."""
+    if cfg.penalty == "kl":
+        return actreg.KLSparsity(cfg.coef, target=cfg.kl_target)
+    if cfg.penalty == "l1l2":
+        return actreg.L1L2(l1=cfg.coef, l2=cfg.coef)
+    return actreg.make_penalty(cfg.penalty, cfg.coef)
+
+
+def _targets(cfg: SparseAEConfig) -> list[str]:
+    if cfg.where == "code":
+        return ["encoder.code"]
+    names = [f"encoder.act{i}" for i in range(1, len(cfg.hidden) + 1)] + ["encoder.code"]
+    if cfg.where == "all":
+        names += [f"decoder.act{i}" for i in range(1, len(cfg.hidden) + 1)]
+    return names
+
+
+def _mse(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return nn.functional.mse_loss(model(x), x)
+
+
+def _metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    return {"mse": float(nn.functional.mse_loss(model(x), x))}
+
+
+def train_variant(
+    cfg: SparseAEConfig, data: Any, penalized: bool, run_dir: Any, name: str
+) -> tuple[Autoencoder, dict[str, Any]]:
+    """Train one autoencoder; returns it and its results (history, test MSE, sparsity)."""
+    seed_everything(cfg.seed)
+    model = Autoencoder(
+        data.x_train.shape[1],
+        cfg.code,
+        cfg.hidden,
+        act=cfg.act,
+        topk=cfg.topk or None,
+        unit_norm_decoder=cfg.unit_norm_decoder,
+    )
+    reg = (
+        actreg.attach(model, dict.fromkeys(_targets(cfg), build_penalty(cfg)))
+        if penalized
+        else None
+    )
+    monitor = actreg.Monitor(model, "encoder.code")
+    resampled: list[int] = []
+    probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
+
+    def resample(epoch: int) -> None:
+        if epoch <= cfg.resample_dead * cfg.epochs:
+            resampled.append(resample_dead_units(model, probe_x))
+
+    out = fit(
+        model,
+        (data.x_train, data.y_train),
+        (data.x_val, data.y_val),
+        loss_fn=_mse,
+        metrics_fn=_metrics,
+        objective="mse",
+        cfg=cfg.train_config(),
+        reg=reg,
+        monitor=monitor,
+        run_dir=run_dir / name,
+        after_step=model.normalize_decoder if cfg.unit_norm_decoder else None,
+        after_epoch=resample if cfg.resample_dead > 0 else None,
+        desc=name,
+    )
+    monitor.reset()
+    test = evaluate(model, data.x_test, data.y_test, _metrics)
+    stats = monitor.compute()["encoder.code"]
+    monitor.remove()
+    if reg is not None:
+        reg.remove()
+    out["resampled_units"] = resampled
+    out["test_mse"] = test["mse"]
+    out["code"] = stats
+    return model, out
+
+
+def run(cfg: SparseAEConfig) -> dict[str, Any]:
+    """Run the experiment; writes ``results.json`` and pictures into the run folder."""
+    data = cfg.load_data()
+    run_dir = make_run_dir(cfg, "sparse-ae")
+    label = f"{cfg.penalty} {cfg.coef:g}"
+    variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
+    n_probe = cfg.probe_size or len(data.x_train)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noisy = data.x_test + cfg.noise * data.x_train.std() * torch.randn(
+        data.x_test.shape, generator=gen
+    )
+    raw = linear_probe(
+        (data.x_train[:n_probe].numpy(), data.y_train[:n_probe].numpy()),
+        {
+            "clean": (data.x_test.numpy(), data.y_test.numpy()),
+            "noisy": (noisy.numpy(), data.y_test.numpy()),
+        },
+        seed=cfg.seed,
+    )
+    results: dict[str, Any] = {"raw_probe": raw, "variants": {}}
+    models: dict[str, Autoencoder] = {}
+    for name, penalized in variants:
+        model, out = train_variant(cfg, data, penalized, run_dir, name.replace(" ", "_"))
+        model.eval()
+        codes = {
+            "train": features(model.encode, data.x_train[:n_probe]),
+            "clean": features(model.encode, data.x_test),
+            "noisy": features(model.encode, noisy),
+        }
+        out["probe"] = linear_probe(
+            (codes["train"], data.y_train[:n_probe].numpy()),
+            {
+                "clean": (codes["clean"], data.y_test.numpy()),
+                "noisy": (codes["noisy"], data.y_test.numpy()),
+            },
+            seed=cfg.seed,
+        )
+        results["variants"][name] = out
+        models[name] = model
+    results["pictures"] = _pictures(run_dir, data, models, results)
+    results["data"] = data.info
+    save_results(run_dir, "sparse-ae", cfg, results)
+    return results
+
+
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per variant (plus the raw-input probe) for tables."""
+    rows = [
+        {
+            "variant": "raw inputs",
+            "test_mse": None,
+            "zero_fraction": None,
+            "l0": None,
+            "dead_fraction": None,
+            "probe_acc": results["raw_probe"]["clean"],
+            "noisy_probe_acc": results["raw_probe"]["noisy"],
+        }
+    ]
+    for name, out in results["variants"].items():
+        rows.append(
+            {
+                "variant": name,
+                "test_mse": out["test_mse"],
+                "zero_fraction": out["code"]["zero_fraction"],
+                "l0": out["code"]["l0"],
+                "dead_fraction": out["code"]["dead_fraction"],
+                "probe_acc": out["probe"]["clean"],
+                "noisy_probe_acc": out["probe"]["noisy"],
+            }
+        )
+    return rows
+
+
+def _pictures(
+    run_dir: Any, data: Any, models: dict[str, Autoencoder], results: dict[str, Any]
+) -> dict[str, str]:
+    from actreg.lab import plots
+
+    shape = data.image_shape
+    pics: dict[str, str] = {}
+    sample = data.x_test[:10]
+    rows = [sample]
+    with torch.no_grad():
+        for model in models.values():
+            rows.append(model(sample))
+    pics["reconstructions"] = str(
+        plots.feature_tiles(
+            torch.cat(rows),
+            shape,
+            run_dir / "reconstructions.png",
+            ncols=10,
+            max_features=10 * len(rows),
+            title="test images (top row), then reconstructions: " + ", ".join(models),
+        )
+    )
+    for name, model in models.items():
+        slug = name.replace(" ", "_")
+        weights = model.code_decoder.weight.detach().T
+        pics[f"features_{slug}"] = str(
+            plots.feature_tiles(
+                weights,
+                shape,
+                run_dir / f"features_{slug}.png",
+                ncols=10,
+                title=f"decoder features of the first 100 code units ({name})",
+            )
+        )
+    rates = {name: out["code"]["firing_rate"] for name, out in results["variants"].items()}
+    pics["firing_rates"] = str(plots.firing_rates(rates, run_dir / "firing_rates.png"))
+    return pics

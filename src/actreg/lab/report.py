@@ -1,0 +1,128 @@
+"""Reports: Markdown tables of ``results.json`` files, side by side, with their pictures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from actreg._errors import ActregError
+
+__all__ = ["format_table", "load_results", "write_report"]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if 0 < abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows`` (columns: the union of keys, in first-seen order).
+
+    Example:
+        >>> print(format_table([{"variant": "l1", "error": 0.0123}]))
+        | variant | error |
+        |---|---|
+        | l1 | 0.0123 |
+    """
+    if not rows:
+        return ""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``RUN_DIR/results.json`` (or a results file given directly)."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise ActregError(
+            f"no results.json at {path}; pass the folder that `actreg run` printed at the end"
+        )
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ActregError(f"{path} is not valid JSON: {err}") from None
+    if "experiment" not in doc:
+        raise ActregError(f"{path} is not an actreg results file (no 'experiment' key)")
+    doc["_path"] = str(path)
+    return doc
+
+
+def _config_line(doc: dict[str, Any], defaults: dict[str, Any]) -> str:
+    changed = {k: v for k, v in doc["config"].items() if defaults.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
+
+
+def write_report(
+    run_dirs: Sequence[str | Path], out: str | Path, *, copy_images: bool = False
+) -> Path:
+    """Write a Markdown report putting the runs side by side, with their PNGs.
+
+    Each run gets a table from its experiment's summary, the settings that differ from
+    the experiment's defaults, the command to reproduce it, and its pictures. A folder
+    written by ``actreg search`` (holding ``search.md``) contributes its trial table and
+    trade-off plot. With ``copy_images`` the PNGs are copied into an ``img/`` folder
+    beside the report, so the report can be committed without the run folders.
+    """
+    from dataclasses import asdict
+
+    from actreg.lab.experiments import get
+
+    if not run_dirs:
+        raise ActregError("report needs at least one run folder")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parts = ["# actreg report", ""]
+    searches = [Path(d) for d in run_dirs if (Path(d) / "search.md").exists()]
+    for folder in searches:  # a coefficient search: embed its table and trade-off plot
+        text = (folder / "search.md").read_text()
+        rel = os.path.relpath(folder, out.parent)
+        text = re.sub(r"\](\((?!/))([^)]+\.png\))", rf"]\1{rel}/\2", text)
+        parts += [text.replace("# Coefficient search", "## Coefficient search", 1), ""]
+    docs = [load_results(d) for d in run_dirs if Path(d) not in searches]
+    for doc in docs:
+        exp = get(doc["experiment"])
+        defaults = asdict(exp.config())
+        run_dir = Path(doc["_path"]).parent
+        sets = " ".join(
+            f"--set {k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in doc["config"].items()
+            if defaults.get(k) != (tuple(v) if isinstance(v, list) else v)
+            and k not in ("progress",)
+        )
+        parts += [
+            f"## {doc['experiment']}: `{run_dir}`",
+            "",
+            f"actreg {doc['version']}, torch {doc.get('torch', '?')}. Reproduce with:",
+            "",
+            f"    actreg run {doc['experiment']} {sets}".rstrip(),
+            "",
+            format_table(exp.summary(doc)),
+            "",
+        ]
+        for name, pic in doc.get("pictures", {}).items():
+            if copy_images:
+                target = out.parent / "img" / f"{doc['experiment']}-{run_dir.name}-{Path(pic).name}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(pic, target)
+                pic = str(target)
+            rel = os.path.relpath(pic, out.parent)
+            parts += [f"![{name}]({rel})", ""]
+    out.write_text("\n".join(parts))
+    return out

@@ -1,0 +1,225 @@
+"""The database side of :mod:`actreg.lab.search`: storage URLs, a cross-process lock, storage.
+
+Every change of a trial's state (enqueue, claim, finish, fail-as-stale) happens while a
+lock shared by every worker of the search is held, so no grid point is claimed twice:
+
+* SQLite: ``flock`` on ``DB_FILE.lock`` (one machine). The database is put in WAL mode and
+  every write transaction starts with ``BEGIN IMMEDIATE`` and waits up to two minutes for
+  the write lock, so concurrent workers wait instead of failing with "database is locked".
+* PostgreSQL: a session advisory lock (``pg_advisory_lock``); MySQL: ``GET_LOCK``. The
+  server releases them when a worker's connection dies, even after SIGKILL.
+
+Optuna and SQLAlchemy are imported only when a function here is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import sqlite3
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from actreg._errors import ActregError
+
+__all__ = ["Store", "check_storage_url", "safe_url"]
+
+BACKENDS = ("sqlite", "postgresql", "mysql")
+SQLITE_TIMEOUT = 120.0  # seconds a SQLite writer waits for the write lock
+
+_USERINFO = re.compile(r"(//[^/:@]*:)[^/]*@")
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token)=)[^&;#]*")
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden, even when the URL is malformed.
+
+    Example:
+        >>> safe_url("postgresql://actreg:hunter2@db:5432/runs")
+        'postgresql://actreg:***@db:5432/runs'
+        >>> safe_url("postgresql//actreg:hunter2@db/runs")  # malformed: still masked
+        'postgresql//actreg:***@db/runs'
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(url)))
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. an error message) with the URL's password replaced by ``***``."""
+    text = text.replace(url, safe_url(url))
+    try:
+        import sqlalchemy
+
+        password = sqlalchemy.engine.make_url(url).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def check_storage_url(url: str) -> Any:
+    """Parse a storage URL; raise :class:`~actreg.ActregError` naming what is wrong."""
+    import sqlalchemy
+
+    if not isinstance(url, str) or not url.strip():
+        raise ActregError("storage must be a SQLAlchemy URL, e.g. sqlite:///runs/search.db")
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:
+        raise ActregError(
+            f"malformed storage URL {safe_url(url)!r}; expected e.g. sqlite:///runs/search.db "
+            "or postgresql://user:password@host:5432/database"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in BACKENDS:
+        raise ActregError(
+            f"unsupported storage {backend!r} in {safe_url(url)!r}; use one of {BACKENDS}"
+        )
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ActregError(
+            "an in-memory SQLite storage cannot be shared or resumed; give a file, e.g. "
+            "sqlite:///runs/search.db"
+        )
+    return parsed
+
+
+class Store:
+    """One worker's connection to the search database: the lock and the Optuna storage.
+
+    Args:
+        url: a SQLAlchemy URL (SQLite file, PostgreSQL, MySQL).
+        heartbeat: seconds between heartbeats of a running trial.
+        grace: seconds without a heartbeat after which a running trial is stale.
+    """
+
+    def __init__(self, url: str, heartbeat: int, grace: int) -> None:
+        self.url = url
+        self.masked = safe_url(url)
+        self.parsed = check_storage_url(url)
+        self.backend: str = self.parsed.get_backend_name()
+        self.heartbeat = heartbeat
+        self.grace = grace
+        self._lock_file: Any = None
+        self._lock_conn: Any = None
+        self._depth = 0
+        if self.backend == "sqlite":
+            path = Path(self.parsed.database).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.lock_path = Path(f"{path}.lock")
+        else:
+            self._connect_lock()
+        with self.lock():
+            self.storage = self._make_storage()
+
+    def _connect_lock(self) -> None:
+        import sqlalchemy
+
+        args = {"connect_timeout": 10} if self.backend in ("postgresql", "mysql") else {}
+        try:
+            engine = sqlalchemy.create_engine(
+                self.url, poolclass=sqlalchemy.pool.NullPool, connect_args=args
+            )
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except ImportError as err:
+            raise ActregError(
+                f"no database driver for {self.masked}: {err}; pip install 'actreg[search]'"
+            ) from None
+        except Exception as err:
+            first = scrub(str(err), self.url).strip().splitlines()[0:2]
+            raise ActregError(
+                f"cannot reach storage {self.masked}: {' '.join(first)}; check the host, port, "
+                "user and password, and that the server is running"
+            ) from None
+        self._lock_conn = conn
+
+    def _lock_key(self) -> int:
+        digest = hashlib.sha1(b"actreg.lab.search").digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the search-wide lock (reentrant within one worker)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._acquire()
+        self._depth = 1
+        try:
+            yield
+        finally:
+            self._depth = 0
+            self._release()
+
+    def _acquire(self) -> None:
+        import sqlalchemy
+
+        if self.backend == "sqlite":
+            import fcntl
+
+            self._lock_file = open(self.lock_path, "a+")  # held until _release
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        elif self.backend == "postgresql":
+            self._lock_conn.execute(
+                sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._lock_key()}
+            )
+        else:
+            self._lock_conn.execute(sqlalchemy.text("SELECT GET_LOCK('actreg.lab.search', 3600)"))
+
+    def _release(self) -> None:
+        import sqlalchemy
+
+        if self.backend == "sqlite":
+            import fcntl
+
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+        elif self.backend == "postgresql":
+            self._lock_conn.execute(
+                sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key()}
+            )
+        else:
+            self._lock_conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('actreg.lab.search')"))
+
+    def _make_storage(self) -> Any:
+        import optuna
+
+        kwargs: dict[str, Any] = {}
+        if self.backend == "sqlite":
+            # WAL: readers never block the writer. Persistent, so set once under the lock.
+            with contextlib.closing(
+                sqlite3.connect(self.parsed.database, timeout=SQLITE_TIMEOUT)
+            ) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+            # BEGIN IMMEDIATE before every write: writers queue on the busy timeout
+            # instead of failing when a read transaction would have to be upgraded.
+            kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT, "isolation_level": "IMMEDIATE"}
+        elif self.backend == "postgresql":
+            kwargs["pool_pre_ping"] = True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    self.url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=self.heartbeat,
+                    grace_period=self.grace,
+                )
+            except Exception as err:
+                raise ActregError(
+                    f"cannot open storage {self.masked}: {scrub(str(err), self.url)}"
+                ) from None
+
+    def close(self) -> None:
+        """Close the connections (the lock connection and the storage's pool)."""
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+            self._lock_conn = None
+        storage = getattr(self, "storage", None)
+        if storage is not None:
+            storage.engine.dispose()

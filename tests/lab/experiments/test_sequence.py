@@ -1,0 +1,185 @@
+"""The sequence experiments: tiny end-to-end runs, AR/TAR against the reference, bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from actreg import ActregError
+from actreg.lab.data.text import batchify, bptt_batches, load_corpus
+from actreg.lab.experiments import get
+from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
+from actreg.lab.experiments.seq2seq import Seq2SeqConfig
+from actreg.lab.report import load_results, write_report
+
+WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_corpus")
+    gen = torch.Generator().manual_seed(0)
+    for split, n_lines in (("train", 60), ("valid", 12), ("test", 12)):
+        lines = []
+        for _ in range(n_lines):
+            n = int(torch.randint(3, 9, (1,), generator=gen))
+            idx = torch.randint(0, len(WORDS), (n,), generator=gen).tolist()
+            lines.append(" ".join(WORDS[i] for i in idx))
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+COMMON = ["epochs=2", "batch_size=4", "progress=false", "threads=0", "vocab_size=12"]
+TINY = {
+    "lstm-lm": ["emb_size=8", "hidden=12", "layers=2", "bptt=5", "log_every=3"],
+    "seq2seq": ["emb_size=8", "hidden=12", "code=16", "max_len=8", "log_every=3"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    done = {}
+    for name, extra in TINY.items():
+        exp = get(name)
+        sets = [*COMMON, *extra, f"data={corpus_dir}", f"out_dir={out}", "run_name=t"]
+        done[name] = exp.run(apply_overrides(exp.config(), sets))
+    return done
+
+
+@pytest.mark.parametrize("name", list(TINY), ids=list(TINY))
+def test_tiny_run_writes_valid_results(runs, name, tmp_path):
+    doc = load_results(runs[name]["run_dir"])
+    assert doc["experiment"] == name and doc["version"]
+    assert doc["config"]["epochs"] == 2 and doc["config"]["vocab_size"] == 12
+    json.dumps(doc)  # JSON-ready throughout
+    assert len(doc["variants"]) == 2
+    for out in doc["variants"].values():
+        assert 1 <= len(out["history"]) <= 2
+    rows = get(name).summary(doc)
+    assert len(rows) == 2 and all("variant" in r for r in rows)
+    report = write_report([runs[name]["run_dir"]], tmp_path / "report.md")
+    assert name in report.read_text()
+
+
+def test_lstm_lm_results(runs):
+    variants = runs["lstm-lm"]["variants"]
+    for out in variants.values():
+        assert 1.0 < out["val_ppl"] < 13.0 and 1.0 < out["test_ppl"] < 13.0
+        assert out["trace"] and out["trace"][0]["ar"] > 0 and out["trace"][0]["tar"] > 0
+        assert all(row["ar"] > 0 and row["tar"] > 0 for row in out["history"])
+    assert variants["ar_tar"]["penalized"] and not variants["none"]["penalized"]
+    assert "val_ppl_gain" in runs["lstm-lm"]
+
+
+def test_seq2seq_results(runs):
+    variants = runs["seq2seq"]["variants"]
+    assert set(variants) == {"l1", "none"}
+    for out in variants.values():
+        assert 0.0 <= out["test"]["token_accuracy"] <= 1.0
+        assert 0.0 <= out["test"]["code"]["zero_fraction"] <= 1.0
+    assert variants["l1"]["history"][0]["train_penalty"] > 0
+    assert variants["none"]["history"][0]["train_penalty"] == 0
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3], ids=["1-layer", "2-layers", "3-layers"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_ar_tar_through_attach_equal_the_reference(layers, tie):
+    """awd-lstm-lm: alpha * dropped.pow(2).mean() + beta * (raw[1:] - raw[:-1]).pow(2).mean()."""
+    model = LSTMLM(30, emb_size=6, hidden=10, layers=layers, dropout=0.5, tie_weights=tie).train()
+    reg = attach_ar_tar(model, alpha=2.0, beta=1.0)
+    seen = {}
+    model.rnns[-1].register_forward_hook(lambda m, a, out: seen.__setitem__("raw", out[0]))
+    model.drop_out.register_forward_hook(lambda m, a, out: seen.__setitem__("dropped", out))
+    x = torch.randint(0, 30, (7, 3))
+    model(x, model.init_hidden(3))
+    raw, dropped = seen["raw"], seen["dropped"]
+    assert raw.shape == (7, 3, model.rnns[-1].hidden_size)  # time-first, before dropout
+    assert bool((dropped == 0).any()) and not bool((raw == 0).any())  # after / before dropout
+    ar = 2.0 * dropped.pow(2).mean()
+    tar = 1.0 * (raw[1:] - raw[:-1]).pow(2).mean()
+    total = reg.penalty()
+    torch.testing.assert_close(total, ar + tar)
+    last = reg.last
+    assert last == pytest.approx(
+        {"drop_out": ar.detach().item(), model.last_rnn: tar.detach().item()}, rel=1e-6
+    )
+    total.backward()  # the penalty is differentiable through the model
+    assert model.encoder.weight.grad is not None
+
+
+def test_penalty_not_recorded_in_evaluation():
+    model = LSTMLM(20, emb_size=4, hidden=4, layers=1)
+    reg = attach_ar_tar(model)
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(4, 2, dtype=torch.long), model.init_hidden(2))
+    assert reg.pending == 0
+
+
+def test_hidden_state_carried_and_detached_between_chunks():
+    torch.manual_seed(0)
+    model = LSTMLM(20, emb_size=4, hidden=6, layers=2, dropout=0.0, dropout_h=0.0, dropout_i=0.0)
+    data = batchify(torch.randint(0, 20, (60,)), 3)
+    chunks = list(bptt_batches(data, 5))
+    hidden = model.init_hidden(3)
+    _, hidden = model(chunks[0][0], hidden)
+    assert all(h.grad_fn is not None for h, _ in hidden)
+    carried = detach(hidden)
+    assert all(h.grad_fn is None and not h.requires_grad for h, c in carried for h in (h, c))
+    torch.testing.assert_close(carried[0][0], hidden[0][0])  # same values, history cut
+    logits, _ = model(chunks[1][0], carried)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), chunks[1][1].flatten())
+    loss.backward()  # would fail ("backward through the graph a second time") if not cut
+    fresh, _ = model(chunks[1][0], model.init_hidden(3))
+    assert not torch.allclose(fresh, logits)  # the state is carried, not reset
+
+
+@pytest.mark.parametrize(
+    ("cls", "override", "match"),
+    [
+        (LSTMLMConfig, "bptt=1", "bptt must be >= 2"),
+        (LSTMLMConfig, "layers=4", "layers must be 1, 2 or 3"),
+        (LSTMLMConfig, "dropout=1.0", "dropout must be in"),
+        (LSTMLMConfig, "vocab_size=2", "vocab_size must be >= 3"),
+        (LSTMLMConfig, "optimizer=rmsprop", "unknown optimizer"),
+        (LSTMLMConfig, "limit_tokens=5", "limit_tokens=5 is too small"),
+        (LSTMLMConfig, "lr_decay=0.5", "lr_decay must be >= 1"),
+        (LSTMLMConfig, "alpha=-1", "alpha and beta must be >= 0"),
+        (LSTMLMConfig, "bptt_typo=3", "unknown key 'bptt_typo'"),
+        (Seq2SeqConfig, "max_len=1", "max_len must be >= 2"),
+        (Seq2SeqConfig, "coef=-0.1", "coef must be >= 0"),
+        (Seq2SeqConfig, "code=0", "code must be an int >= 1"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v.__name__,
+)
+def test_bad_config_is_a_clear_error(cls, override, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(cls(), [override])
+
+
+def test_missing_split_is_a_clear_error(corpus_dir, tmp_path):
+    for name in ("train.txt", "valid.txt"):
+        (tmp_path / name).write_text((corpus_dir / name).read_text())
+    cfg = LSTMLMConfig(data=str(tmp_path), progress=False, threads=0)
+    with pytest.raises(ActregError, match="has no test.txt"):
+        get("lstm-lm").run(cfg)
+
+
+def test_too_few_training_tokens_is_a_clear_error(corpus_dir, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for name in ("train.txt", "valid.txt", "test.txt"):
+        (small / name).write_text("a b\n")
+    cfg = LSTMLMConfig(data=str(small), batch_size=4, out_dir=str(tmp_path), threads=0)
+    with pytest.raises(ActregError, match="too few"):
+        get("lstm-lm").run(cfg)
+
+
+def test_vocab_of_tiny_corpus(corpus_dir):
+    corpus = load_corpus(corpus_dir, vocab_size=12)
+    assert corpus.vocab[:2] == ["<unk>", "<eos>"] and len(corpus.vocab) == 12

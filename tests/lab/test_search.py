@@ -1,0 +1,313 @@
+"""Coefficient search: grids, bad input, resume after SIGKILL, concurrent workers, reports.
+
+PostgreSQL tests run when ACTREG_TEST_POSTGRES holds a URL (``.ci/run`` starts a server).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from actreg import ActregError
+from actreg.lab.cli import main
+from actreg.lab.experiments import EXPERIMENTS, Experiment
+from actreg.lab.search import (
+    SearchConfig,
+    coarse_grid,
+    refine_grid,
+    run_search,
+    search_rows,
+    trial_metrics,
+)
+
+POSTGRES = os.environ.get("ACTREG_TEST_POSTGRES")
+TESTS = Path(__file__).parent
+
+
+@dataclasses.dataclass
+class FakeConfig:
+    """A cheap stand-in experiment: objective minimal near coef 10**-2.4."""
+
+    coef: float = 1e-3
+    out_dir: str = "runs"
+    run_name: str | None = None
+    sleep: float = 0.0
+    log: str = ""
+
+
+def fake_run(cfg: FakeConfig) -> dict:
+    run_dir = Path(cfg.out_dir) / "fake" / str(cfg.run_name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    time.sleep(cfg.sleep)
+    if cfg.log:
+        with open(cfg.log, "a") as f:
+            f.write(f"{cfg.coef}\n")
+    loss = (math.log10(cfg.coef) + 2.4) ** 2
+    return {"val_loss": loss, "zero_fraction": min(1.0, cfg.coef * 10), "run_dir": str(run_dir)}
+
+
+def register() -> None:
+    EXPERIMENTS["fake"] = Experiment("fake", FakeConfig, fake_run, lambda r: [], "test stand-in")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setitem(
+        EXPERIMENTS, "fake", Experiment("fake", FakeConfig, fake_run, lambda r: [], "stand-in")
+    )
+
+
+BACKENDS = [
+    "sqlite",
+    pytest.param(
+        "postgres", marks=pytest.mark.skipif(not POSTGRES, reason="ACTREG_TEST_POSTGRES unset")
+    ),
+]
+
+
+def _url(backend: str, tmp_path: Path) -> str:
+    return str(POSTGRES) if backend == "postgres" else f"sqlite:///{tmp_path}/search.db"
+
+
+def _worker(cfg: dict, log: Path) -> subprocess.Popen:
+    """A real worker process running ``work(SearchConfig(**cfg))`` on the fake experiment."""
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]); import test_search as t; "
+        "t.register(); from actreg.lab.search import SearchConfig; "
+        "from actreg.lab.search._run import work; work(SearchConfig(**json.loads(sys.argv[2])))"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(TESTS), json.dumps(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log.with_suffix(".err"), "a"),
+    )
+
+
+def _lines(path: Path) -> list[float]:
+    return [float(x) for x in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    ("given", "grid"),
+    [
+        ("1e-1,1e-2,1e-3,1e-4", (0.1, 0.01, 0.001, 0.0001)),
+        ([0.01, 0.01, 1e-3], (0.01, 0.001)),
+        (" 2e-3 , 5e-3 ", (0.002, 0.005)),
+    ],
+    ids=["decades", "duplicates", "spaces"],
+)
+def test_coarse_grid(given, grid):
+    assert coarse_grid(given) == grid
+
+
+@pytest.mark.parametrize("bad", ["", "0.1,0", "-1e-3", "nan", "abc"], ids=str)
+def test_coarse_grid_rejects(bad):
+    with pytest.raises(ActregError):
+        coarse_grid(bad)
+
+
+@pytest.mark.parametrize(
+    ("values", "refine", "expected"),
+    [
+        ([0.5, 0.2, 0.3], (1, 2, 5), [0.002, 0.005]),  # best 0.01, lower neighbour better
+        ([0.5, 0.2, 0.6], (2, 5), [0.02, 0.05]),  # upper neighbour better
+        ([0.1, 0.2, 0.3], 2, [0.0215443, 0.0464159]),  # best at the top edge
+        ([None, 0.2, 0.3], 1, [0.00316228]),  # a failed point is ignored
+        ([0.5, 0.2, 0.3], 0, []),
+    ],
+    ids=["125-below", "25-above", "count-edge", "failed", "none"],
+)
+def test_refine_grid(values, refine, expected):
+    assert refine_grid((0.1, 0.01, 0.001), values, refine) == expected
+
+
+def test_refine_single_point_uses_decade_above():
+    assert refine_grid((1e-3,), [0.1], (2, 5)) == [0.002, 0.005]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"objective": "accuracy"}, "unknown objective"),
+        ({"storage": "postgresql//u:hunter2@h/db"}, "malformed"),
+        ({"storage": "oracle://u:hunter2@h/db"}, "unsupported"),
+        ({"storage": "sqlite://"}, "in-memory"),
+        ({"coefs": ()}, "empty"),
+        ({"refine": -1}, "refine"),
+        ({"overrides": ("coef=1",)}, "sets coef"),
+        ({"overrides": ("epoch=3",)}, "did you mean"),
+    ],
+    ids=["objective", "malformed", "backend", "memory", "empty", "refine", "reserved", "key"],
+)
+def test_bad_input_before_any_trial(tmp_path, kwargs, match):
+    with pytest.raises(ActregError, match=match) as err:
+        SearchConfig("sparse-rectifier", out_dir=str(tmp_path), **kwargs)
+    assert "hunter2" not in str(err.value)
+    assert not (tmp_path / "search").exists()
+
+
+def test_unreachable_storage_is_masked(fake, tmp_path):
+    url = "postgresql://actreg:hunter2@127.0.0.1:1/actreg"
+    cfg = SearchConfig("fake", storage=url, objective="val_loss", out_dir=str(tmp_path))
+    with pytest.raises(ActregError, match="cannot reach storage") as err:
+        run_search(cfg)
+    assert "hunter2" not in str(err.value) and "actreg:***@" in str(err.value)
+
+
+def test_trial_metrics_sparse_rectifier():
+    out = {
+        "history": [{"val_loss": 0.5, "val_error": 0.2}, {"val_loss": 0.4, "val_error": 0.1}],
+        "best_epoch": 2,
+        "test_error": 0.15,
+        "layers": {"act1": {"zero_fraction": 0.8, "l0": 3.0}, "act2": {"zero_fraction": 0.6}},
+    }
+    m = trial_metrics("sparse-rectifier", {"variants": {"relu-l1": out}})
+    assert m["objectives"] == {"val_loss": 0.4, "val_error": 0.1, "test_error": 0.15}
+    assert m["sparsity"] == pytest.approx({"zero_fraction": 0.7, "l0": 3.0})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_search_end_to_end_and_report(fake, tmp_path, backend, caplog):
+    url = _url(backend, tmp_path)
+    cfg = SearchConfig(
+        "fake",
+        refine=(1, 2, 5),
+        storage=url,
+        study=f"e2e-{uuid.uuid4().hex[:8]}",
+        out_dir=str(tmp_path),
+    )
+    with caplog.at_level("INFO", logger="actreg.lab.search"):
+        rows = run_search(cfg)
+    assert [r["coef"] for r in rows] == [1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 1e-1]
+    assert all(r["state"] == "complete" and r["attempts"] == 1 for r in rows)
+    assert {r["stage"] for r in rows if r["coef"] in (2e-3, 5e-3)} == {"refine"}
+    assert all(Path(r["run_dir"]).is_dir() and "zero_fraction" in r for r in rows)
+    for name in ("search.md", "search.json", "tradeoff.png"):
+        assert (cfg.search_dir / name).exists()
+    text = (cfg.search_dir / "search.md").read_text() + (cfg.search_dir / "search.json").read_text()
+    text += caplog.text
+    if backend == "postgres":
+        assert ":***@" in text
+    assert "actreg:actreg@" not in text
+    assert run_search(cfg) == rows  # finished: running it again runs nothing
+
+
+def test_same_study_other_settings_is_refused(fake, tmp_path):
+    cfg = SearchConfig("fake", coefs=(1e-2,), study="s", out_dir=str(tmp_path))
+    run_search(cfg)
+    with pytest.raises(ActregError, match="different search"):
+        run_search(dataclasses.replace(cfg, coefs=(1e-3,)))
+
+
+def test_resume_after_sigkill(fake, tmp_path):
+    log = tmp_path / "runs.log"
+    spec = {
+        "experiment": "fake",
+        "coefs": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+        "objective": "val_loss",
+        "study": "killed",
+        "out_dir": str(tmp_path),
+        "overrides": ["sleep=0.5", f"log={log}"],
+        "heartbeat": 1,
+        "grace": 2,
+    }
+    proc = _worker(spec, log)
+    deadline = time.time() + 60
+    while len(_lines(log)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.25)  # the third trial is now running
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _lines(log)
+    assert 2 <= len(before) < 5
+    cfg = SearchConfig(
+        **{**spec, "coefs": tuple(spec["coefs"]), "overrides": tuple(spec["overrides"])}
+    )
+    rows = run_search(cfg)
+    runs = _lines(log)
+    assert sorted(runs) == sorted(spec["coefs"])  # each point ran once to the end
+    assert runs[: len(before)] == before  # finished ones were not run again
+    assert all(r["state"] == "complete" for r in rows)
+    assert sum(r["attempts"] for r in rows) == 6  # the killed trial: once failed, once retried
+
+
+def test_stale_running_trial_is_retried(fake, tmp_path):
+    from actreg.lab.search import _run as _search_run
+
+    cfg = SearchConfig("fake", coefs=(1e-2, 1e-3), out_dir=str(tmp_path), heartbeat=1, grace=2)
+    store, study = _search_run._open(cfg)
+    with store.lock():
+        _search_run._plan(cfg, study, retry_failed=True)
+        abandoned = _search_run._claim(store, study)  # claimed, never finished
+    store.close()
+    rows = run_search(cfg)
+    states = {t.number: t.state.name for t in _optuna_trials(cfg)}
+    assert states[abandoned.number] == "FAIL"
+    assert [r["attempts"] for r in rows] == [1, 2][:: -1 if rows[0]["coef"] == 1e-2 else 1]
+    assert all(r["state"] == "complete" for r in rows)
+
+
+def _optuna_trials(cfg: SearchConfig) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=cfg.study, storage=cfg.storage).get_trials()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_workers_no_duplicates(fake, tmp_path, backend):
+    log = tmp_path / "runs.log"
+    spec = {
+        "experiment": "fake",
+        "coefs": [10 ** (-k / 2) for k in range(6)],
+        "refine": 2,
+        "objective": "val_loss",
+        "storage": _url(backend, tmp_path),
+        "study": f"pair-{uuid.uuid4().hex[:8]}",
+        "out_dir": str(tmp_path),
+        "overrides": ["sleep=0.02", f"log={log}"],
+    }
+    procs = [_worker(spec, log) for _ in range(2)]
+    codes = [p.wait(timeout=120) for p in procs]
+    err = log.with_suffix(".err").read_text() if log.with_suffix(".err").exists() else ""
+    assert codes == [0, 0], err
+    assert "database is locked" not in err
+    runs = _lines(log)
+    assert len(runs) == len(set(runs)) == 8
+    cfg = SearchConfig(**{**spec, "coefs": tuple(spec["coefs"]), "refine": 2, "overrides": ()})
+    cfg.overrides = tuple(spec["overrides"])
+    assert len(search_rows(cfg)) == 8
+
+
+@pytest.mark.slow
+def test_tiny_real_search_sparse_rectifier(tmp_path):
+    sets = ("data=digits", "limit=300", "epochs=1", "hidden=16", "batch_size=64")
+    cfg = SearchConfig(
+        "sparse-rectifier", coefs=(1e-2, 1e-4), refine=1, overrides=sets, out_dir=str(tmp_path)
+    )
+    rows = run_search(cfg)
+    assert len(rows) == 3
+    assert all(0 <= r["val_error"] <= 1 and 0 <= r["zero_fraction"] <= 1 for r in rows)
+    results = json.loads((Path(rows[0]["run_dir"]) / "results.json").read_text())
+    assert list(results["variants"]) == ["relu-l1"]  # only the penalized model is trained
+    assert (cfg.search_dir / "tradeoff.png").stat().st_size > 0
+
+
+def test_cli_search(fake, tmp_path, capsys):
+    argv = ["search", "fake", "--coef", "1e-1,1e-3", "--refine", "1", "--objective", "val_loss"]
+    assert main([*argv, "--out", str(tmp_path), "--set", "sleep=0"]) == 0
+    out = capsys.readouterr().out
+    assert "| coef |" in out and "report:" in out
+    assert main(["search", "fake", "--coef", "0", "--out", str(tmp_path)]) == 2
+    assert "positive" in capsys.readouterr().err
