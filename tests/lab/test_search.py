@@ -619,3 +619,12 @@ def test_search_names_no_experiment(module):
     experiment_modules = {m for m in _imports(path) if m.startswith("actreg.lab.experiments.")}
     assert experiment_modules <= {"actreg.lab.experiments._config"}
     assert "relu-l1" not in path.read_text() and "variants" not in path.read_text()
+
+
+def test_cli_search_help_lists_the_searchable(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "sparse-ae          objectives: val_mse, test_mse" in out
+    assert "lstm-lm" not in out  # declares no search contract

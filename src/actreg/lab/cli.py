@@ -147,11 +147,15 @@ def _experiments_help() -> str:
 def _searchable_help() -> str:
     from actreg.lab.experiments import EXPERIMENTS
 
-    return "\n".join(
-        f"  {name:18s} objectives: {', '.join(exp.search.objectives)}"
-        for name, exp in EXPERIMENTS.items()
-        if exp.search is not None
-    )
+    lines = []
+    for name, exp in EXPERIMENTS.items():
+        if exp.search is not None:
+            aliases = ", ".join(f"{a} = {o}" for a, o in exp.search.aliases.items())
+            lines.append(
+                f"  {name:18s} objectives: {', '.join(exp.search.objectives)}"
+                + (f" ({aliases})" if aliases else "")
+            )
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
