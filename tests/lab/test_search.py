@@ -1,13 +1,11 @@
-"""Coefficient search: grids, bad input, URL masking, resume after SIGKILL, concurrent
-workers, reports, and that the search names no experiment (a toy experiment registered
-here runs through it end to end).
+"""Coefficient search: grids, bad input, resume after SIGKILL, concurrent workers, reports
+(URL masking: test_search_db.py; the experiments' search contract: test_search_contract.py).
 
 PostgreSQL tests run when ACTREG_TEST_POSTGRES holds a URL (``.ci/run`` starts a server).
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
@@ -18,8 +16,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TypedDict
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,7 +23,7 @@ pytest.importorskip("optuna")
 
 from actreg import ActregError
 from actreg.lab.cli import main
-from actreg.lab.experiments import EXPERIMENTS, Experiment, SearchSpec, get
+from actreg.lab.experiments import EXPERIMENTS, Experiment, SearchSpec
 from actreg.lab.search import (
     SearchConfig,
     coarse_grid,
@@ -36,7 +32,6 @@ from actreg.lab.search import (
     search_rows,
 )
 from actreg.lab.search import worker as search_worker
-from actreg.lab.search._db import safe_url, scrub
 
 POSTGRES = os.environ.get("ACTREG_TEST_POSTGRES")
 TESTS = Path(__file__).parent
@@ -200,80 +195,6 @@ def test_unreachable_storage_is_masked(fake, tmp_path):
     assert "hunter2" not in str(err.value) and "actreg:***@" in str(err.value)
 
 
-HISTORY = {"history": [{"val_loss": 0.5, "val_error": 0.2}, {"val_loss": 0.4, "val_error": 0.1}]}
-LAYERS = {"act1": {"zero_fraction": 0.8, "l0": 3.0}, "act2": {"zero_fraction": 0.6}}
-CLASSIFIER = {
-    "val_loss": 0.4,
-    "val_error": 0.1,
-    "test_error": 0.15,
-    "zero_fraction": 0.7,
-    "l0": 3.0,
-}
-AE_OUT = {
-    "history": [{"val_mse": 0.03, "seconds": 1.0}, {"val_mse": 0.02, "seconds": 2.0}],
-    "best_epoch": 2,
-    "test_mse": 0.025,
-    "probe": {"clean": 0.75, "noisy": 0.5},
-    "code": {"zero_fraction": 0.9, "l0": 12.0, "dead_fraction": 0.1, "firing_rate": [0.1]},
-}
-
-
-@pytest.mark.parametrize(
-    ("name", "results", "expected"),
-    [
-        (
-            "sparse-rectifier",
-            {
-                "variants": {
-                    "relu": {},
-                    "relu-l1": {**HISTORY, "best_epoch": 2, "test_error": 0.15, "layers": LAYERS},
-                }
-            },
-            CLASSIFIER,
-        ),
-        (
-            "cnn",
-            {
-                "variants": {
-                    "l1 0.0001": {**HISTORY, "best_epoch": 2, "test_error": 0.15, "maps": LAYERS}
-                }
-            },
-            CLASSIFIER,
-        ),
-        (
-            "sparse-ae",
-            {"variants": {"l1 0.01": AE_OUT, "none": {}}},
-            {
-                "val_mse": 0.02,
-                "test_mse": 0.025,
-                "probe_error": 0.25,
-                "noisy_probe_error": 0.5,
-                "zero_fraction": 0.9,
-                "l0": 12.0,
-                "dead_fraction": 0.1,
-            },
-        ),
-    ],
-    ids=["sparse-rectifier", "cnn", "sparse-ae"],
-)
-def test_search_metrics_of_the_registered_experiments(name, results, expected):
-    spec = get(name).search
-    metrics = spec.metrics(results)
-    assert metrics == pytest.approx(expected)
-    assert all(type(v) is float for v in metrics.values())
-    assert spec.objective(None) in metrics  # the default objective is recorded
-
-
-@pytest.mark.parametrize(
-    ("objective", "metric"),
-    [(None, "val_mse"), ("val_loss", "val_mse"), ("probe_error", "probe_error")],
-    ids=["default", "alias", "other"],
-)
-def test_objective_names(tmp_path, objective, metric):
-    cfg = SearchConfig("sparse-ae", objective=objective, out_dir=str(tmp_path))
-    assert cfg.metric == metric
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_search_end_to_end_and_report(fake, tmp_path, backend, caplog):
     url = _url(backend, tmp_path)
@@ -405,226 +326,3 @@ def test_cli_search(fake, tmp_path, capsys):
     assert "| coef |" in out and "report:" in out
     assert main(["search", "fake", "--coef", "0", "--out", str(tmp_path)]) == 2
     assert "positive" in capsys.readouterr().err
-
-
-# URL masking: one masker, in the lab (moved here from tests/test_io.py, where the library
-# had a second one).
-
-
-@pytest.mark.parametrize(
-    ("url", "masked"),
-    [
-        ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
-        ("postgresql+psycopg2://u:p%40ss@h:5432/d?x=1", "postgresql+psycopg2://u:***@h:5432/d?x=1"),
-        ("mysql://user:pw@host:3306/db", "mysql://user:***@host:3306/db"),
-        ("redis://:pw@localhost:6379/0", "redis://:***@localhost:6379/0"),
-        ("postgresql://user:s:e@c@host/db", "postgresql://user:***@host/db"),
-        ("postgresql://user@host/db", "postgresql://user@host/db"),
-        ("sqlite:///runs/search.db", "sqlite:///runs/search.db"),
-        ("sqlite:////tmp/a:b@c/search.db", "sqlite:////tmp/a:b@c/search.db"),
-        ("https://h/db?user=a&password=b&x=1", "https://h/db?user=a&password=***&x=1"),
-        ("runs/search.db", "runs/search.db"),
-        ("postgresql://u:p@ss@h:5432/db", "postgresql://u:***@h:5432/db"),
-        ("postgresql://u:pa/ss@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:a/b@c:d@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:100%@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:p[ss@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:ab?cd@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:ab#cd@h/db", "postgresql://u:***@h/db"),
-        ("postgresql://u:pw@h/db?opt=a@b", "postgresql://u:***@h/db?opt=a@b"),
-        (
-            "postgresql://h/db?sslmode=require&password=p@ss&token=t0k",
-            "postgresql://h/db?sslmode=require&password=***&token=***",
-        ),
-        ("postgresql://u:pw@h:port/db", "postgresql://***"),
-        ("postgresql//actreg:hunter2@db/runs", "postgresql//actreg:***@db/runs"),
-        ("u:hunter2@h/db", "u:***@h/db"),
-    ],
-    ids=[
-        "pg",
-        "pg-driver-port",
-        "mysql",
-        "no-user",
-        "colon-at",
-        "no-pw",
-        "sqlite",
-        "sqlite-at-in-path",
-        "query",
-        "path",
-        "pw-at",
-        "pw-slash",
-        "pw-slash-colon-at",
-        "pw-percent",
-        "pw-bracket",
-        "pw-question",
-        "pw-hash",
-        "at-in-query",
-        "query-secrets",
-        "bad-port",
-        "no-colon",
-        "no-scheme",
-    ],
-)
-def test_safe_url(url, masked):
-    out = safe_url(url)
-    assert out == masked
-    parts = urlsplit(out)  # always parsable, port included
-    assert parts.port is None or isinstance(parts.port, int)
-    for secret in ("secret", "hunter2", "p@ss", "pa/ss", "a/b@c:d", "100%", "p[ss", "ab?cd", "t0k"):
-        assert secret not in out
-
-
-@pytest.mark.parametrize(
-    "url",
-    ["postgresql://u:p@ss@h:5432/db", "postgresql://u:p%40ss@h/db", "mysql://u:a:b@h/db"],
-    ids=["at", "escaped", "colon"],
-)
-def test_safe_url_parses_as_a_storage_url(url):
-    import sqlalchemy
-
-    parsed = sqlalchemy.engine.make_url(safe_url(url))
-    assert parsed.password == "***" and parsed.host == "h"
-
-
-def test_safe_url_needs_a_string():
-    with pytest.raises(ActregError, match="needs a string"):
-        safe_url(None)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("url", "secret"),
-    [("postgresql://u:p@ss@h/db", "p@ss"), ("postgresql://u:p%40ss@h/db", "p@ss")],
-    ids=["raw", "escaped"],
-)
-def test_scrub_hides_the_password_in_messages(url, secret):
-    text = f'connecting to {url}: password "{secret}" rejected for user u ({url})'
-    out = scrub(text, url)
-    assert secret not in out and "p%40ss" not in out
-    assert "postgresql://u:***@h/db" in out
-
-
-# The search names no experiment: what it knows comes from the registry entry.
-
-
-class ToyResults(TypedDict):
-    loss: float
-    nonzero: float
-    run_dir: str
-
-
-@dataclasses.dataclass
-class ToyConfig:
-    """A toy whose coefficient is called ``strength`` and that has no ``coef`` at all."""
-
-    strength: float = 1.0
-    offset: float = 0.0
-    out_dir: str = "runs"
-    run_name: str | None = None
-
-
-def toy_run(cfg: ToyConfig) -> ToyResults:
-    run_dir = Path(cfg.out_dir) / "toy" / str(cfg.run_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loss = (math.log10(cfg.strength) + 2) ** 2 + cfg.offset
-    return {"loss": loss, "nonzero": 1 - cfg.strength, "run_dir": str(run_dir)}
-
-
-def toy_metrics(results: ToyResults) -> dict[str, float]:
-    return {"score": results["loss"], "nonzero": results["nonzero"], "worst": 2 * results["loss"]}
-
-
-TOY = Experiment(
-    "toy",
-    ToyConfig,
-    toy_run,
-    lambda r: [],
-    "a stand-in searched through its contract alone",
-    SearchSpec(
-        objectives=("score", "worst"),
-        metrics=toy_metrics,
-        settings=("offset=1",),
-        coef_field="strength",
-        aliases={"val_loss": "score"},
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "objective", [None, "val_loss", "worst"], ids=["default", "alias", "other"]
-)
-def test_toy_experiment_runs_through_search_unchanged(monkeypatch, tmp_path, objective):
-    monkeypatch.setitem(EXPERIMENTS, "toy", TOY)
-    cfg = SearchConfig(
-        "toy", coefs=(1e-1, 1e-2, 1e-3), refine=(2, 5), objective=objective, out_dir=str(tmp_path)
-    )
-    rows = run_search(cfg)
-    name = objective or "score"
-    assert [r["coef"] for r in rows] == [1e-3, 1e-2, 2e-2, 5e-2, 1e-1]
-    by_coef = {r["coef"]: r for r in rows}
-    assert by_coef[1e-2][name] == pytest.approx(2 if name == "worst" else 1)  # offset=1 applied
-    assert by_coef[1e-1]["nonzero"] == pytest.approx(0.9)  # strength set from the grid
-    assert list(rows[0])[:6] == ["coef", "stage", "state", "trial", name, "nonzero"]
-    others = [o for o in ("score", "worst") if o != name]  # other objectives follow
-    assert list(rows[0])[6:] == [*others, "attempts", "seconds", "run_dir"]
-    assert all(Path(r["run_dir"]).parent.name == "toy" for r in rows)
-    text = (cfg.search_dir / "search.md").read_text()
-    assert "# Coefficient search: toy" in text and f"objective `{name}`" in text
-
-
-def test_toy_reserved_field_is_its_coefficient(monkeypatch, tmp_path):
-    monkeypatch.setitem(EXPERIMENTS, "toy", TOY)
-    with pytest.raises(ActregError, match="sets strength, out_dir, run_name"):
-        SearchConfig("toy", overrides=("strength=3",), out_dir=str(tmp_path))
-
-
-def test_config_without_the_coefficient_field_is_refused(monkeypatch, tmp_path):
-    spec = dataclasses.replace(TOY.search, coef_field="coef")
-    monkeypatch.setitem(EXPERIMENTS, "toy", dataclasses.replace(TOY, search=spec))
-    with pytest.raises(ActregError, match="ToyConfig has no field coef"):
-        SearchConfig("toy", out_dir=str(tmp_path))
-
-
-SEARCH_SRC = Path(__import__("actreg.lab.search").lab.search.__file__).parent
-
-
-def _code_strings(path: Path) -> list[str]:
-    """String constants of a module that are not docstrings."""
-    tree = ast.parse(path.read_text())
-    docs = {
-        id(node.body[0].value)
-        for node in ast.walk(tree)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
-        and node.body
-        and isinstance(node.body[0], ast.Expr)
-        and isinstance(node.body[0].value, ast.Constant)
-    }
-    return [
-        n.value
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
-    ]
-
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    return out | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-
-
-@pytest.mark.parametrize("module", sorted(p.name for p in SEARCH_SRC.glob("*.py")), ids=str)
-def test_search_names_no_experiment(module):
-    path = SEARCH_SRC / module
-    named = [(s, e) for s in _code_strings(path) for e in EXPERIMENTS if e in s]
-    assert not named, f"{module} names experiments: {named}"
-    experiment_modules = {m for m in _imports(path) if m.startswith("actreg.lab.experiments.")}
-    assert experiment_modules <= {"actreg.lab.experiments._config"}
-    assert "relu-l1" not in path.read_text() and "variants" not in path.read_text()
-
-
-def test_cli_search_help_lists_the_searchable(capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["search", "--help"])
-    assert info.value.code == 0
-    out = capsys.readouterr().out
-    assert "sparse-ae          objectives: val_mse, test_mse" in out
-    assert "lstm-lm" not in out  # declares no search contract
