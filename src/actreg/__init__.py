@@ -2,7 +2,7 @@
 
 from actreg import metrics
 from actreg._errors import ActregError
-from actreg._io import load_checkpoint, mask_url
+from actreg._io import load_checkpoint
 from actreg.attach import Regularizer, attach
 from actreg.control import Scheduled, TargetSparsity
 from actreg.layers import ActivityRegularization, TopK
@@ -48,6 +48,5 @@ __all__ = [
     "attach",
     "load_checkpoint",
     "make_penalty",
-    "mask_url",
     "metrics",
 ]

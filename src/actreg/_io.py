@@ -1,4 +1,4 @@
-"""Safe checkpoint loading and masking secrets in storage URLs.
+"""Safe checkpoint loading.
 
 ``torch.load`` unpickles, and unpickling can run arbitrary code. :func:`load_checkpoint`
 loads with ``weights_only=True``: tensors, numbers, strings and plain containers load;
@@ -11,17 +11,12 @@ import os
 import pickle
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import torch
 
 from actreg._errors import ActregError
 
-__all__ = ["load_checkpoint", "mask_url"]
-
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:password|passwd|pwd|secret|token|api_key|apikey|access_key)=)[^&;#]*"
-)
+__all__ = ["load_checkpoint"]
 
 
 def load_checkpoint(
@@ -68,28 +63,3 @@ def load_checkpoint(
         ) from None
     except (RuntimeError, EOFError) as err:
         raise ActregError(f"cannot read checkpoint {path!r}: {err}") from None
-
-
-def mask_url(url: str) -> str:
-    """Hide the password of a storage URL (and secret query parameters) for logs.
-
-    Example:
-        >>> mask_url("postgresql://user:secret@host:5432/db")
-        'postgresql://user:***@host:5432/db'
-        >>> mask_url("sqlite:///runs/search.db")
-        'sqlite:///runs/search.db'
-    """
-    if not isinstance(url, str):
-        raise ActregError(f"mask_url needs a string, got {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _SECRET_QUERY.sub(r"\1***", url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        if ":" in userinfo:
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{hostport}"
-    masked = urlunsplit(parts._replace(netloc=netloc)) if netloc != parts.netloc else url
-    return _SECRET_QUERY.sub(r"\1***", masked)

@@ -1,4 +1,5 @@
-"""Coefficient search: grids, bad input, resume after SIGKILL, concurrent workers, reports.
+"""Coefficient search: grids, bad input, resume after SIGKILL, concurrent workers, reports
+(URL masking: test_search_db.py; the experiments' search contract: test_search_contract.py).
 
 PostgreSQL tests run when ACTREG_TEST_POSTGRES holds a URL (``.ci/run`` starts a server).
 """
@@ -22,15 +23,15 @@ pytest.importorskip("optuna")
 
 from actreg import ActregError
 from actreg.lab.cli import main
-from actreg.lab.experiments import EXPERIMENTS, Experiment
+from actreg.lab.experiments import EXPERIMENTS, Experiment, SearchSpec
 from actreg.lab.search import (
     SearchConfig,
     coarse_grid,
     refine_grid,
     run_search,
     search_rows,
-    trial_metrics,
 )
+from actreg.lab.search import worker as search_worker
 
 POSTGRES = os.environ.get("ACTREG_TEST_POSTGRES")
 TESTS = Path(__file__).parent
@@ -58,15 +59,27 @@ def fake_run(cfg: FakeConfig) -> dict:
     return {"val_loss": loss, "zero_fraction": min(1.0, cfg.coef * 10), "run_dir": str(run_dir)}
 
 
+def fake_metrics(results: dict) -> dict[str, float]:
+    return {"val_loss": results["val_loss"], "zero_fraction": results["zero_fraction"]}
+
+
+FAKE = Experiment(
+    "fake",
+    FakeConfig,
+    fake_run,
+    lambda r: [],
+    "test stand-in",
+    SearchSpec(objectives=("val_loss",), metrics=fake_metrics),
+)
+
+
 def register() -> None:
-    EXPERIMENTS["fake"] = Experiment("fake", FakeConfig, fake_run, lambda r: [], "test stand-in")
+    EXPERIMENTS["fake"] = FAKE
 
 
 @pytest.fixture
 def fake(monkeypatch):
-    monkeypatch.setitem(
-        EXPERIMENTS, "fake", Experiment("fake", FakeConfig, fake_run, lambda r: [], "stand-in")
-    )
+    monkeypatch.setitem(EXPERIMENTS, "fake", FAKE)
 
 
 BACKENDS = [
@@ -86,7 +99,7 @@ def _worker(cfg: dict, log: Path) -> subprocess.Popen:
     code = (
         "import sys, json; sys.path.insert(0, sys.argv[1]); import test_search as t; "
         "t.register(); from actreg.lab.search import SearchConfig; "
-        "from actreg.lab.search._run import work; work(SearchConfig(**json.loads(sys.argv[2])))"
+        "from actreg.lab.search.worker import work; work(SearchConfig(**json.loads(sys.argv[2])))"
     )
     return subprocess.Popen(
         [sys.executable, "-c", code, str(TESTS), json.dumps(cfg)],
@@ -148,12 +161,28 @@ def test_refine_single_point_uses_decade_above():
         ({"refine": -1}, "refine"),
         ({"overrides": ("coef=1",)}, "sets coef"),
         ({"overrides": ("epoch=3",)}, "did you mean"),
+        ({"overrides": ("run_name=x",)}, "sets coef, out_dir, run_name"),
+        ({"experiment": "lstm-lm"}, "lstm-lm declares no search contract.*searchable: sparse-ae"),
+        ({"experiment": "sparse_ae"}, "did you mean sparse-ae"),
     ],
-    ids=["objective", "malformed", "backend", "memory", "empty", "refine", "reserved", "key"],
+    ids=[
+        "objective",
+        "malformed",
+        "backend",
+        "memory",
+        "empty",
+        "refine",
+        "reserved",
+        "key",
+        "run-name",
+        "not-searchable",
+        "unknown",
+    ],
 )
 def test_bad_input_before_any_trial(tmp_path, kwargs, match):
+    kwargs = {"experiment": "sparse-rectifier", **kwargs}
     with pytest.raises(ActregError, match=match) as err:
-        SearchConfig("sparse-rectifier", out_dir=str(tmp_path), **kwargs)
+        SearchConfig(out_dir=str(tmp_path), **kwargs)
     assert "hunter2" not in str(err.value)
     assert not (tmp_path / "search").exists()
 
@@ -164,18 +193,6 @@ def test_unreachable_storage_is_masked(fake, tmp_path):
     with pytest.raises(ActregError, match="cannot reach storage") as err:
         run_search(cfg)
     assert "hunter2" not in str(err.value) and "actreg:***@" in str(err.value)
-
-
-def test_trial_metrics_sparse_rectifier():
-    out = {
-        "history": [{"val_loss": 0.5, "val_error": 0.2}, {"val_loss": 0.4, "val_error": 0.1}],
-        "best_epoch": 2,
-        "test_error": 0.15,
-        "layers": {"act1": {"zero_fraction": 0.8, "l0": 3.0}, "act2": {"zero_fraction": 0.6}},
-    }
-    m = trial_metrics("sparse-rectifier", {"variants": {"relu-l1": out}})
-    assert m["objectives"] == {"val_loss": 0.4, "val_error": 0.1, "test_error": 0.15}
-    assert m["sparsity"] == pytest.approx({"zero_fraction": 0.7, "l0": 3.0})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -244,13 +261,11 @@ def test_resume_after_sigkill(fake, tmp_path):
 
 
 def test_stale_running_trial_is_retried(fake, tmp_path):
-    from actreg.lab.search import _run as _search_run
-
     cfg = SearchConfig("fake", coefs=(1e-2, 1e-3), out_dir=str(tmp_path), heartbeat=1, grace=2)
-    store, study = _search_run._open(cfg)
+    store, study = search_worker._open(cfg)
     with store.lock():
-        _search_run._plan(cfg, study, retry_failed=True)
-        abandoned = _search_run._claim(store, study)  # claimed, never finished
+        search_worker._plan(cfg, study, retry_failed=True)
+        abandoned = search_worker._claim(store, study)  # claimed, never finished
     store.close()
     rows = run_search(cfg)
     states = {t.number: t.state.name for t in _optuna_trials(cfg)}

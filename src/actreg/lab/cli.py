@@ -144,6 +144,20 @@ def _experiments_help() -> str:
     return "\n".join(f"  {name:18s} {exp.doc}" for name, exp in EXPERIMENTS.items())
 
 
+def _searchable_help() -> str:
+    from actreg.lab.experiments import EXPERIMENTS
+
+    lines = []
+    for name, exp in EXPERIMENTS.items():
+        if exp.search is not None:
+            aliases = ", ".join(f"{a} = {o}" for a, o in exp.search.aliases.items())
+            lines.append(
+                f"  {name:18s} objectives: {', '.join(exp.search.objectives)}"
+                + (f" ({aliases})" if aliases else "")
+            )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(
@@ -178,14 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "search",
         help="coarse-to-fine search of the penalty coefficient (resumable, parallel)",
-        description="Coarse pass over --coef, then --refine points inside the best decade. "
-        "Trials live in --storage (default: a SQLite file); run the same command again to "
-        "resume, or on several machines with one --storage URL to share the work.",
+        description="Coarse pass over --coef, then --refine points inside the best decade.\n"
+        "Trials live in --storage (default: a SQLite file); run the same command again to\n"
+        "resume, or on several machines with one --storage URL to share the work.\n\n"
+        "searchable experiments (the first objective is the default):\n" + _searchable_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("experiment", help="experiment name (see actreg run --help)")
+    p.add_argument("experiment", help="a searchable experiment (listed above)")
     p.add_argument("--coef", default="1e-1,1e-2,1e-3,1e-4", help="coarse grid, comma-separated")
     p.add_argument("--refine", help="points inside the best decade: a count, or mantissas 1,2,5")
-    p.add_argument("--objective", help="what to minimize, e.g. val_loss, val_error, test_mse")
+    p.add_argument("--objective", help="what to minimize (default: the first objective)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument("--storage", help="SQLAlchemy URL (default: sqlite:///OUT/search/optuna.db)")
     p.add_argument("--study", help="study name (default: derived from the settings)")

@@ -1,18 +1,24 @@
-"""Reports: Markdown tables of ``results.json`` files, side by side, with their pictures."""
+"""Reports: Markdown tables of ``results.json`` files, side by side, with their pictures.
+
+The report sits above the experiments: it reads the files they wrote
+(:func:`actreg.lab.experiments.load_results`) and asks the registry for each run's
+summary table and default settings. The experiments never import it.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from actreg._errors import ActregError
+from actreg.lab.experiments import get, load_results
 
-__all__ = ["format_table", "load_results", "write_report"]
+__all__ = ["format_table", "write_report"]
 
 
 def _cell(value: Any) -> str:
@@ -45,30 +51,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``RUN_DIR/results.json`` (or a results file given directly)."""
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.exists():
-        raise ActregError(
-            f"no results.json at {path}; pass the folder that `actreg run` printed at the end"
-        )
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ActregError(f"{path} is not valid JSON: {err}") from None
-    if "experiment" not in doc:
-        raise ActregError(f"{path} is not an actreg results file (no 'experiment' key)")
-    doc["_path"] = str(path)
-    return doc
-
-
-def _config_line(doc: dict[str, Any], defaults: dict[str, Any]) -> str:
-    changed = {k: v for k, v in doc["config"].items() if defaults.get(k) != v}
-    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults"
-
-
 def write_report(
     run_dirs: Sequence[str | Path], out: str | Path, *, copy_images: bool = False
 ) -> Path:
@@ -80,10 +62,6 @@ def write_report(
     trade-off plot. With ``copy_images`` the PNGs are copied into an ``img/`` folder
     beside the report, so the report can be committed without the run folders.
     """
-    from dataclasses import asdict
-
-    from actreg.lab.experiments import get
-
     if not run_dirs:
         raise ActregError("report needs at least one run folder")
     out = Path(out)

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from actreg import ActregError
-from actreg.lab.experiments import get
+from actreg.lab.experiments import get, load_results
 from actreg.lab.experiments._config import apply_overrides
 from actreg.lab.experiments.ablations import QUESTIONS, AblationConfig, summary_rows
 from actreg.lab.experiments.ablations._binary import code_bits
@@ -21,7 +21,6 @@ from actreg.lab.experiments.ablations._stats import (
     pooled_std,
     welch_p,
 )
-from actreg.lab.report import load_results
 
 TINY = [
     "data=digits",

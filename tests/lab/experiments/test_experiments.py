@@ -1,4 +1,5 @@
-"""Each experiment end to end on tiny settings, the CLI through its functions, reports."""
+"""Each experiment end to end on tiny settings, the CLI through its functions (reports:
+tests/lab/test_report.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ import pytest
 
 from actreg import ActregError
 from actreg.lab.cli import main
-from actreg.lab.experiments import EXPERIMENTS, get
+from actreg.lab.experiments import EXPERIMENTS, get, load_results
 from actreg.lab.experiments._config import apply_overrides, from_dict, to_dict
-from actreg.lab.report import load_results, write_report
 
 TINY = {
     "sparse-ae": ["code=32", "probe_size=200"],
@@ -62,21 +62,6 @@ def test_cnn_measures_feature_maps(runs):
     maps = runs["cnn"]["variants"]["none"]["maps"]
     assert set(maps) == {"features.act1", "features.act2"}
     assert len(maps["features.act1"]["firing_rate"]) == 4  # one rate per channel
-
-
-def test_report_puts_runs_side_by_side(runs, tmp_path):
-    out = write_report([r["run_dir"] for r in runs.values()], tmp_path / "report.md")
-    text = out.read_text()
-    for name in TINY:
-        assert f"## {name}" in text
-        assert f"actreg run {name} --set data=digits" in text
-    assert "![reconstructions](" in text
-
-
-def test_report_can_copy_images(runs, tmp_path):
-    out = write_report([runs["sparse-ae"]["run_dir"]], tmp_path / "r.md", copy_images=True)
-    assert "![reconstructions](img/sparse-ae-t-reconstructions.png)" in out.read_text()
-    assert (tmp_path / "img" / "sparse-ae-t-reconstructions.png").exists()
 
 
 def test_config_round_trip():
@@ -161,19 +146,6 @@ def test_demo_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| l1 0.01 |" in out and "| none |" in out and "| raw inputs |" in out
     assert str(tmp_path / "sparse-ae" / "demo") in out
-
-
-def test_report_embeds_a_search_folder(runs, tmp_path):
-    search = tmp_path / "search" / "study"
-    search.mkdir(parents=True)
-    (search / "search.md").write_text(
-        "# Coefficient search: cnn\n\n| coef |\n\n![trade-off](tradeoff.png)\n"
-    )
-    out = write_report([search, runs["cnn"]["run_dir"]], tmp_path / "docs" / "r.md")
-    text = out.read_text()
-    assert "## Coefficient search: cnn" in text
-    assert "![trade-off](../search/study/tradeoff.png)" in text
-    assert "## cnn:" in text
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-extension", "--no-fold"]], ids=["cpp", "torch"])

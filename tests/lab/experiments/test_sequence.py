@@ -10,11 +10,11 @@ from torch import nn
 
 from actreg import ActregError
 from actreg.lab.data.text import batchify, bptt_batches, load_corpus
-from actreg.lab.experiments import get
+from actreg.lab.experiments import get, load_results
 from actreg.lab.experiments._config import apply_overrides
 from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
 from actreg.lab.experiments.seq2seq import Seq2SeqConfig
-from actreg.lab.report import load_results, write_report
+from actreg.lab.report import write_report
 
 WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
 

@@ -23,6 +23,7 @@ __all__ = [
     "classification_metrics",
     "jsonable",
     "linear_probe",
+    "load_results",
     "make_run_dir",
     "save_results",
     "train_classifier",
@@ -228,3 +229,23 @@ def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str,
     path = run_dir / "results.json"
     path.write_text(json.dumps(jsonable(doc), indent=2) + "\n")
     return path
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``RUN_DIR/results.json`` (or a results file given directly), as
+    :func:`save_results` wrote it, with its path under ``_path``."""
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.exists():
+        raise ActregError(
+            f"no results.json at {path}; pass the folder that `actreg run` printed at the end"
+        )
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ActregError(f"{path} is not valid JSON: {err}") from None
+    if "experiment" not in doc:
+        raise ActregError(f"{path} is not an actreg results file (no 'experiment' key)")
+    doc["_path"] = str(path)
+    return doc

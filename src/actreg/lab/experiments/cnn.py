@@ -12,7 +12,7 @@ without the penalty.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import actreg
 from actreg.lab.experiments._common import (
@@ -21,10 +21,11 @@ from actreg.lab.experiments._common import (
     save_results,
     train_classifier,
 )
+from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.models import CNN
 from actreg.lab.train import seed_everything
 
-__all__ = ["CNNConfig", "run"]
+__all__ = ["CNNConfig", "CNNResults", "CNNVariant", "run", "search_metrics"]
 
 MAPS = ["features.act1", "features.act2"]
 
@@ -44,7 +45,41 @@ class CNNConfig(VisionConfig):
         actreg.make_penalty(self.penalty, self.coef)
 
 
-def run(cfg: CNNConfig) -> dict[str, Any]:
+class CNNVariant(TypedDict):
+    """One trained CNN in :class:`CNNResults`."""
+
+    history: list[dict[str, Any]]  # per-epoch rows of actreg.lab.train.fit
+    best_epoch: int  # the epoch whose weights were kept (1-based)
+    steps: int
+    seconds: float
+    test_error: float
+    test_loss: float
+    maps: dict[str, dict[str, Any]]  # the Monitor's statistics per feature map (test split)
+
+
+class CNNResults(TypedDict):
+    """What :func:`run` returns and writes to ``results.json`` (after the config)."""
+
+    variants: dict[str, CNNVariant]  # the penalized variant first, then "none"
+    data: dict[str, Any]
+    run_dir: str
+
+
+def search_metrics(results: CNNResults) -> dict[str, float]:
+    """A search trial's metrics: the penalized (first) variant's validation values at its
+    best epoch, test values, and sparsity averaged over the feature maps.
+
+    Example:
+        >>> out = {"history": [{"val_error": 0.2}], "best_epoch": 1, "test_error": 0.25,
+        ...        "maps": {"a": {"l0": 2.0}, "b": {"l0": 4.0}}}
+        >>> search_metrics({"variants": {"l1 0.0001": out}})
+        {'val_error': 0.2, 'test_error': 0.25, 'l0': 3.0}
+    """
+    out = next(iter(results["variants"].values()))
+    return {**best_epoch_metrics(out), **layer_means(out["maps"])}
+
+
+def run(cfg: CNNConfig) -> CNNResults:
     """Train with (and without) the penalty; writes ``results.json``."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "cnn")
@@ -70,7 +105,7 @@ def run(cfg: CNNConfig) -> dict[str, Any]:
         results["variants"][name] = out
     results["data"] = data.info
     save_results(run_dir, "cnn", cfg, results)
-    return results
+    return cast(CNNResults, results)
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -46,6 +46,6 @@ class DemoConfig:
 
 def demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo and return its results (the CLI prints the table)."""
-    results = run(cfg.experiment_config())
+    results: dict[str, Any] = dict(run(cfg.experiment_config()))
     results["rows"] = summary_rows(results)
     return results

@@ -13,7 +13,7 @@ to the same probe on the raw inputs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
@@ -27,10 +27,18 @@ from actreg.lab.experiments._common import (
     make_run_dir,
     save_results,
 )
+from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.models import Autoencoder, resample_dead_units
 from actreg.lab.train import evaluate, fit, seed_everything
 
-__all__ = ["SparseAEConfig", "build_penalty", "run"]
+__all__ = [
+    "AEVariant",
+    "SparseAEConfig",
+    "SparseAEResults",
+    "build_penalty",
+    "run",
+    "search_metrics",
+]
 
 WHERE = ("code", "encoder", "all")
 
@@ -139,7 +147,50 @@ def train_variant(
     return model, out
 
 
-def run(cfg: SparseAEConfig) -> dict[str, Any]:
+class AEVariant(TypedDict):
+    """One trained autoencoder in :class:`SparseAEResults`."""
+
+    history: list[dict[str, Any]]  # per-epoch rows of actreg.lab.train.fit
+    best_epoch: int  # the epoch whose weights were kept (1-based)
+    steps: int
+    seconds: float
+    resampled_units: list[int]  # dead units resampled after each early epoch
+    test_mse: float
+    code: dict[str, Any]  # the Monitor's statistics of encoder.code on the test split
+    probe: dict[str, float]  # linear-probe accuracy on the code: clean, noisy
+
+
+class SparseAEResults(TypedDict):
+    """What :func:`run` returns and writes to ``results.json`` (after the config)."""
+
+    raw_probe: dict[str, float]  # the same probe on the raw inputs: clean, noisy
+    variants: dict[str, AEVariant]  # the penalized variant first, then "none"
+    pictures: dict[str, str]
+    data: dict[str, Any]
+    run_dir: str
+
+
+def search_metrics(results: SparseAEResults) -> dict[str, float]:
+    """A search trial's metrics: the penalized (first) variant's validation and test MSE,
+    probe errors (1 - accuracy) and code sparsity.
+
+    Example:
+        >>> out = {"history": [{"val_mse": 0.02}], "best_epoch": 1, "test_mse": 0.03,
+        ...        "probe": {"clean": 0.75, "noisy": 0.5}, "code": {"zero_fraction": 0.8}}
+        >>> search_metrics({"variants": {"l1 0.01": out}})  # doctest: +NORMALIZE_WHITESPACE
+        {'val_mse': 0.02, 'test_mse': 0.03, 'probe_error': 0.25, 'noisy_probe_error': 0.5,
+         'zero_fraction': 0.8}
+    """
+    out = next(iter(results["variants"].values()))
+    return {
+        **best_epoch_metrics(out),
+        "probe_error": 1 - out["probe"]["clean"],
+        "noisy_probe_error": 1 - out["probe"]["noisy"],
+        **layer_means({"code": out["code"]}),
+    }
+
+
+def run(cfg: SparseAEConfig) -> SparseAEResults:
     """Run the experiment; writes ``results.json`` and pictures into the run folder."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "sparse-ae")
@@ -181,7 +232,7 @@ def run(cfg: SparseAEConfig) -> dict[str, Any]:
     results["pictures"] = _pictures(run_dir, data, models, results)
     results["data"] = data.info
     save_results(run_dir, "sparse-ae", cfg, results)
-    return results
+    return cast(SparseAEResults, results)
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ share of exact zeros per hidden layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
@@ -22,10 +22,18 @@ from actreg.lab.experiments._common import (
     save_results,
     train_classifier,
 )
+from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.models import mlp
 from actreg.lab.train import seed_everything
 
-__all__ = ["VARIANTS", "SparseRectifierConfig", "run"]
+__all__ = [
+    "VARIANTS",
+    "RectifierVariant",
+    "SparseRectifierConfig",
+    "SparseRectifierResults",
+    "run",
+    "search_metrics",
+]
 
 VARIANTS = ("relu-l1", "relu", "tanh")
 
@@ -48,7 +56,43 @@ class SparseRectifierConfig(VisionConfig):
         actreg.make_penalty(self.penalty, self.coef)
 
 
-def run(cfg: SparseRectifierConfig) -> dict[str, Any]:
+class RectifierVariant(TypedDict):
+    """One trained network in :class:`SparseRectifierResults`."""
+
+    history: list[dict[str, Any]]  # per-epoch rows of actreg.lab.train.fit
+    best_epoch: int  # the epoch whose weights were kept (1-based)
+    steps: int
+    seconds: float
+    layers: dict[str, dict[str, Any]]  # the Monitor's statistics per hidden layer (test split)
+    test_error: float
+    test_loss: float
+    mean_zero_fraction: float  # over the hidden layers
+
+
+class SparseRectifierResults(TypedDict):
+    """What :func:`run` returns and writes to ``results.json`` (after the config)."""
+
+    variants: dict[str, RectifierVariant]  # by name, in the order of cfg.variants
+    data: dict[str, Any]
+    run_dir: str
+
+
+def search_metrics(results: SparseRectifierResults) -> dict[str, float]:
+    """A search trial's metrics: the ``relu-l1`` variant's (else the first's) validation
+    values at its best epoch, test values, and sparsity averaged over the hidden layers.
+
+    Example:
+        >>> out = {"history": [{"val_error": 0.2}, {"val_error": 0.1}], "best_epoch": 2,
+        ...        "test_error": 0.15, "layers": {"act1": {"zero_fraction": 0.5}}}
+        >>> search_metrics({"variants": {"relu": {}, "relu-l1": out}})
+        {'val_error': 0.1, 'test_error': 0.15, 'zero_fraction': 0.5}
+    """
+    variants = results["variants"]
+    out = variants["relu-l1"] if "relu-l1" in variants else next(iter(variants.values()))
+    return {**best_epoch_metrics(out), **layer_means(out["layers"])}
+
+
+def run(cfg: SparseRectifierConfig) -> SparseRectifierResults:
     """Train the variants; writes ``results.json`` into the run folder."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "sparse-rectifier")
@@ -73,7 +117,7 @@ def run(cfg: SparseRectifierConfig) -> dict[str, Any]:
         results["variants"][variant] = out
     results["data"] = data.info
     save_results(run_dir, "sparse-rectifier", cfg, results)
-    return results
+    return cast(SparseRectifierResults, results)
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:

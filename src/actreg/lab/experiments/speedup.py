@@ -28,9 +28,9 @@ from torch import nn
 from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
+from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._config import from_dict
 from actreg.lab.models import Autoencoder, mlp
-from actreg.lab.report import load_results
 
 __all__ = ["SpeedupConfig", "speedup"]
 

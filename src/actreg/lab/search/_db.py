@@ -1,5 +1,9 @@
 """The database side of :mod:`actreg.lab.search`: storage URLs, a cross-process lock, storage.
 
+Storage URLs carry passwords; :func:`safe_url` is the one place that masks them (in logs,
+errors, ``search.md`` and ``search.json``). It works on the text, not on a parser's
+reading, because it must also mask URLs that no parser accepts.
+
 Every change of a trial's state (enqueue, claim, finish, fail-as-stale) happens while a
 lock shared by every worker of the search is held, so no grid point is claimed twice:
 
@@ -22,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from actreg._errors import ActregError
 
@@ -30,32 +35,99 @@ __all__ = ["Store", "check_storage_url", "safe_url"]
 BACKENDS = ("sqlite", "postgresql", "mysql")
 SQLITE_TIMEOUT = 120.0  # seconds a SQLite writer waits for the write lock
 
-_USERINFO = re.compile(r"(//[^/:@]*:)[^/]*@")
-_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|secret|token)=)[^&;#]*")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;](?:password|passwd|pwd|secret|token|api_key|apikey|access_key)=)[^&;#]*"
+)
+
+
+def _userinfo(url: str) -> tuple[int, int] | None:
+    """Where the userinfo (``user:password``) of ``url`` lies, as (start, end of "@").
+
+    The authority starts after ``//`` (or at the start when there is none); the userinfo
+    ends at the *last* "@" before the first "?" or "#" that follows the first "@", so a
+    password may hold unescaped ``@ : / %``. An empty authority (``sqlite:///path``) has none.
+    """
+    start = url.find("//")
+    start = 0 if start < 0 else start + 2
+    if url.startswith("/", start):
+        return None
+    first = url.find("@", start)
+    if first < 0:
+        return None
+    stops = [i for i in (url.find("?", first), url.find("#", first)) if i >= 0]
+    end = url.rfind("@", first, min(stops) if stops else len(url))
+    return start, end
+
+
+def _parses(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return False
+    return True
 
 
 def safe_url(url: str) -> str:
-    """``url`` with its password hidden, even when the URL is malformed.
+    """``url`` with its password and secret query values replaced by ``***``.
+
+    Always a parsable URL (:func:`urllib.parse.urlsplit` accepts it) without the password,
+    even for malformed URLs and passwords holding ``@ : / % ? #``: when the password's
+    end is ambiguous, more is masked rather than less, and a result that would not parse
+    becomes ``SCHEME://***``.
+
+    Raises:
+        ActregError: when ``url`` is not a string.
 
     Example:
         >>> safe_url("postgresql://actreg:hunter2@db:5432/runs")
         'postgresql://actreg:***@db:5432/runs'
+        >>> safe_url("postgresql://actreg:p@ss:w/rd@db/runs?sslmode=require")
+        'postgresql://actreg:***@db/runs?sslmode=require'
         >>> safe_url("postgresql//actreg:hunter2@db/runs")  # malformed: still masked
         'postgresql//actreg:***@db/runs'
     """
-    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", str(url)))
+    if not isinstance(url, str):
+        raise ActregError(f"safe_url needs a string, got {type(url).__name__}")
+    masked = url
+    where = _userinfo(url)
+    if where is not None:
+        start, end = where
+        user, colon, _ = url[start:end].partition(":")
+        if colon:
+            user = quote(unquote(user), safe="")
+            masked = f"{url[:start]}{user}:***{url[end:]}"
+    masked = _SECRET_QUERY.sub(r"\1***", masked)
+    if not _parses(masked):
+        scheme = _SCHEME.match(masked)
+        masked = f"{scheme.group(0) if scheme else ''}//***"
+    return masked
 
 
 def scrub(text: str, url: str) -> str:
-    """``text`` (e.g. an error message) with the URL's password replaced by ``***``."""
+    """``text`` (e.g. an error message) with the URL's password replaced by ``***``.
+
+    The password as :func:`safe_url` reads it (raw and unescaped), and as SQLAlchemy reads
+    it where that is not part of the former.
+    """
     text = text.replace(url, safe_url(url))
+    secrets = set()
+    where = _userinfo(url)
+    if where is not None:
+        raw = url[where[0] : where[1]].partition(":")[2]
+        secrets |= {raw, unquote(raw)}
     try:
         import sqlalchemy
 
-        password = sqlalchemy.engine.make_url(url).password
+        theirs = str(sqlalchemy.engine.make_url(url).password or "")
     except Exception:
-        password = None
-    return text.replace(str(password), "***") if password else text
+        theirs = ""
+    if not any(theirs in s for s in secrets):
+        secrets.add(theirs)
+    for secret in sorted(secrets - {""}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def check_storage_url(url: str) -> Any:

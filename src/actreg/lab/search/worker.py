@@ -1,8 +1,14 @@
 """One search worker: enqueue the grid, claim a point, run it with heartbeats, record it.
 
-A grid point is a trial enqueued with ``user_attrs={"coef": c, "stage": ...}``. Every state
-change happens under :meth:`actreg.lab.search._db.Store.lock`, so at most one trial per grid
+Data flows one way: the grid (:mod:`~actreg.lab.search.grid`) says which points exist, the
+worker runs them, the storage (:mod:`~actreg.lab.search._db`) records them. A grid point
+is a trial enqueued with ``user_attrs={"coef": c, "stage": ...}``. Every state change
+happens under :meth:`~actreg.lab.search._db.Store.lock`, so at most one trial per grid
 point is ever waiting or running, and a point with a finished trial is never run again.
+
+A trial runs the experiment found in the registry and keeps what its search contract's
+``metrics`` returns (a flat dict of floats) as the trial's ``metrics`` attribute; the
+objective is one of them. Nothing here names an experiment.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import threading
 import time
 import traceback
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actreg._errors import ActregError
+from actreg.lab.experiments import get
 from actreg.lab.search._db import Store, scrub
+from actreg.lab.search.config import SearchConfig
+from actreg.lab.search.grid import refine_grid
 
-if TYPE_CHECKING:
-    from actreg.lab.search import SearchConfig
+__all__ = ["trials_by_coef", "work"]
 
 log = logging.getLogger("actreg.lab.search")
 
@@ -51,7 +59,8 @@ def _open(config: SearchConfig) -> tuple[Store, Any]:
     return store, study
 
 
-def _points(study: Any) -> dict[float, list[Any]]:
+def trials_by_coef(study: Any) -> dict[float, list[Any]]:
+    """The study's trials by grid point (coefficient), in trial order."""
     points: dict[float, list[Any]] = {}
     for trial in study.get_trials(deepcopy=False):
         if "coef" in trial.user_attrs:
@@ -73,9 +82,7 @@ def _plan(config: SearchConfig, study: Any, retry_failed: bool) -> None:
     """Enqueue every grid point that has no waiting, running or finished trial (under lock)."""
     from optuna.trial import TrialState
 
-    from actreg.lab.search import refine_grid
-
-    points = _points(study)
+    points = trials_by_coef(study)
     wanted = [(c, "coarse") for c in config.coefs]
     coarse = [points.get(c, []) for c in config.coefs]
     if config.refine and all(_settled(t, config.max_attempts) for t in coarse):
@@ -154,9 +161,6 @@ def _finish(store: Store, study: Any, trial: Any, value: float | None) -> None:
 
 
 def _run_trial(config: SearchConfig, store: Store, study: Any, trial: Any) -> None:
-    from actreg.lab.experiments import get
-    from actreg.lab.search import trial_metrics
-
     coef = float(trial.user_attrs["coef"])
     trial.suggest_float("coef", coef / 10, coef * 10, log=True)
     run_name = f"trial{trial.number:04d}_coef{coef:g}"
@@ -167,17 +171,15 @@ def _run_trial(config: SearchConfig, store: Store, study: Any, trial: Any) -> No
     value: float | None = None
     with _Heartbeat(store, trial._trial_id):
         try:
-            exp = get(config.experiment)
-            results = exp.run(config.experiment_config(coef, run_name))
-            metrics = trial_metrics(config.experiment, results)
-            if config.objective not in metrics["objectives"]:
+            results = get(config.experiment).run(config.experiment_config(coef, run_name))
+            metrics = {k: float(v) for k, v in config.spec.metrics(results).items()}
+            if config.metric not in metrics:
                 raise ActregError(
-                    f"objective {config.objective!r} not in the results of {config.experiment}; "
-                    f"available: {', '.join(metrics['objectives'])}"
+                    f"objective {config.metric!r} not in the metrics of {config.experiment}'s "
+                    f"trial; available: {', '.join(metrics)}"
                 )
-            value = metrics["objectives"][config.objective]
-            trial.set_user_attr("objectives", metrics["objectives"])
-            trial.set_user_attr("sparsity", metrics["sparsity"])
+            value = metrics[config.metric]
+            trial.set_user_attr("metrics", metrics)
             trial.set_user_attr("run_dir", str(results.get("run_dir", "")))
         except Exception as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
@@ -220,46 +222,3 @@ def work(config: SearchConfig) -> None:
                 return
     finally:
         store.close()
-
-
-def rows(config: SearchConfig) -> list[dict[str, Any]]:
-    """One row per grid point, ascending coefficient, from the study."""
-    import optuna
-    from optuna.trial import TrialState
-
-    store = Store(str(config.storage), config.heartbeat, config.grace)
-    try:
-        study = optuna.load_study(study_name=config.study, storage=store.storage)
-    except KeyError:
-        raise ActregError(f"no study {config.study!r} in {store.masked}") from None
-    try:
-        points = _points(study)
-    finally:
-        store.close()
-    out = []
-    for coef in sorted(points):
-        trials = points[coef]
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = done[0] if done else trials[-1]
-        attrs = best.user_attrs
-        row: dict[str, Any] = {
-            "coef": coef,
-            "stage": attrs.get("stage"),
-            "state": best.state.name.lower(),
-            "trial": best.number,
-        }
-        row[str(config.objective)] = float(best.value) if done else None
-        row.update(attrs.get("sparsity", {}))
-        row.update(
-            {
-                f"{k}": v
-                for k, v in attrs.get("objectives", {}).items()
-                if k != config.objective
-                and not (k == "val_loss" and "val_mse" in attrs["objectives"])
-            }
-        )
-        row["attempts"] = len(trials)
-        row["seconds"] = attrs.get("seconds")
-        row["run_dir"] = attrs.get("run_dir")
-        out.append(row)
-    return out

@@ -1,0 +1,162 @@
+"""What a search is: the experiment, the grid, the objective, where trials are stored.
+
+:class:`SearchConfig` checks everything before a trial runs (the experiment's search
+contract, the objective, the overrides, the storage URL) and builds each trial's
+experiment config from the experiment's :class:`~actreg.lab.experiments.SearchSpec`:
+its settings, then the user's overrides, then the coefficient in the field the spec names
+and the trial's folder. Nothing here names an experiment.
+
+Design: the config holds the experiment's *name*, not the :class:`Experiment` object, and
+looks it up in the registry when needed. Worker processes are spawned, and a name crosses
+a process boundary (and sits in the study's saved settings) where functions would not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from actreg._errors import ActregError
+from actreg.lab.experiments import EXPERIMENTS, SearchSpec, get
+from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.search._db import check_storage_url, safe_url
+from actreg.lab.search.grid import check_refine, coarse_grid
+
+__all__ = ["SearchConfig", "search_spec"]
+
+TRIAL_FIELDS = ("out_dir", "run_name")
+"""Config fields every trial sets itself (besides the spec's coefficient field)."""
+
+
+def search_spec(experiment: str) -> SearchSpec[Any]:
+    """The search contract of a registered experiment.
+
+    Raises:
+        ActregError: for an unknown experiment, or one that declares no contract (naming
+            the searchable ones).
+    """
+    spec = get(experiment).search
+    if spec is None:
+        able = [name for name, exp in EXPERIMENTS.items() if exp.search is not None]
+        raise ActregError(
+            f"{experiment} declares no search contract (Experiment.search in "
+            f"actreg.lab.experiments); searchable: {', '.join(able)}"
+        )
+    return spec
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """A coefficient search over a registered experiment.
+
+    Attributes:
+        experiment: a name from :data:`actreg.lab.experiments.EXPERIMENTS` whose entry
+            declares a search contract.
+        coefs: the coarse grid (e.g. ``(1e-1, 1e-2, 1e-3, 1e-4)``).
+        refine: log-spaced points (int) or 1-2-5 style mantissas inside the best decade.
+        objective: what to minimize (default: the experiment's first objective).
+        storage: a SQLAlchemy URL (default: ``sqlite:///OUT_DIR/search/optuna.db``).
+        study: the study name (default: the experiment and a hash of these settings, so
+            the same command resumes the same study).
+        overrides: ``key=value`` settings of the experiment (as ``actreg run --set``).
+        workers: worker processes on this machine.
+        out_dir: trials go to ``OUT_DIR/search/STUDY/trials``, the report next to them.
+        heartbeat: seconds between heartbeats of a running trial.
+        grace: seconds without a heartbeat after which a running trial is retried.
+        max_attempts: how often a grid point is tried before it is given up.
+
+    Example:
+        >>> cfg = SearchConfig("cnn", coefs=(1e-3, 1e-4), out_dir="/tmp/runs")
+        >>> cfg.objective, cfg.study.startswith("cnn-")
+        ('val_error', True)
+    """
+
+    experiment: str
+    coefs: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
+    refine: int | tuple[float, ...] = 0
+    objective: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    overrides: tuple[str, ...] = ()
+    workers: int = 1
+    out_dir: str = "runs"
+    heartbeat: int = 5
+    grace: int = 20
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        self.coefs = coarse_grid(self.coefs)
+        self.refine = check_refine(self.refine)
+        self.overrides = tuple(self.overrides)
+        spec = search_spec(self.experiment)
+        if self.objective is None:
+            self.objective = spec.objectives[0]
+        try:
+            spec.objective(self.objective)
+        except ActregError as err:
+            raise ActregError(f"{err} (experiment {self.experiment})") from None
+        reserved = (spec.coef_field, *TRIAL_FIELDS)
+        for item in self.overrides:
+            if item.split("=", 1)[0].strip().replace("-", "_") in reserved:
+                raise ActregError(f"--set {item!r}: the search sets {', '.join(reserved)} itself")
+        self.experiment_config(self.coefs[0], "check")  # validates the overrides now
+        if self.workers < 1 or self.heartbeat < 1 or self.grace <= self.heartbeat:
+            raise ActregError(
+                f"need workers >= 1, heartbeat >= 1 and grace > heartbeat, got {self.workers}, "
+                f"{self.heartbeat}, {self.grace}"
+            )
+        if self.storage is None:
+            self.storage = f"sqlite:///{Path(self.out_dir) / 'search' / 'optuna.db'}"
+        check_storage_url(self.storage)
+        if self.study is None:
+            self.study = f"{self.experiment}-{self.fingerprint()[:10]}"
+
+    @property
+    def spec(self) -> SearchSpec[Any]:
+        """The experiment's search contract."""
+        return search_spec(self.experiment)
+
+    @property
+    def metric(self) -> str:
+        """The metric the objective names (an alias resolved)."""
+        return self.spec.objective(self.objective)
+
+    def fingerprint(self) -> str:
+        """A hash of what defines the search (not the workers, storage or study name)."""
+        key = [self.experiment, self.coefs, self.refine, self.objective, sorted(self.overrides)]
+        return hashlib.sha1(json.dumps(key).encode()).hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as saved with the study and in reports (password masked)."""
+        out = dataclasses.asdict(self)
+        out["storage"] = safe_url(str(self.storage))
+        out["coefs"], out["overrides"] = list(self.coefs), list(self.overrides)
+        return out
+
+    @property
+    def search_dir(self) -> Path:
+        """``OUT_DIR/search/STUDY``: trial runs and the report."""
+        return Path(self.out_dir) / "search" / str(self.study)
+
+    def experiment_config(self, coef: float, run_name: str) -> Any:
+        """The experiment's config for one trial: the spec's settings, the user's
+        overrides, then the coefficient and the trial's folder."""
+        spec = self.spec
+        cfg = apply_overrides(get(self.experiment).config(), [*spec.settings, *self.overrides])
+        fields = {f.name for f in dataclasses.fields(cfg)}
+        missing = [f for f in (spec.coef_field, *TRIAL_FIELDS) if f not in fields]
+        if missing:
+            raise ActregError(
+                f"{type(cfg).__name__} has no field {', '.join(missing)}; a searchable "
+                "experiment's config needs its SearchSpec.coef_field, out_dir and run_name"
+            )
+        if self.workers > 1 and "threads" in fields:
+            if not any(s.startswith("threads=") for s in self.overrides):
+                threads = max(1, (os.cpu_count() or 1) // self.workers)
+                cfg = dataclasses.replace(cfg, threads=threads)
+        changes = {spec.coef_field: coef, "out_dir": str(self.search_dir / "trials")}
+        return dataclasses.replace(cfg, **changes, run_name=run_name)
