@@ -1,4 +1,14 @@
-"""What the vision experiments share: the base config, run folders, probes, results files."""
+"""What the vision experiments share: the base config, run folders, probes, results files.
+
+The linear probe (:func:`linear_probe`) centers each feature and divides every feature by
+ONE scale, the root-mean-square of the centered training features, by default. The
+per-feature standardization it used before (``scaling="feature"``) divides each feature by
+its own standard deviation: on raw pixels that are almost constant in the training images
+(MNIST-format borders: std down to 0.0002) it turns small test noise into huge features,
+so the noisy-input accuracy of a probe on raw pixels measured mostly that amplification
+(19% on MNIST). One global scale keeps the geometry of the features (what the probe is
+meant to read) and still puts every representation on a comparable overall scale.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +23,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._config import to_dict
 from actreg.lab.train import TrainConfig
 
 __all__ = [
+    "PROBE_SCALINGS",
     "VisionConfig",
+    "check_targets",
     "classification_loss",
     "classification_metrics",
     "jsonable",
+    "layer_penalties",
     "linear_probe",
     "make_run_dir",
     "save_results",
@@ -51,11 +65,14 @@ class VisionConfig:
     run_name: str | None = None  # default: a timestamp
     progress: bool = True  # progress bars
     threads: int = 0  # torch threads (0 = leave as is)
+    target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
+    target_l0: float | None = None  # or for this many active units per example and layer
 
     def __post_init__(self) -> None:
         self.train_config()  # validates the training fields
         if self.limit is not None and self.limit < 10:
             raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
+        check_targets(self.target_sparsity, self.target_l0)
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
         """The :class:`TrainConfig` these settings describe."""
@@ -88,6 +105,44 @@ class VisionConfig:
         )
 
 
+def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
+    """The two target settings: at most one, each in its range."""
+    if target_sparsity is not None and target_l0 is not None:
+        raise ActregError(
+            "set target_sparsity (a zero fraction) or target_l0 (active units), not both"
+        )
+    if target_sparsity is not None and not 0 < target_sparsity < 1:
+        raise ActregError(
+            f"target_sparsity is a zero fraction strictly between 0 and 1 (e.g. 0.9), "
+            f"got {target_sparsity!r}"
+        )
+    if target_l0 is not None and not target_l0 > 0:
+        raise ActregError(f"target_l0 is a number of active units > 0, got {target_l0!r}")
+
+
+def layer_penalties(
+    names: list[str], make: Any, cfg: Any, dim: int = -1
+) -> dict[str, actreg.Penalty]:
+    """A fresh penalty per layer from ``make()``; in target mode wrapped in a controller.
+
+    With ``cfg.target_sparsity`` (or ``cfg.target_l0``) set, each layer's penalty becomes
+    :class:`actreg.TargetSparsity` around it (``measure="l0"`` for ``target_l0``), whose
+    coefficient follows the layer's measured sparsity; the penalty's own coefficient is
+    the starting value. One object per layer: a controller counts its layer's steps.
+    """
+    target_sparsity = getattr(cfg, "target_sparsity", None)
+    target_l0 = getattr(cfg, "target_l0", None)
+    out: dict[str, actreg.Penalty] = {}
+    for name in names:
+        penalty = make()
+        if target_sparsity is not None:
+            penalty = actreg.TargetSparsity(penalty, target=target_sparsity, dim=dim)
+        elif target_l0 is not None:
+            penalty = actreg.TargetSparsity(penalty, target=target_l0, measure="l0", dim=dim)
+        out[name] = penalty
+    return out
+
+
 def make_run_dir(config: Any, experiment: str) -> Path:
     """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
 
@@ -115,7 +170,6 @@ def train_classifier(
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
     ``layers`` (the Monitor's statistics of the watched layers on the test split).
     """
-    import actreg
     from actreg.lab.train import evaluate, fit
 
     reg = actreg.attach(model, spec) if spec else None
@@ -170,27 +224,42 @@ def features(fn: Any, x: Tensor, batch_size: int = 2000) -> np.ndarray:
     return torch.cat(parts).double().numpy()
 
 
+PROBE_SCALINGS = ("global", "feature")
+
+
 def linear_probe(
     train: tuple[np.ndarray, np.ndarray],
     tests: dict[str, tuple[np.ndarray, np.ndarray]],
     seed: int = 0,
     max_iter: int = 500,
+    scaling: str = "global",
 ) -> dict[str, float]:
-    """Accuracy of a scikit-learn logistic regression (on standardized features) per test set."""
+    """Accuracy of a scikit-learn logistic regression per test set.
+
+    Features are centered with the training means, then divided by one global scale (the
+    RMS of the centered training features; ``scaling="global"``) or each by its own
+    standard deviation (``scaling="feature"``, scikit-learn's ``StandardScaler``).
+    """
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)
-    )
+    if scaling not in PROBE_SCALINGS:
+        raise ActregError(f"unknown probe scaling {scaling!r}; use one of {PROBE_SCALINGS}")
+    x_train, y_train = train
+    mean = x_train.mean(axis=0)
+    centered = x_train - mean
+    if scaling == "global":
+        scale: np.ndarray | float = float(np.sqrt((centered**2).mean())) or 1.0
+    else:
+        std = centered.std(axis=0)
+        scale = np.where(std > 0, std, 1.0)  # StandardScaler's rule for constant features
+    probe = LogisticRegression(max_iter=max_iter, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(*train)
-    return {name: float(probe.score(x, y)) for name, (x, y) in tests.items()}
+        probe.fit(centered / scale, y_train)
+    return {name: float(probe.score((x - mean) / scale, y)) for name, (x, y) in tests.items()}
 
 
 def jsonable(value: Any) -> Any:

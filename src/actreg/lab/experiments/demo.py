@@ -38,6 +38,8 @@ class DemoConfig:
             coef=self.coef,
             penalty="l1",
             penalty_warmup_steps=300,
+            resample_dead=0.5,
+            probe_size=0,
             out_dir=self.out_dir,
             run_name="demo",
             progress=self.progress,
