@@ -244,22 +244,24 @@ def linear_probe(
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     if scaling not in PROBE_SCALINGS:
         raise ActregError(f"unknown probe scaling {scaling!r}; use one of {PROBE_SCALINGS}")
     x_train, y_train = train
-    mean = x_train.mean(axis=0)
-    centered = x_train - mean
+    x_train = np.asarray(x_train, dtype=np.float64)
     if scaling == "global":
-        scale: np.ndarray | float = float(np.sqrt((centered**2).mean())) or 1.0
+        mean = x_train.mean(axis=0)
+        scale = float(np.sqrt(((x_train - mean) ** 2).mean())) or 1.0
+        scaler = FunctionTransformer(lambda x: (np.asarray(x, dtype=np.float64) - mean) / scale)
     else:
-        std = centered.std(axis=0)
-        scale = np.where(std > 0, std, 1.0)  # StandardScaler's rule for constant features
-    probe = LogisticRegression(max_iter=max_iter, random_state=seed)
+        scaler = StandardScaler()
+    probe = make_pipeline(scaler, LogisticRegression(max_iter=max_iter, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(centered / scale, y_train)
-    return {name: float(probe.score((x - mean) / scale, y)) for name, (x, y) in tests.items()}
+        probe.fit(x_train, y_train)
+    return {name: float(probe.score(x, y)) for name, (x, y) in tests.items()}
 
 
 def jsonable(value: Any) -> Any:
