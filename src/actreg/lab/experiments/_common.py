@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from actreg.lab.train import TrainConfig
 __all__ = [
     "PROBE_SCALINGS",
     "VisionConfig",
+    "atomic_write_text",
     "check_targets",
     "classification_loss",
     "classification_metrics",
@@ -63,6 +65,7 @@ class VisionConfig:
     patience: int = 0  # early stopping patience in epochs (0 = off)
     out_dir: str = "runs"  # results go to OUT_DIR/EXPERIMENT/RUN_NAME
     run_name: str | None = None  # default: a timestamp
+    overwrite: bool = False  # replace the results of an existing run_name
     progress: bool = True  # progress bars
     threads: int = 0  # torch threads (0 = leave as is)
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
@@ -146,12 +149,51 @@ def layer_penalties(
 def make_run_dir(config: Any, experiment: str) -> Path:
     """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
 
-    The name defaults to a timestamp.
+    Creating the folder is the claim on it (``mkdir`` is atomic), so two runs started at
+    once never share one. Without a name it is a timestamp, with ``-2``, ``-3``, ... added
+    when that exists. A named folder that exists is refused unless ``config.overwrite``;
+    then its ``results.json`` is removed first, so a rerun that fails leaves no folder that
+    looks finished (a run is finished when its ``results.json`` exists; that file is
+    written last and atomically, see :func:`save_results`).
     """
-    name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
-    path = Path(config.out_dir) / experiment / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    base = Path(config.out_dir) / experiment
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ActregError(
+            f"cannot create the run folder under {base}: {err.filename or base} exists and is "
+            f"not a folder; choose another out_dir"
+        ) from err
+    except OSError as err:
+        raise ActregError(
+            f"cannot create the run folder under {base}: {err.strerror or err}; choose a "
+            f"writable out_dir (--set out_dir=PATH)"
+        ) from err
+    if config.run_name:
+        path = base / config.run_name
+        try:
+            path.mkdir()
+        except FileExistsError as err:
+            if not getattr(config, "overwrite", False):
+                raise ActregError(
+                    f"the run folder {path} exists: choose another run_name, or set "
+                    f"overwrite=true to replace its results"
+                ) from err
+            if not path.is_dir():
+                raise ActregError(
+                    f"{path} exists and is not a folder; choose another run_name"
+                ) from err
+            (path / "results.json").unlink(missing_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        path = base / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ActregError(f"could not claim a run folder under {base}: set run_name")
 
 
 def train_classifier(
@@ -297,5 +339,26 @@ def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str,
         **payload,
     }
     path = run_dir / "results.json"
-    path.write_text(json.dumps(jsonable(doc), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(doc), indent=2) + "\n")
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, fsync, rename).
+
+    A full disk or a read-only folder raises an :class:`ActregError` naming the path;
+    what was at ``path`` before stays intact.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ActregError(
+            f"could not write {path}: {err.strerror or err}; free space or choose a writable "
+            f"out_dir, then run again"
+        ) from err
