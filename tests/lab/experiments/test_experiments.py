@@ -145,7 +145,10 @@ def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "| l1 0.01 |" in out and "| none |" in out and "| raw inputs |" in out
-    assert str(tmp_path / "sparse-ae" / "demo") in out
+    (folder,) = (tmp_path / "sparse-ae").iterdir()
+    assert str(folder) in out and (folder / "results.json").exists()
+    assert main(["demo", "--out", str(tmp_path), "--epochs", "1"]) == 0
+    assert len(list((tmp_path / "sparse-ae").iterdir())) == 2  # a second demo never overwrites
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-extension", "--no-fold"]], ids=["cpp", "torch"])

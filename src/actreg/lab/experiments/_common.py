@@ -1,9 +1,20 @@
-"""What the vision experiments share: the base config, run folders, probes, results files."""
+"""What the vision experiments share: the base config, run folders, probes, results files.
+
+The linear probe (:func:`linear_probe`) centers each feature and divides every feature by
+ONE scale, the root-mean-square of the centered training features, by default. The
+per-feature standardization it used before (``scaling="feature"``) divides each feature by
+its own standard deviation: on raw pixels that are almost constant in the training images
+(MNIST-format borders: std down to 0.0002) it turns small test noise into huge features,
+so the noisy-input accuracy of a probe on raw pixels measured mostly that amplification
+(19% on MNIST). One global scale keeps the geometry of the features (what the probe is
+meant to read) and still puts every representation on a comparable overall scale.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,15 +24,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._config import to_dict
 from actreg.lab.train import TrainConfig
 
 __all__ = [
+    "PROBE_SCALINGS",
     "VisionConfig",
+    "atomic_write_text",
+    "check_targets",
     "classification_loss",
     "classification_metrics",
     "jsonable",
+    "layer_penalties",
     "linear_probe",
     "load_results",
     "make_run_dir",
@@ -50,13 +66,17 @@ class VisionConfig:
     patience: int = 0  # early stopping patience in epochs (0 = off)
     out_dir: str = "runs"  # results go to OUT_DIR/EXPERIMENT/RUN_NAME
     run_name: str | None = None  # default: a timestamp
+    overwrite: bool = False  # replace the results of an existing run_name
     progress: bool = True  # progress bars
     threads: int = 0  # torch threads (0 = leave as is)
+    target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
+    target_l0: float | None = None  # or for this many active units per example and layer
 
     def __post_init__(self) -> None:
         self.train_config()  # validates the training fields
         if self.limit is not None and self.limit < 10:
             raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
+        check_targets(self.target_sparsity, self.target_l0)
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
         """The :class:`TrainConfig` these settings describe."""
@@ -89,15 +109,92 @@ class VisionConfig:
         )
 
 
+def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
+    """The two target settings: at most one, each in its range."""
+    if target_sparsity is not None and target_l0 is not None:
+        raise ActregError(
+            "set target_sparsity (a zero fraction) or target_l0 (active units), not both"
+        )
+    if target_sparsity is not None and not 0 < target_sparsity < 1:
+        raise ActregError(
+            f"target_sparsity is a zero fraction strictly between 0 and 1 (e.g. 0.9), "
+            f"got {target_sparsity!r}"
+        )
+    if target_l0 is not None and not target_l0 > 0:
+        raise ActregError(f"target_l0 is a number of active units > 0, got {target_l0!r}")
+
+
+def layer_penalties(
+    names: list[str], make: Any, cfg: Any, dim: int = -1
+) -> dict[str, actreg.Penalty]:
+    """A fresh penalty per layer from ``make()``; in target mode wrapped in a controller.
+
+    With ``cfg.target_sparsity`` (or ``cfg.target_l0``) set, each layer's penalty becomes
+    :class:`actreg.TargetSparsity` around it (``measure="l0"`` for ``target_l0``), whose
+    coefficient follows the layer's measured sparsity; the penalty's own coefficient is
+    the starting value. One object per layer: a controller counts its layer's steps.
+    """
+    target_sparsity = getattr(cfg, "target_sparsity", None)
+    target_l0 = getattr(cfg, "target_l0", None)
+    out: dict[str, actreg.Penalty] = {}
+    for name in names:
+        penalty = make()
+        if target_sparsity is not None:
+            penalty = actreg.TargetSparsity(penalty, target=target_sparsity, dim=dim)
+        elif target_l0 is not None:
+            penalty = actreg.TargetSparsity(penalty, target=target_l0, measure="l0", dim=dim)
+        out[name] = penalty
+    return out
+
+
 def make_run_dir(config: Any, experiment: str) -> Path:
     """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
 
-    The name defaults to a timestamp.
+    Creating the folder is the claim on it (``mkdir`` is atomic), so two runs started at
+    once never share one. Without a name it is a timestamp, with ``-2``, ``-3``, ... added
+    when that exists. A named folder that exists is refused unless ``config.overwrite``;
+    then its ``results.json`` is removed first, so a rerun that fails leaves no folder that
+    looks finished (a run is finished when its ``results.json`` exists; that file is
+    written last and atomically, see :func:`save_results`).
     """
-    name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
-    path = Path(config.out_dir) / experiment / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    base = Path(config.out_dir) / experiment
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        raise ActregError(
+            f"cannot create the run folder under {base}: {err.filename or base} exists and is "
+            f"not a folder; choose another out_dir"
+        ) from err
+    except OSError as err:
+        raise ActregError(
+            f"cannot create the run folder under {base}: {err.strerror or err}; choose a "
+            f"writable out_dir (--set out_dir=PATH)"
+        ) from err
+    if config.run_name:
+        path = base / config.run_name
+        try:
+            path.mkdir()
+        except FileExistsError as err:
+            if not getattr(config, "overwrite", False):
+                raise ActregError(
+                    f"the run folder {path} exists: choose another run_name, or set "
+                    f"overwrite=true to replace its results"
+                ) from err
+            if not path.is_dir():
+                raise ActregError(
+                    f"{path} exists and is not a folder; choose another run_name"
+                ) from err
+            (path / "results.json").unlink(missing_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        path = base / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise ActregError(f"could not claim a run folder under {base}: set run_name")
 
 
 def train_classifier(
@@ -116,7 +213,6 @@ def train_classifier(
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
     ``layers`` (the Monitor's statistics of the watched layers on the test split).
     """
-    import actreg
     from actreg.lab.train import evaluate, fit
 
     reg = actreg.attach(model, spec) if spec else None
@@ -171,26 +267,43 @@ def features(fn: Any, x: Tensor, batch_size: int = 2000) -> np.ndarray:
     return torch.cat(parts).double().numpy()
 
 
+PROBE_SCALINGS = ("global", "feature")
+
+
 def linear_probe(
     train: tuple[np.ndarray, np.ndarray],
     tests: dict[str, tuple[np.ndarray, np.ndarray]],
     seed: int = 0,
     max_iter: int = 500,
+    scaling: str = "global",
 ) -> dict[str, float]:
-    """Accuracy of a scikit-learn logistic regression (on standardized features) per test set."""
+    """Accuracy of a scikit-learn logistic regression per test set.
+
+    Features are centered with the training means, then divided by one global scale (the
+    RMS of the centered training features; ``scaling="global"``) or each by its own
+    standard deviation (``scaling="feature"``, scikit-learn's ``StandardScaler``).
+    """
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-    probe = make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed)
-    )
+    if scaling not in PROBE_SCALINGS:
+        raise ActregError(f"unknown probe scaling {scaling!r}; use one of {PROBE_SCALINGS}")
+    x_train, y_train = train
+    x_train = np.asarray(x_train, dtype=np.float64)
+    if scaling == "global":
+        mean = x_train.mean(axis=0)
+        scale = float(np.sqrt(((x_train - mean) ** 2).mean())) or 1.0
+        scaler = FunctionTransformer(lambda x: (np.asarray(x, dtype=np.float64) - mean) / scale)
+    else:
+        scaler = StandardScaler()
+    probe = make_pipeline(scaler, LogisticRegression(max_iter=max_iter, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(*train)
+        probe.fit(x_train, y_train)
     return {name: float(probe.score(x, y)) for name, (x, y) in tests.items()}
 
 
@@ -227,7 +340,7 @@ def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str,
         **payload,
     }
     path = run_dir / "results.json"
-    path.write_text(json.dumps(jsonable(doc), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(jsonable(doc), indent=2) + "\n")
     return path
 
 
@@ -249,3 +362,24 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         raise ActregError(f"{path} is not an actreg results file (no 'experiment' key)")
     doc["_path"] = str(path)
     return doc
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, fsync, rename).
+
+    A full disk or a read-only folder raises an :class:`ActregError` naming the path;
+    what was at ``path`` before stays intact.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ActregError(
+            f"could not write {path}: {err.strerror or err}; free space or choose a writable "
+            f"out_dir, then run again"
+        ) from err

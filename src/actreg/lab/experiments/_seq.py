@@ -51,6 +51,7 @@ class SeqConfig:
     patience: int = 0  # early stopping: epochs without validation improvement (0 = off)
     out_dir: str = "runs"  # results go to OUT_DIR/EXPERIMENT/RUN_NAME
     run_name: str | None = None  # default: a timestamp
+    overwrite: bool = False  # replace the results of an existing run_name
     progress: bool = True  # progress bars
     threads: int = 1  # torch threads (0 = leave as is)
 

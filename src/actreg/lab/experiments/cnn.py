@@ -17,6 +17,7 @@ from typing import Any, TypedDict, cast
 import actreg
 from actreg.lab.experiments._common import (
     VisionConfig,
+    layer_penalties,
     make_run_dir,
     save_results,
     train_classifier,
@@ -90,7 +91,7 @@ def run(cfg: CNNConfig) -> CNNResults:
     for name, penalized in variants:
         seed_everything(cfg.seed)
         model = CNN(1, data.n_classes, data.image_shape, (c1, c2), cfg.hidden)
-        spec = dict.fromkeys(MAPS, actreg.make_penalty(cfg.penalty, cfg.coef))
+        spec = layer_penalties(MAPS, lambda: actreg.make_penalty(cfg.penalty, cfg.coef), cfg, dim=1)
         out = train_classifier(
             model,
             data,

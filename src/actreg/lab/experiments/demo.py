@@ -21,7 +21,7 @@ __all__ = ["DemoConfig", "demo"]
 class DemoConfig:
     """The demo's few settings."""
 
-    out_dir: str = "runs"  # pictures and results.json go to OUT_DIR/sparse-ae/demo
+    out_dir: str = "runs"  # results go to a new folder OUT_DIR/sparse-ae/TIMESTAMP
     epochs: int = 30  # passes over the 1,078 training digits
     coef: float = 0.01  # L1 coefficient on the code (Keras scaling: sum / batch)
     code: int = 256  # code width (4x overcomplete)
@@ -38,8 +38,10 @@ class DemoConfig:
             coef=self.coef,
             penalty="l1",
             penalty_warmup_steps=300,
+            resample_dead=0.5,
+            probe_size=0,
             out_dir=self.out_dir,
-            run_name="demo",
+            run_name=None,  # a new timestamped folder per run: a demo never overwrites one
             progress=self.progress,
         )
 

@@ -18,6 +18,7 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._common import (
     VisionConfig,
+    layer_penalties,
     make_run_dir,
     save_results,
     train_classifier,
@@ -102,7 +103,9 @@ def run(cfg: SparseRectifierConfig) -> SparseRectifierResults:
         seed_everything(cfg.seed)
         act = "tanh" if variant == "tanh" else "relu"
         model = mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout)
-        spec = dict.fromkeys(hidden_names, actreg.make_penalty(cfg.penalty, cfg.coef))
+        spec = layer_penalties(
+            hidden_names, lambda: actreg.make_penalty(cfg.penalty, cfg.coef), cfg
+        )
         out = train_classifier(
             model,
             data,

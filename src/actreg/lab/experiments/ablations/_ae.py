@@ -76,6 +76,7 @@ def measure_ae(
         (train_codes, data.y_train[:n_probe].numpy()),
         {"test": (test_codes, data.y_test.numpy())},
         seed=cfg.seed,
+        scaling=cfg.probe_scaling,
     )
     baseline = float((data.x_test - data.x_train.mean(0)).square().mean())
     stats = out["code"]

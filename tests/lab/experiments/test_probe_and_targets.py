@@ -1,0 +1,91 @@
+"""The linear probe's scaling, and target mode (a sparsity instead of a coefficient)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import actreg
+from actreg import ActregError
+from actreg.lab.experiments import get
+from actreg.lab.experiments._common import layer_penalties, linear_probe
+from actreg.lab.experiments._config import apply_overrides
+
+
+def separable_with_flat_features(n: int = 400, flat: int = 50, seed: int = 0):
+    """Two informative features; ``flat`` features almost constant in training (std 1e-4)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    informative = rng.normal(0, 1, (n, 2)) + 3.0 * y[:, None]
+    x = np.hstack([informative, 1e-4 * rng.normal(0, 1, (n, flat))])
+    return x, y
+
+
+def test_global_scaling_does_not_blow_up_noise_on_flat_features():
+    x, y = separable_with_flat_features(seed=0)
+    x_test, y_test = separable_with_flat_features(seed=1)
+    noisy = x_test + np.random.default_rng(2).normal(0, 0.1, x_test.shape)
+    tests = {"clean": (x_test, y_test), "noisy": (noisy, y_test)}
+    per_feature = linear_probe((x, y), tests, scaling="feature")
+    global_ = linear_probe((x, y), tests, scaling="global")
+    assert per_feature["clean"] > 0.95 and global_["clean"] > 0.95
+    # small noise (0.1 against an informative std of ~1.8) barely moves the global probe,
+    # but per-feature scaling multiplies it by 1e4 on the flat features
+    assert global_["noisy"] > 0.9
+    assert per_feature["noisy"] < 0.8
+
+
+def test_probe_refuses_an_unknown_scaling():
+    x, y = separable_with_flat_features()
+    with pytest.raises(ActregError, match="unknown probe scaling 'robust'"):
+        linear_probe((x, y), {"t": (x, y)}, scaling="robust")
+
+
+class Targets:
+    def __init__(self, target_sparsity=None, target_l0=None):
+        self.target_sparsity = target_sparsity
+        self.target_l0 = target_l0
+
+
+@pytest.mark.parametrize(
+    ("cfg", "measure", "target"),
+    [(Targets(), None, None), (Targets(0.9), "zero_fraction", 0.9), (Targets(None, 12), "l0", 12)],
+    ids=["coefficient", "target-sparsity", "target-l0"],
+)
+def test_layer_penalties_one_object_per_layer(cfg, measure, target):
+    spec = layer_penalties(["a", "b"], lambda: actreg.L1(1e-3), cfg, dim=1)
+    assert spec["a"] is not spec["b"]  # a controller counts its own layer's steps
+    for penalty in spec.values():
+        if measure is None:
+            assert isinstance(penalty, actreg.L1)
+        else:
+            assert isinstance(penalty, actreg.TargetSparsity)
+            assert (penalty.measure, penalty.target, penalty.dim) == (measure, target, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["target_sparsity=1.0"], "strictly between 0 and 1"),
+        (["target_sparsity=0"], "strictly between 0 and 1"),
+        (["target_l0=-3"], "active units > 0"),
+        (["target_sparsity=0.9", "target_l0=10"], "not both"),
+    ],
+    ids=["one", "zero", "negative-l0", "both"],
+)
+@pytest.mark.parametrize("experiment", ["sparse-rectifier", "sparse-ae", "cnn"])
+def test_bad_targets_are_refused_before_any_data_loads(experiment, overrides, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(get(experiment).config(), overrides)
+
+
+def test_sparse_rectifier_target_mode_moves_toward_the_target(tmp_path):
+    common = [
+        "data=digits", "epochs=6", "batch_size=32", "hidden=64,64", "progress=false",
+        "variants=relu-l1,relu", f"out_dir={tmp_path}", "threads=1",
+    ]  # fmt: skip
+    exp = get("sparse-rectifier")
+    results = exp.run(apply_overrides(exp.config(), [*common, "target_sparsity=0.9"]))
+    target, plain = (results["variants"][v]["layers"] for v in ("relu-l1", "relu"))
+    for layer in target:
+        assert target[layer]["zero_fraction"] > plain[layer]["zero_fraction"] + 0.1
