@@ -21,6 +21,7 @@ from actreg.penalties import (
     Log,
     Penalty,
     make_penalty,
+    serialize,
 )
 
 __version__ = "0.1.0"
@@ -50,4 +51,5 @@ __all__ = [
     "make_penalty",
     "mask_url",
     "metrics",
+    "serialize",
 ]
