@@ -32,7 +32,7 @@ from torch import Tensor
 
 from actreg import metrics
 from actreg._errors import ActregError
-from actreg._penalty import Penalty, check_penalty, check_coef, make_penalty, serialize
+from actreg._penalty import Penalty, check_coef, check_penalty, make_penalty, serialize
 from actreg.attach import in_backward
 
 __all__ = ["MEASURES", "Scheduled", "TargetSparsity"]

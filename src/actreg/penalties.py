@@ -236,9 +236,7 @@ class TAR(_Coef, name="tar"):
     default_reduction = "mean"
     coef_name = "beta"
 
-    def __init__(
-        self, beta: float = 1.0, time_dim: int = 1, reduction: Reduction = "mean"
-    ) -> None:
+    def __init__(self, beta: float = 1.0, time_dim: int = 1, reduction: Reduction = "mean") -> None:
         super().__init__(beta, reduction)
         self.time_dim = _check_int(time_dim, "time_dim", "the time axis")
 
@@ -287,7 +285,8 @@ class KLSparsity(_Coef, name="kl"):
         return F.kl_sparsity(x, self.coef, self.target, self.dim, self.validate)
 
     def get_config(self) -> dict[str, Any]:
-        return {"beta": self.coef, "target": self.target, "dim": self.dim, "validate": self.validate}
+        config = {"beta": self.coef, "target": self.target, "dim": self.dim}
+        return {**config, "validate": self.validate}
 
     def _args(self) -> list[str]:
         args = [fmt(self.coef), f"target={fmt(self.target)}"]
