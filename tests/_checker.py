@@ -176,7 +176,7 @@ def check_compile(case: Case) -> None:
         fn: Callable[[Tensor], Tensor] = compiled.__call__
         ref: Callable[[Tensor], Tensor] = eager.__call__
     else:
-        fn = ref = lambda t: subject(t, **case.kwargs)  # noqa: E731
+        fn = ref = lambda t: subject(t, **case.kwargs)
     fast = torch.compile(fn, backend="aot_eager", fullgraph=case.fullgraph is True)
     xs = [x.clone().requires_grad_(differentiable) for _ in range(2)]
     outs = [fast(xs[0]), ref(xs[1])]

@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+
 from _checker import (
     Case,
     check_batch_split,
@@ -25,7 +26,6 @@ from _checker import (
     relu,
     signed,
 )
-
 from actreg import metrics as M
 
 

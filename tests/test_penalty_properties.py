@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+
+import actreg
 from _checker import (
     Case,
     check_batch_split,
@@ -26,8 +28,6 @@ from _checker import (
     signed,
     unit,
 )
-
-import actreg
 from actreg.control import Scheduled, TargetSparsity
 from actreg.penalties import PENALTIES, Penalty
 
@@ -113,6 +113,26 @@ CASES = [
             "l1-sum",
             lambda: actreg.L1(0.01, "sum"),
             lambda x, p: 0.01 * x.abs().sum(),
+            signed,
+            split=merge_sum,
+        ),
+    ),
+    (
+        "l2",
+        Case(
+            "l2-sum",
+            lambda: actreg.L2(0.02, "sum"),
+            lambda x, p: 0.02 * x.square().sum(),
+            signed,
+            split=merge_sum,
+        ),
+    ),
+    (
+        "log",
+        Case(
+            "log-sum",
+            lambda: actreg.Log(0.5, "sum"),
+            lambda x, p: 0.5 * torch.log1p(x.square()).sum(),
             signed,
             split=merge_sum,
         ),
