@@ -251,9 +251,13 @@ def test_make_penalty_bad_identifier(identifier, args, match):
         actreg.make_penalty(identifier, *args)
 
 
-def test_from_config_rejects_unknown_keys():
-    with pytest.raises(TypeError, match="alpha"):
+def test_wrong_arguments_name_the_signature():
+    with pytest.raises(actreg.ActregError, match=r"'alpha'.*L1 takes L1\(l1: 'float' = 0.01"):
         actreg.L1.from_config({"alpha": 1.0})
+    with pytest.raises(actreg.ActregError, match=r"Scaled takes Scaled\(factor"):
+        actreg.make_penalty("scaled", 1e-3)  # a config naming a composite with one coef
+    with pytest.raises(actreg.ActregError, match="a list of penalties, got 0.001"):
+        actreg.make_penalty("sum", 1e-3)
 
 
 def test_registry_names_are_unique_and_subclasses_need_their_own():

@@ -39,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -139,7 +140,7 @@ class Penalty:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:
         """Build a penalty from :meth:`get_config` output."""
-        return cls(**config)
+        return build(cls, (), config)
 
     def _args(self) -> list[str]:
         return []
@@ -180,6 +181,16 @@ class Penalty:
         return hash(repr(self))
 
 
+def build(cls: type[Penalty], args: Sequence[Any], kwargs: Mapping[str, Any]) -> Penalty:
+    """``cls(*args, **kwargs)``; wrong arguments raise :class:`ActregError` with the signature."""
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as err:
+        raise ActregError(
+            f"{err}; {cls.__name__} takes {cls.__name__}{inspect.signature(cls)}"
+        ) from err
+
+
 def check_penalty(penalty: object, who: str) -> Penalty:
     if not isinstance(penalty, Penalty):
         raise ActregError(f"{who} wraps an actreg penalty (e.g. actreg.L1(1e-3)), got {penalty!r}")
@@ -200,6 +211,8 @@ class Sum(Penalty, name="sum"):
     composite = True
 
     def __init__(self, terms: Sequence[Penalty]) -> None:
+        if not isinstance(terms, Sequence):
+            raise ActregError(f"a sum of penalties takes a list of penalties, got {terms!r}")
         self.terms = [check_penalty(t, "a sum of penalties") for t in terms]
         if not self.terms:
             raise ActregError("a sum of penalties needs at least one term")
@@ -333,4 +346,4 @@ def make_penalty(identifier: str | Mapping[str, Any], *args: Any, **kwargs: Any)
         raise ActregError(
             f"make_penalty takes a registry name or a serialize() dict, got {identifier!r}"
         )
-    return _lookup(identifier)(*args, **kwargs)
+    return build(_lookup(identifier), args, kwargs)
