@@ -49,8 +49,24 @@ from torch import Tensor
 
 from actreg import functional as F
 from actreg._errors import ActregError
+from actreg.functional import Reduction
 
-__all__ = ["PENALTIES", "Penalty", "Scaled", "Sum", "check_coef", "make_penalty", "serialize"]
+__all__ = [
+    "PENALTIES",
+    "CoefPenalty",
+    "Penalty",
+    "Scaled",
+    "Sum",
+    "build",
+    "check_coef",
+    "check_flag",
+    "check_int",
+    "check_penalty",
+    "fmt",
+    "make_penalty",
+    "rescale",
+    "serialize",
+]
 
 #: Registry name -> penalty class, filled by ``class X(Penalty, name="x")``.
 PENALTIES: dict[str, type[Penalty]] = {}
@@ -295,6 +311,51 @@ class Scaled(Penalty, name="scaled"):
     def __repr__(self) -> str:
         inner = f"({self.penalty!r})" if isinstance(self.penalty, Sum) else repr(self.penalty)
         return f"{fmt(self.factor)} * {inner}"
+
+
+class CoefPenalty(Penalty):
+    """Base of the formula penalties with one coefficient (its familiar name ``coef_name``)
+    and a reduction."""
+
+    default_reduction: ClassVar[Reduction] = "batch"
+    #: The constructor keyword and config key of the coefficient (``"l1"``, ``"alpha"``).
+    coef_name: ClassVar[str] = "coef"
+
+    def __init__(self, coef: float, reduction: Reduction) -> None:
+        self.coef = coef
+        self.reduction: Reduction = F.check_reduction(reduction)
+
+    @property
+    def coef(self) -> float:
+        """The coefficient; setting it validates it (a controller may change it)."""
+        return self._coef
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        self._coef = check_coef(value, self.coef_name)
+
+    def get_config(self) -> dict[str, Any]:
+        return {self.coef_name: self.coef, "reduction": self.reduction}
+
+    def _args(self) -> list[str]:
+        args = [fmt(self.coef)]
+        if self.reduction != self.default_reduction:
+            args.append(f"reduction={self.reduction!r}")
+        return args
+
+
+def check_int(value: Any, name: str, meaning: str) -> int:
+    """Return ``value`` if it is an int (not a bool), else raise naming ``meaning``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ActregError(f"{name} must be an int ({meaning}), got {value!r}")
+    return value
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` if it is True or False, else raise."""
+    if not isinstance(value, bool):
+        raise ActregError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def serialize(penalty: Penalty) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from 1.0, and two names for one penalty read the same.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from torch import Tensor
 
@@ -35,10 +35,13 @@ from actreg import functional as F
 from actreg._errors import ActregError
 from actreg._penalty import (
     PENALTIES,
+    CoefPenalty,
     Penalty,
     Scaled,
     Sum,
     check_coef,
+    check_flag,
+    check_int,
     fmt,
     make_penalty,
     rescale,
@@ -68,37 +71,7 @@ __all__ = [
 ]
 
 
-class _Coef(Penalty):
-    """A penalty with one validated coefficient ``coef`` and a reduction."""
-
-    default_reduction: ClassVar[Reduction] = "batch"
-    #: The constructor keyword and config key of the coefficient (``"l1"``, ``"alpha"``).
-    coef_name: ClassVar[str] = "coef"
-
-    def __init__(self, coef: float, reduction: Reduction) -> None:
-        self.coef = coef
-        self.reduction: Reduction = F.check_reduction(reduction)
-
-    @property
-    def coef(self) -> float:
-        """The coefficient; setting it validates it (a controller may change it)."""
-        return self._coef
-
-    @coef.setter
-    def coef(self, value: float) -> None:
-        self._coef = check_coef(value, self.coef_name)
-
-    def get_config(self) -> dict[str, Any]:
-        return {self.coef_name: self.coef, "reduction": self.reduction}
-
-    def _args(self) -> list[str]:
-        args = [fmt(self.coef)]
-        if self.reduction != self.default_reduction:
-            args.append(f"reduction={self.reduction!r}")
-        return args
-
-
-class L1(_Coef, name="l1"):
+class L1(CoefPenalty, name="l1"):
     """``l1 * sum(|x|) / batch``: Keras' ``L1`` activity regularizer.
 
     Example:
@@ -116,7 +89,7 @@ class L1(_Coef, name="l1"):
         return F.l1(x, self.coef, self.reduction)
 
 
-class L2(_Coef, name="l2"):
+class L2(CoefPenalty, name="l2"):
     """``l2 * sum(x**2) / batch``: Keras' ``L2`` (no 1/2 factor).
 
     Example:
@@ -196,7 +169,7 @@ class L1L2(Penalty, name="l1l2"):
         return args
 
 
-class AR(_Coef, name="ar"):
+class AR(CoefPenalty, name="ar"):
     """Activation regularization ``alpha * mean(x**2)`` (Merity et al. 2017; default alpha 2).
 
     Example:
@@ -215,13 +188,7 @@ class AR(_Coef, name="ar"):
         return F.ar(x, self.coef, self.reduction)
 
 
-def _check_int(value: Any, name: str, meaning: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ActregError(f"{name} must be an int ({meaning}), got {value!r}")
-    return value
-
-
-class TAR(_Coef, name="tar"):
+class TAR(CoefPenalty, name="tar"):
     """Temporal AR ``beta * mean((x[t+1] - x[t])**2)`` along ``time_dim`` (default beta 1).
 
     ``time_dim`` is 1 for batch-first tensors (N, T, H), 0 for time-first (T, N, H).
@@ -238,7 +205,7 @@ class TAR(_Coef, name="tar"):
 
     def __init__(self, beta: float = 1.0, time_dim: int = 1, reduction: Reduction = "mean") -> None:
         super().__init__(beta, reduction)
-        self.time_dim = _check_int(time_dim, "time_dim", "the time axis")
+        self.time_dim = check_int(time_dim, "time_dim", "the time axis")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.tar(x, self.coef, self.time_dim, self.reduction)
@@ -253,7 +220,7 @@ class TAR(_Coef, name="tar"):
         return args
 
 
-class KLSparsity(_Coef, name="kl"):
+class KLSparsity(CoefPenalty, name="kl"):
     """``beta * sum_j KL(target || mean activation of unit j)`` on [0, 1] activations.
 
     Args:
@@ -278,8 +245,8 @@ class KLSparsity(_Coef, name="kl"):
         if not 0 < target < 1:
             raise ActregError(f"target must be strictly between 0 and 1, got {target!r}")
         self.target = target
-        self.dim = _check_int(dim, "dim", "the unit axis")
-        self.validate = _check_flag(validate, "validate")
+        self.dim = check_int(dim, "dim", "the unit axis")
+        self.validate = check_flag(validate, "validate")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.kl_sparsity(x, self.coef, self.target, self.dim, self.validate)
@@ -297,12 +264,12 @@ class KLSparsity(_Coef, name="kl"):
         return args
 
 
-class _UnitCoef(_Coef):
+class _UnitCoef(CoefPenalty):
     """A coefficient penalty over vectors along a unit axis ``dim``."""
 
     def __init__(self, coef: float = 1e-3, dim: int = -1, reduction: Reduction = "batch") -> None:
         super().__init__(coef, reduction)
-        self.dim = _check_int(dim, "dim", "the unit axis")
+        self.dim = check_int(dim, "dim", "the unit axis")
 
     def get_config(self) -> dict[str, Any]:
         return {"coef": self.coef, "dim": self.dim, "reduction": self.reduction}
@@ -340,7 +307,7 @@ class HoyerSquare(_UnitCoef, name="hoyer_square"):
         return F.hoyer_square(x, self.coef, self.dim, self.reduction)
 
 
-class Log(_Coef, name="log"):
+class Log(CoefPenalty, name="log"):
     """``coef * sum(log(1 + x**2)) / batch``: the Cauchy-prior sparsity penalty.
 
     Example:
@@ -356,7 +323,7 @@ class Log(_Coef, name="log"):
         return F.log(x, self.coef, self.reduction)
 
 
-class DeCov(_Coef, name="decov"):
+class DeCov(CoefPenalty, name="decov"):
     """``coef * 0.5 * (||C||_F**2 - ||diag C||**2)``, C the unit covariance (Cogswell 2016).
 
     Example:
@@ -367,7 +334,7 @@ class DeCov(_Coef, name="decov"):
 
     def __init__(self, coef: float = 1e-3, dim: int = -1) -> None:
         super().__init__(coef, "sum")
-        self.dim = _check_int(dim, "dim", "the unit axis")
+        self.dim = check_int(dim, "dim", "the unit axis")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.decov(x, self.coef, self.dim)
@@ -379,7 +346,7 @@ class DeCov(_Coef, name="decov"):
         return [fmt(self.coef)] + ([f"dim={self.dim}"] if self.dim != -1 else [])
 
 
-class Binary(_Coef, name="binary"):
+class Binary(CoefPenalty, name="binary"):
     """``coef * sum(x * (1 - x)) / batch``: pushes [0, 1] values (sigmoids) to 0 or 1.
 
     Example:
@@ -392,7 +359,7 @@ class Binary(_Coef, name="binary"):
         self, coef: float = 1e-3, reduction: Reduction = "batch", validate: bool = True
     ) -> None:
         super().__init__(coef, reduction)
-        self.validate = _check_flag(validate, "validate")
+        self.validate = check_flag(validate, "validate")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.binary(x, self.coef, self.reduction, self.validate)
@@ -402,9 +369,3 @@ class Binary(_Coef, name="binary"):
 
     def _args(self) -> list[str]:
         return super()._args() + ([] if self.validate else ["validate=False"])
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ActregError(f"{name} must be True or False, got {value!r}")
-    return value
