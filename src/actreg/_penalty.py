@@ -59,8 +59,6 @@ __all__ = [
     "Sum",
     "build",
     "check_coef",
-    "check_flag",
-    "check_int",
     "check_penalty",
     "fmt",
     "make_penalty",
@@ -342,20 +340,6 @@ class CoefPenalty(Penalty):
         if self.reduction != self.default_reduction:
             args.append(f"reduction={self.reduction!r}")
         return args
-
-
-def check_int(value: Any, name: str, meaning: str) -> int:
-    """Return ``value`` if it is an int (not a bool), else raise naming ``meaning``."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ActregError(f"{name} must be an int ({meaning}), got {value!r}")
-    return value
-
-
-def check_flag(value: Any, name: str) -> bool:
-    """Return ``value`` if it is True or False, else raise."""
-    if not isinstance(value, bool):
-        raise ActregError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 def serialize(penalty: Penalty) -> dict[str, Any]:

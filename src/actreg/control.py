@@ -32,7 +32,14 @@ from torch import Tensor
 
 from actreg import metrics
 from actreg._errors import ActregError
-from actreg._penalty import Penalty, check_coef, check_penalty, make_penalty, serialize
+from actreg._penalty import (
+    Penalty,
+    build,
+    check_coef,
+    check_penalty,
+    make_penalty,
+    serialize,
+)
 from actreg.attach import in_backward
 
 __all__ = ["MEASURES", "Scheduled", "TargetSparsity"]
@@ -185,7 +192,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:
         """Build a controller from :meth:`get_config` output (in its initial state)."""
-        return cls(**{**config, "penalty": make_penalty(config["penalty"])})
+        return build(cls, (), {**config, "penalty": make_penalty(config["penalty"])})
 
     @property
     def measured(self) -> float:
@@ -295,7 +302,7 @@ class Scheduled(Penalty, name="scheduled"):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:
         """Build a schedule from :meth:`get_config` output (at step 0)."""
-        return cls(**{**config, "penalty": make_penalty(config["penalty"])})
+        return build(cls, (), {**config, "penalty": make_penalty(config["penalty"])})
 
     def forward(self, x: Tensor) -> Tensor:
         value = self.factor() * self.penalty.forward(x)

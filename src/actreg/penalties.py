@@ -40,8 +40,6 @@ from actreg._penalty import (
     Scaled,
     Sum,
     check_coef,
-    check_flag,
-    check_int,
     fmt,
     make_penalty,
     rescale,
@@ -69,6 +67,20 @@ __all__ = [
     "make_penalty",
     "serialize",
 ]
+
+
+def _check_int(value: Any, name: str, meaning: str) -> int:
+    """Return ``value`` if it is an int (not a bool), else raise naming ``meaning``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ActregError(f"{name} must be an int ({meaning}), got {value!r}")
+    return value
+
+
+def _check_flag(value: Any, name: str) -> bool:
+    """Return ``value`` if it is True or False, else raise."""
+    if not isinstance(value, bool):
+        raise ActregError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 class L1(CoefPenalty, name="l1"):
@@ -205,7 +217,7 @@ class TAR(CoefPenalty, name="tar"):
 
     def __init__(self, beta: float = 1.0, time_dim: int = 1, reduction: Reduction = "mean") -> None:
         super().__init__(beta, reduction)
-        self.time_dim = check_int(time_dim, "time_dim", "the time axis")
+        self.time_dim = _check_int(time_dim, "time_dim", "the time axis")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.tar(x, self.coef, self.time_dim, self.reduction)
@@ -245,8 +257,8 @@ class KLSparsity(CoefPenalty, name="kl"):
         if not 0 < target < 1:
             raise ActregError(f"target must be strictly between 0 and 1, got {target!r}")
         self.target = target
-        self.dim = check_int(dim, "dim", "the unit axis")
-        self.validate = check_flag(validate, "validate")
+        self.dim = _check_int(dim, "dim", "the unit axis")
+        self.validate = _check_flag(validate, "validate")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.kl_sparsity(x, self.coef, self.target, self.dim, self.validate)
@@ -269,7 +281,7 @@ class _UnitCoef(CoefPenalty):
 
     def __init__(self, coef: float = 1e-3, dim: int = -1, reduction: Reduction = "batch") -> None:
         super().__init__(coef, reduction)
-        self.dim = check_int(dim, "dim", "the unit axis")
+        self.dim = _check_int(dim, "dim", "the unit axis")
 
     def get_config(self) -> dict[str, Any]:
         return {"coef": self.coef, "dim": self.dim, "reduction": self.reduction}
@@ -334,7 +346,7 @@ class DeCov(CoefPenalty, name="decov"):
 
     def __init__(self, coef: float = 1e-3, dim: int = -1) -> None:
         super().__init__(coef, "sum")
-        self.dim = check_int(dim, "dim", "the unit axis")
+        self.dim = _check_int(dim, "dim", "the unit axis")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.decov(x, self.coef, self.dim)
@@ -359,7 +371,7 @@ class Binary(CoefPenalty, name="binary"):
         self, coef: float = 1e-3, reduction: Reduction = "batch", validate: bool = True
     ) -> None:
         super().__init__(coef, reduction)
-        self.validate = check_flag(validate, "validate")
+        self.validate = _check_flag(validate, "validate")
 
     def forward(self, x: Tensor) -> Tensor:
         return F.binary(x, self.coef, self.reduction, self.validate)
