@@ -77,7 +77,7 @@ def check_reduction(reduction: object) -> Reduction:
         'sum'
     """
     for known in REDUCTIONS:
-        if reduction == known:
+        if isinstance(reduction, str) and reduction == known:
             return known
     raise ActregError(
         f"unknown reduction {reduction!r}; use one of {', '.join(map(repr, REDUCTIONS))}"
