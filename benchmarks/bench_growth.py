@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_growth.py [--sizes 1e3 1e4 1e5 1e6 1e7 1e8] [--reps 5] [--quick]
         [--compile]
 
-Every penalty of ``actreg.penalties.PENALTIES`` (default arguments, ``Log(1e-3)``;
+Every formula penalty of ``actreg.penalties.PENALTIES`` (default arguments, ``Log(1e-3)``;
 ``KLSparsity`` and ``Binary`` on sigmoid values with their default [0, 1] check, which
 costs one host sync) on a float32
 tensor of shape (n / 1000, 1000), units last, timed forward + backward (the value and the
@@ -97,7 +97,7 @@ def fwd(penalty: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], object]:
 
 def growth_table(sizes: list[int], reps: int) -> tuple[str, dict[str, dict[int, float]]]:
     """ns per element, forward + backward, every penalty at every size."""
-    pens = {name: cls(*ARGS.get(name, ())) for name, cls in PENALTIES.items()}
+    pens = {n: cls(*ARGS.get(n, ())) for n, cls in PENALTIES.items() if not cls.composite}
     per_elem: dict[str, dict[int, float]] = {name: {} for name in pens}
     for n in sizes:
         xs = {unit: make_x(n, unit) for unit in (False, True)}

@@ -124,3 +124,80 @@ def test_scheduled_warmup_and_callable():
         Scheduled(actreg.L1(1.0), lambda step: -1.0)(x)
     with pytest.raises(actreg.ActregError):
         Scheduled(actreg.L1(1.0), warmup=-1)
+
+
+# ---- any penalty: the wrapped penalty's coef is the starting point ---------------------
+
+ANY = [
+    (lambda: actreg.L1L2(l1=1e-3, l2=1e-4), 1.1e-3),
+    (lambda: actreg.L1(1e-3) + actreg.L2(1e-4), 1.1e-3),
+    (lambda: 0.5 * actreg.L1(2e-3), 1e-3),
+]
+ANY_IDS = ["l1l2", "l1+l2", "scaled"]
+
+
+@pytest.mark.parametrize(("make", "coef"), ANY, ids=ANY_IDS)
+def test_target_sparsity_starts_from_the_wrapped_coef(make, coef):
+    ctl = actreg.TargetSparsity(make(), target=0.9, min_coef=1e-4, max_coef=2e-3)
+    assert ctl.coef == pytest.approx(coef)
+    x = torch.relu(torch.randn(16, 8))  # about half zeros: below target, coefficient up
+    for _ in range(50):
+        value = ctl(x.clone().requires_grad_())
+    assert ctl.coef == pytest.approx(2e-3)  # max_coef bounds the whole coefficient
+    assert float(value.detach()) == pytest.approx(float(2e-3 / coef * make()(x)), rel=1e-5)
+
+
+@pytest.mark.parametrize(("make", "coef"), ANY, ids=ANY_IDS)
+def test_settles_at_target_on_digits_on_any_penalty(digits, make, coef):
+    ctl = actreg.TargetSparsity(make(), target=0.9)
+    codes = _train(digits, ctl, steps=300)
+    assert abs(float(actreg.metrics.zero_fraction(codes)) - 0.9) < 0.03, ctl.coef
+    assert ctl.coef != pytest.approx(coef)
+
+
+def test_target_sparsity_coef_setter_sets_the_scale():
+    inner = actreg.L1L2(l1=1e-3, l2=1e-3)
+    ctl = actreg.TargetSparsity(inner, target=0.9)
+    x = torch.randn(4, 8)
+    ctl.coef = 6e-3
+    assert ctl.coef == pytest.approx(6e-3)
+    assert float(ctl(x)) == pytest.approx(3 * float(inner(x)), rel=1e-6)
+    assert inner.coef == 2e-3  # the wrapped penalty is left alone
+    with pytest.raises(actreg.ActregError, match=r"\[min_coef, max_coef\]"):
+        ctl.coef = 1e5
+
+
+@pytest.mark.parametrize(("make", "coef"), ANY, ids=ANY_IDS)
+def test_scheduled_reaches_the_wrapped_coef(make, coef):
+    inner = make()
+    p = Scheduled(inner, warmup=4)
+    assert p.coef == pytest.approx(coef)
+    x = torch.randn(4, 8)
+    assert float(p(x)) == pytest.approx(0.25 * float(inner(x)), rel=1e-6)
+    p.coef = 2 * coef
+    assert inner.coef == pytest.approx(2 * coef)
+
+
+def _halve(step):
+    return 0.5**step
+
+
+def test_config_of_the_controllers():
+    ctl = actreg.TargetSparsity(actreg.L1L2(l1=1e-3), target=0.8, measure="l0", rate=0.1)
+    assert ctl.get_config() == {
+        "penalty": {"name": "l1l2", "config": {"l1": 1e-3, "l2": 0.0, "reduction": "batch"}},
+        "target": 0.8,
+        "measure": "l0",
+        "rate": 0.1,
+        "eps": 0.0,
+        "dim": -1,
+        "smoothing": 0.99,
+        "min_coef": 1e-10,
+        "max_coef": 1e4,
+    }
+    p = Scheduled(actreg.L1(1.0), _halve, warmup=3)
+    clone = actreg.make_penalty(actreg.serialize(p))
+    assert clone == p and clone.schedule is _halve and clone.warmup == 3
+    import pickle
+
+    assert pickle.loads(pickle.dumps(p)).factor(2) == pytest.approx(0.25)

@@ -21,6 +21,7 @@ from actreg.penalties import (
     Log,
     Penalty,
     make_penalty,
+    serialize,
 )
 
 __version__ = "0.1.0"
@@ -49,4 +50,5 @@ __all__ = [
     "load_checkpoint",
     "make_penalty",
     "metrics",
+    "serialize",
 ]

@@ -32,25 +32,26 @@ from torch import Tensor
 
 from actreg import metrics
 from actreg._errors import ActregError
+from actreg._penalty import (
+    Penalty,
+    build,
+    check_coef,
+    check_penalty,
+    make_penalty,
+    serialize,
+)
 from actreg.attach import in_backward
-from actreg.penalties import Penalty, check_coef
 
 __all__ = ["MEASURES", "Scheduled", "TargetSparsity"]
 
 MEASURES = ("zero_fraction", "l0")
 
 
-def _check_penalty(penalty: Any, who: str) -> Penalty:
-    if not isinstance(penalty, Penalty):
-        raise ActregError(f"{who} wraps an actreg penalty (e.g. actreg.L1(1e-3)), got {penalty!r}")
-    return penalty
-
-
 def _training(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad and not in_backward()
 
 
-class TargetSparsity(Penalty):
+class TargetSparsity(Penalty, name="target_sparsity"):
     """Adjust a penalty's coefficient so that the sparsity of its layer settles at a target.
 
     Each training call measures the sparsity of the penalized tensor and takes a dual-ascent
@@ -60,7 +61,8 @@ class TargetSparsity(Penalty):
     Everything stays on the tensor's device; nothing is copied to the host in training.
 
     Args:
-        penalty: the penalty to scale; its coefficient is the starting value (> 0).
+        penalty: the penalty to scale, any penalty (sums too); its ``coef`` (for a sum the
+            sum of its terms', see :mod:`actreg.penalties`) is the starting value (> 0).
         target: the wanted zero fraction in (0, 1), or with ``measure="l0"`` the wanted
             number of active units per position (> 0).
         measure: ``"zero_fraction"`` (share of values with ``|x| <= eps``) or ``"l0"``
@@ -76,8 +78,10 @@ class TargetSparsity(Penalty):
         steps: training calls so far.
 
     Its state (the log-scale, the running measurement, the step) is in :meth:`state_dict`,
-    so a resumed run continues exactly.
+    so a resumed run continues exactly; its settings are in :meth:`get_config`.
     """
+
+    composite = True
 
     def __init__(
         self,
@@ -92,7 +96,7 @@ class TargetSparsity(Penalty):
         min_coef: float = 1e-10,
         max_coef: float = 1e4,
     ) -> None:
-        self.penalty = _check_penalty(penalty, "TargetSparsity")
+        self.penalty = check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
             raise ActregError(f"unknown measure {measure!r}; use one of {MEASURES}")
         target = check_coef(target, "target")
@@ -108,8 +112,7 @@ class TargetSparsity(Penalty):
         self.eps = metrics.check_eps(eps)
         self.dim = dim
         self.smoothing = float(smoothing)
-        base = getattr(penalty, "coef", 1.0)
-        self.base = check_coef(base, "the wrapped penalty's coefficient")
+        self.base = check_coef(penalty.coef, "the wrapped penalty's coefficient")
         if self.base <= 0:
             raise ActregError(f"{penalty!r} has coefficient 0: start from a positive one")
         self.min_coef = check_coef(min_coef, "min_coef")
@@ -154,8 +157,42 @@ class TargetSparsity(Penalty):
 
     @property
     def coef(self) -> float:
-        """The current coefficient (one host sync)."""
+        """The coefficient in effect: the wrapped penalty's times the scale (one host sync).
+
+        Setting it sets the scale (within ``[min_coef, max_coef]``); the wrapped penalty
+        is left alone.
+        """
         return self.base * float(self._log_scale.exp())
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        value = check_coef(value, "coef")
+        if not self.min_coef <= value <= self.max_coef:
+            raise ActregError(
+                f"coef must lie in [min_coef, max_coef] = [{self.min_coef:g}, "
+                f"{self.max_coef:g}], got {value:g}"
+            )
+        log_scale = math.log(value / self.base)
+        self._log_scale = torch.full((), log_scale, device=self._log_scale.device)
+
+    def get_config(self) -> dict[str, Any]:
+        """The settings (the wrapped penalty as :func:`actreg.serialize` gives it)."""
+        return {
+            "penalty": serialize(self.penalty),
+            "target": self.target,
+            "measure": self.measure,
+            "rate": self.rate,
+            "eps": self.eps,
+            "dim": self.dim,
+            "smoothing": self.smoothing,
+            "min_coef": self.min_coef,
+            "max_coef": self.max_coef,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Penalty:
+        """Build a controller from :meth:`get_config` output (in its initial state)."""
+        return build(cls, (), {**config, "penalty": make_penalty(config["penalty"])})
 
     @property
     def measured(self) -> float:
@@ -195,11 +232,16 @@ class TargetSparsity(Penalty):
         return args
 
 
-class Scheduled(Penalty):
+class Scheduled(Penalty, name="scheduled"):
     """A penalty times a factor that depends on the training step.
 
+    ``coef`` is the wrapped penalty's (reading and setting it reach through); the value
+    in effect at the current step is ``factor() * coef``. A config holds the schedule
+    callable itself: it round-trips in Python (and pickles when the callable does), and
+    through JSON only without a schedule.
+
     Args:
-        penalty: the penalty to scale.
+        penalty: the penalty to scale, any penalty (sums too).
         schedule: ``step -> factor`` (a float >= 0); ``None`` for a constant 1.
         warmup: ramp the factor linearly from ``1 / warmup`` to 1 over the first ``warmup``
             steps (multiplies ``schedule``).
@@ -213,6 +255,8 @@ class Scheduled(Penalty):
         [0.5, 1.0, 1.5, 2.0, 2.0]
     """
 
+    composite = True
+
     def __init__(
         self,
         penalty: Penalty,
@@ -220,7 +264,7 @@ class Scheduled(Penalty):
         *,
         warmup: int = 0,
     ) -> None:
-        self.penalty = _check_penalty(penalty, "Scheduled")
+        self.penalty = check_penalty(penalty, "Scheduled")
         if schedule is not None and not callable(schedule):
             raise ActregError(f"schedule must be a callable step -> factor, got {schedule!r}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -237,6 +281,28 @@ class Scheduled(Penalty):
         if self.warmup:
             value *= min(1.0, (step + 1) / self.warmup)
         return value
+
+    @property
+    def coef(self) -> float:
+        """The wrapped penalty's coefficient, the one the schedule multiplies."""
+        return self.penalty.coef
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        self.penalty.coef = value
+
+    def get_config(self) -> dict[str, Any]:
+        """``penalty`` (as :func:`actreg.serialize` gives it), ``schedule``, ``warmup``."""
+        return {
+            "penalty": serialize(self.penalty),
+            "schedule": self.schedule,
+            "warmup": self.warmup,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Penalty:
+        """Build a schedule from :meth:`get_config` output (at step 0)."""
+        return build(cls, (), {**config, "penalty": make_penalty(config["penalty"])})
 
     def forward(self, x: Tensor) -> Tensor:
         value = self.factor() * self.penalty.forward(x)

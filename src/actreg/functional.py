@@ -21,18 +21,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from actreg._errors import ActregError
 
+#: The reductions of the element-wise penalties (see the module docstring).
 Reduction = Literal["batch", "mean", "sum"]
-REDUCTIONS: tuple[str, ...] = ("batch", "mean", "sum")
+REDUCTIONS: tuple[Reduction, ...] = get_args(Reduction)
 
 __all__ = [
     "REDUCTIONS",
+    "Reduction",
     "ar",
     "binary",
     "decov",
@@ -67,12 +69,19 @@ def as_float(x: object, what: str, fix: str) -> Tensor:
     return x
 
 
-def check_reduction(reduction: str) -> None:
-    """Raise :class:`ActregError` unless ``reduction`` is a known reduction."""
-    if reduction not in REDUCTIONS:
-        raise ActregError(
-            f"unknown reduction {reduction!r}; use one of {', '.join(map(repr, REDUCTIONS))}"
-        )
+def check_reduction(reduction: object) -> Reduction:
+    """Return ``reduction`` if it is one of :data:`REDUCTIONS`, else raise :class:`ActregError`.
+
+    Example:
+        >>> check_reduction("sum")
+        'sum'
+    """
+    for known in REDUCTIONS:
+        if isinstance(reduction, str) and reduction == known:
+            return known
+    raise ActregError(
+        f"unknown reduction {reduction!r}; use one of {', '.join(map(repr, REDUCTIONS))}"
+    )
 
 
 def check_dim(x: Tensor, dim: int, what: str = "dim") -> int:
