@@ -4,7 +4,9 @@ from actreg import metrics
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint, mask_url
 from actreg.attach import Regularizer, attach
+from actreg.codes import BatchTopK, JumpReLU, JumpReLUL0, tie_init
 from actreg.control import Scheduled, TargetSparsity
+from actreg.dead import AuxK, FiringFloor
 from actreg.layers import ActivityRegularization, TopK
 from actreg.monitor import Monitor
 from actreg.penalties import (
@@ -22,6 +24,7 @@ from actreg.penalties import (
     Penalty,
     make_penalty,
 )
+from actreg.revival import revive
 
 __version__ = "0.1.0"
 
@@ -33,10 +36,15 @@ __all__ = [
     "TAR",
     "ActivityRegularization",
     "ActregError",
+    "AuxK",
+    "BatchTopK",
     "Binary",
     "DeCov",
+    "FiringFloor",
     "Hoyer",
     "HoyerSquare",
+    "JumpReLU",
+    "JumpReLUL0",
     "KLSparsity",
     "Log",
     "Monitor",
@@ -50,4 +58,6 @@ __all__ = [
     "make_penalty",
     "mask_url",
     "metrics",
+    "revive",
+    "tie_init",
 ]

@@ -27,7 +27,7 @@ from actreg.lab.experiments._common import (
     make_run_dir,
     save_results,
 )
-from actreg.lab.models import Autoencoder, resample_dead_units
+from actreg.lab.models import Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
 __all__ = ["SparseAEConfig", "build_penalty", "run"]
@@ -109,8 +109,13 @@ def train_variant(
     probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
 
     def resample(epoch: int) -> None:
+        # Dead code units point at badly reconstructed inputs (a fresh row of the live
+        # rows' norm behind hidden encoder layers), then the decoder is renormalized.
         if epoch <= cfg.resample_dead * cfg.epochs:
-            resampled.append(resample_dead_units(model, probe_x))
+            init, scale = ("fresh", 1.0) if cfg.hidden else ("resample", 0.2)
+            revived = actreg.revive(model, "encoder.code", probe_x, init=init, scale=scale)
+            model.normalize_decoder()
+            resampled.append(len(revived))
 
     out = fit(
         model,
