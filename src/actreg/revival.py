@@ -162,7 +162,9 @@ def _directions(producer: Producer, seen: Tensor, losses: Tensor, n: int, init: 
     weights = losses.float().clamp_min(0)
     if not bool(weights.sum() > 0):
         weights = torch.ones_like(weights)
-    picks = torch.multinomial(weights / weights.sum(), n, replacement=n > len(weights))
+    # Distinct examples while there are enough with a positive loss.
+    distinct = int((weights > 0).sum())
+    picks = torch.multinomial(weights / weights.sum(), n, replacement=n > distinct)
     if isinstance(producer, nn.Linear):
         rows = seen.reshape(-1, seen.shape[-1])
         per = rows.shape[0] // len(seen)  # positions per example (sequences: several)
