@@ -1,6 +1,8 @@
 """BatchTopK, JumpReLU, tie_init and AuxK: reference formulas, attach/Monitor/TargetSparsity."""
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -198,6 +200,14 @@ def test_jumprelu_state_dict_round_trip():
     torch.testing.assert_close(other.threshold, act.threshold)
 
 
+def test_jumprelu_copies_and_pickles_after_a_training_forward():
+    model = nn.Sequential(nn.Linear(3, 4), actreg.JumpReLU(4))
+    model(torch.randn(2, 3))
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        torch.testing.assert_close(clone[1].threshold, model[1].threshold)
+        assert clone[1]._last is None
+
+
 def test_jumprelu_with_attach_monitor_and_target_sparsity():
     torch.manual_seed(1)
     act = actreg.JumpReLU(32, threshold=0.01, bandwidth=0.5)
@@ -337,3 +347,15 @@ def test_auxk_state_dict_round_trip():
     other.load_state_dict(aux.state_dict())
     assert torch.equal(other.since_fired, aux.since_fired)
     assert list(aux.state_dict()) == ["since_fired"]
+
+
+def test_target_sparsity_reads_a_batch_topk_code():
+    model = nn.Sequential(nn.Linear(8, 16), actreg.BatchTopK(3))
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=3.0, measure="l0")
+    reg = actreg.attach(model, {"1": ctl})
+    model(torch.randn(40, 8))
+    reg.penalty()
+    assert ctl.steps == 1
+    assert ctl.measured <= 3.0  # at most k per example on average (non-positive values drop)
+    assert ctl.coef == pytest.approx(1e-3 * math.exp(0.05 * math.log(ctl.measured / 3.0)))
+    reg.remove()

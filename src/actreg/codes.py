@@ -236,6 +236,12 @@ class JumpReLU(nn.Module):
         self.log_threshold = nn.Parameter(theta.expand(units).log().clone())
         self._last: Tensor | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The last input belongs to a graph: copies and pickles start without it.
+        state = self.__dict__.copy()
+        state["_last"] = None
+        return state
+
     @property
     def threshold(self) -> Tensor:
         """The thresholds ``exp(log_threshold)``, one per unit."""
