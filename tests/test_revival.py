@@ -220,8 +220,8 @@ def test_revive_bad_input_names_the_fix(case):
 def test_firing_floor_value_is_the_hinge_on_the_rate():
     z = torch.tensor([[1.0, -1.0, -2.0], [2.0, 1.0, -1.0], [3.0, -2.0, -1.0], [1.0, -1.0, -3.0]])
     floor = actreg.FiringFloor(2.0, floor=0.5)
-    # rates 1, 0.25, 0: hinge 0 + 0.25 + 0.5
-    assert float(floor(z)) == pytest.approx(2.0 * 0.75)
+    # rates 1, 0.25, 0: hinge 0, 0.25, 0.5, averaged over the 3 units
+    assert float(floor(z)) == pytest.approx(2.0 * 0.75 / 3)
 
 
 def test_firing_floor_gradient_only_for_units_under_the_floor():

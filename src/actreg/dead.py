@@ -19,7 +19,7 @@ Design choices:
   residual is detached so that the auxiliary loss trains only the dead latents' paths.
   Its loss is the mean squared error (``reduction="mean"``, like ``F.mse_loss``) times
   ``coef`` (the paper's 1/32), and exactly 0 when no latent is dead (no host sync).
-* FiringFloor's value is the hinge ``coef * sum_j max(0, floor - rate_j)`` on the measured
+* FiringFloor's value is the hinge ``coef * mean_j max(0, floor - rate_j)`` on the measured
   firing rate (the larger of the batch's and its running mean, so a unit that fires again
   is released at once); its gradient is that of a smooth rate ``mean sigmoid(z / s_j)``,
   where ``s_j`` is the unit's RMS pre-activation in the batch. Scaling by ``s_j`` keeps the
@@ -162,17 +162,19 @@ class FiringFloor(Penalty):
     """Push units whose firing rate falls under ``floor`` back up (attach to pre-activations).
 
     A unit fires at a position when its pre-activation exceeds ``threshold`` (0 for ReLU).
-    Value: ``coef * sum_j max(0, floor - rate_j)``, ``rate_j`` the larger of the batch's
+    Value: ``coef * mean_j max(0, floor - rate_j)``, ``rate_j`` the larger of the batch's
     firing rate and its running mean; gradient: that of ``mean sigmoid((z - threshold) / s_j)``
     for the units under the floor (``s_j`` the unit's RMS in the batch), so units above the
     floor are left alone.
 
     Args:
-        coef: the coefficient (under Adam its scale matters little: a dead unit has no other
-            gradient).
+        coef: the coefficient. A dead unit's own weights get no other gradient, so under
+            Adam its scale hardly matters for them; it sets how hard the push reaches the
+            layers below (the mean over units keeps that bounded however wide the layer).
         floor: the wanted minimum firing rate in (0, 1).
         dim: the unit axis (-1 for linear layers, 1 for conv maps).
-        momentum: weight of each batch in the running firing rate.
+        momentum: weight of each batch in the running firing rate (0.1: a unit that stops
+            firing is under the floor within a few dozen steps).
         threshold: the pre-activation above which a unit counts as firing.
 
     Example:
@@ -191,7 +193,7 @@ class FiringFloor(Penalty):
         coef: float = 1.0,
         floor: float = 0.01,
         dim: int = -1,
-        momentum: float = 0.01,
+        momentum: float = 0.1,
         threshold: float = 0.0,
     ) -> None:
         self.coef = check_coef(coef, "coef")
@@ -231,7 +233,7 @@ class FiringFloor(Penalty):
         scale = z.detach().square().mean(0).sqrt().clamp_min(1e-6)
         smooth = torch.sigmoid(z / scale).mean(0)
         measured = rate + (smooth - smooth.detach())
-        return self.coef * (self.floor - measured).clamp_min(0).sum()
+        return self.coef * (self.floor - measured).clamp_min(0).mean()
 
     def _update(self, batch_rate: Tensor) -> None:
         with torch.no_grad():
