@@ -4,7 +4,9 @@ from actreg import metrics
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
 from actreg.attach import Regularizer, attach
+from actreg.codes import BatchTopK, JumpReLU, JumpReLUL0, tie_init
 from actreg.control import Scheduled, TargetSparsity
+from actreg.dead import AuxK, FiringFloor
 from actreg.layers import ActivityRegularization, TopK
 from actreg.monitor import Monitor
 from actreg.penalties import (
@@ -23,6 +25,7 @@ from actreg.penalties import (
     make_penalty,
     serialize,
 )
+from actreg.revival import revive
 
 __version__ = "0.1.0"
 
@@ -34,10 +37,15 @@ __all__ = [
     "TAR",
     "ActivityRegularization",
     "ActregError",
+    "AuxK",
+    "BatchTopK",
     "Binary",
     "DeCov",
+    "FiringFloor",
     "Hoyer",
     "HoyerSquare",
+    "JumpReLU",
+    "JumpReLUL0",
     "KLSparsity",
     "Log",
     "Monitor",
@@ -50,5 +58,7 @@ __all__ = [
     "load_checkpoint",
     "make_penalty",
     "metrics",
+    "revive",
     "serialize",
+    "tie_init",
 ]

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from actreg._errors import ActregError
 from actreg.layers import TopK
 
-__all__ = ["ACTIVATIONS", "CNN", "Autoencoder", "activation", "mlp", "resample_dead_units"]
+__all__ = ["ACTIVATIONS", "CNN", "Autoencoder", "activation", "mlp"]
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus", "linear")
 
@@ -131,52 +131,6 @@ class Autoencoder(nn.Module):
         if self.unit_norm_decoder:
             w = self.code_decoder.weight
             w.div_(w.norm(dim=0, keepdim=True).clamp_min(1e-8))
-
-
-@torch.no_grad()
-def resample_dead_units(
-    model: Autoencoder, x: Tensor, eps: float = 0.0, batch_size: int = 2000
-) -> int:
-    """Re-initialize the code units that never fire on ``x``; returns how many were dead.
-
-    A dead unit's encoder row is pointed at an input the autoencoder reconstructs badly
-    (drawn with probability proportional to its squared error), scaled to a fifth of the
-    mean norm of the live units' rows, with zero bias; its decoder column becomes that
-    input's direction. This is the resampling used in sparse-autoencoder practice, so
-    dead units get a second chance where the model needs capacity.
-    """
-    was_training = model.training
-    model.eval()
-    codes, errors = [], []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i : i + batch_size]
-        code = model.encode(chunk)
-        codes.append((code.abs() > eps).any(0))
-        errors.append((model.decoder(code) - chunk).square().sum(1))
-    model.train(was_training)
-    fired = torch.stack(codes).any(0)
-    dead = (~fired).nonzero().flatten()
-    if len(dead) == 0:
-        return 0
-    enc = model.encoder.fc_code
-    dec = model.code_decoder
-    assert isinstance(enc, nn.Linear)
-    err = torch.cat(errors)
-    picks = torch.multinomial(err / err.sum(), len(dead), replacement=len(dead) > len(err))
-    directions = x[picks] - x.mean(0, keepdim=True)
-    directions = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    alive_norm = enc.weight[fired].norm(dim=1).mean() if bool(fired.any()) else torch.tensor(1.0)
-    width = enc.weight.shape[1]
-    if directions.shape[1] == width:  # single-layer encoder: point at the input itself
-        enc.weight[dead] = directions * alive_norm * 0.2
-    else:  # deeper encoder: a fresh random row of the live rows' scale
-        fresh = torch.randn(len(dead), width)
-        enc.weight[dead] = fresh / fresh.norm(dim=1, keepdim=True) * alive_norm
-    enc.bias[dead] = 0.0
-    if dec.weight.shape[0] == directions.shape[1]:
-        dec.weight[:, dead] = directions.T
-    model.normalize_decoder()
-    return len(dead)
 
 
 class CNN(nn.Module):

@@ -31,7 +31,7 @@ from actreg.lab.experiments._common import (
     save_results,
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
-from actreg.lab.models import Autoencoder, resample_dead_units
+from actreg.lab.models import Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
 __all__ = [
@@ -132,8 +132,13 @@ def train_variant(
     probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
 
     def resample(epoch: int) -> None:
+        # Dead code units point at badly reconstructed inputs (a fresh row of the live
+        # rows' norm behind hidden encoder layers), then the decoder is renormalized.
         if epoch <= cfg.resample_dead * cfg.epochs:
-            resampled.append(resample_dead_units(model, probe_x))
+            init, scale = ("fresh", 1.0) if cfg.hidden else ("resample", 0.2)
+            revived = actreg.revive(model, "encoder.code", probe_x, init=init, scale=scale)
+            model.normalize_decoder()
+            resampled.append(len(revived))
 
     out = fit(
         model,
