@@ -1,8 +1,35 @@
-"""The one training loop of the experiments: seeded, early stopping, checkpoints, history.
+"""The one training loop of the experiments: seeded, early stopping, checkpoints, resume.
 
-It uses the public API like a user would: the model's penalties come from an
-:class:`actreg.Regularizer` (``reg.penalty()`` is added to the task loss every step) and
-sparsity is measured by an :class:`actreg.Monitor` on the validation pass.
+What lives here:
+
+- :class:`TrainConfig`, every training setting as a plain value (saved whole in each
+  checkpoint and results file).
+- :func:`fit`, the loop: Adam/AdamW/SGD with a linear learning-rate warm-up and cosine
+  decay, the task loss plus ``reg.penalty()`` every step, validation after every epoch
+  (with an :class:`actreg.Monitor` measuring sparsity if given), early stopping, the best
+  epoch's weights restored at the end, and ``checkpoint.pt`` written after every epoch.
+- :func:`regularize`, how :func:`fit` attaches the penalties: ``actreg.attach`` with each
+  penalty wrapped in ``actreg.Scheduled(penalty, warmup=cfg.penalty_warmup_steps)``.
+- :func:`evaluate`, :func:`batches`, :func:`seed_everything`: the helpers the experiments
+  share.
+
+It uses the public API like a user would.
+
+Design choices:
+
+- :func:`fit` takes the penalties (``spec=``) and attaches them itself rather than taking a
+  ready :class:`actreg.Regularizer`: the loop then owns the hooks' lifetime (removed when it
+  returns, even on an error) and the penalty warm-up is the library's own mechanism,
+  ``actreg.Scheduled``, rather than a second ramp written in the loop. ``Scheduled`` counts
+  its steps per training call, so each spec key must hook one module (checked); its factor
+  at step ``s`` is ``min(1, (s + 1) / warmup)``.
+- ``checkpoint.pt`` keeps its meaning (``"model"``: the best epoch's weights, ``"epoch"``:
+  that epoch) and adds ``"resume"``: the state after the last completed epoch (weights,
+  optimizer, ``reg.state_dict()`` with e.g. ``TargetSparsity``'s coefficient, the batch
+  order's and torch's random states, history, early-stopping count). ``fit(resume=True)``
+  continues from it and gives the same history and weights, bit for bit, as a run never
+  interrupted (only torch's random generator is restored: the loop draws from no other).
+  Loaded with :func:`actreg.load_checkpoint`, so it holds plain data only.
 """
 
 from __future__ import annotations
@@ -55,7 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 on weights (decoupled for adamw)
     schedule: str = "cosine"  # constant | cosine (decay to 0 over all steps)
     warmup_steps: int = 0  # linear learning-rate warm-up
-    penalty_warmup_steps: int = 0  # ramp the activity penalty from 0 to full over these steps
+    penalty_warmup_steps: int = 0  # ramp each penalty in over these steps (actreg.Scheduled)
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     seed: int = 0  # seeds torch, numpy and random, and the batch order
     progress: bool = True  # show a progress bar (tqdm)
@@ -147,8 +174,9 @@ def regularize(
         >>> import torch, actreg
         >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
         >>> reg = regularize(model, {"1": actreg.L1(1.0)}, TrainConfig(penalty_warmup_steps=4))
-        >>> reg.entries[0][1]
-        Scheduled(L1(1), warmup=4)
+        >>> name, penalty = reg.entries[0]
+        >>> name, type(penalty).__name__, penalty.warmup
+        ('1', 'Scheduled', 4)
         >>> reg.remove()
     """
     if not spec:
