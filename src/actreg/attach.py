@@ -103,6 +103,7 @@ class Regularizer(HookSet):
             or inf (one host sync per hooked call).
         steps: how many times :meth:`penalty` has been called.
         last: per-layer values of the previous :meth:`penalty` call, as floats.
+        hooked: whether its hooks are on the model (False after :meth:`remove`).
     """
 
     def __init__(self, model: nn.Module, when: str, check_finite: bool = False) -> None:
