@@ -1,6 +1,10 @@
 """Resolving module names and glob patterns, and reading a tensor out of module outputs.
 
-Shared by :func:`actreg.attach` and :class:`actreg.Monitor` so both follow one rule.
+Shared by :func:`actreg.attach` and :class:`actreg.Monitor` (through their hook base,
+:mod:`actreg._hooks`) and by :func:`actreg.sparse.convert`, so all follow one rule: a key
+is a name from ``model.named_modules()`` or a glob pattern (``"blocks.*.act"``); a name
+that does not exist is an error listing the close ones. :func:`lookup` applies the same
+rule to per-layer settings given as mappings.
 """
 
 from __future__ import annotations
@@ -8,13 +12,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
 
 Select = Callable[[Any], Tensor]
+T = TypeVar("T")
 
 _GLOB = set("*?[")
 
@@ -96,6 +101,17 @@ def first_tensor(output: Any, name: str = "") -> Tensor:
     )
 
 
+def lookup(name: str, mapping: Mapping[str, T], default: T) -> T:
+    """The value of the first key of ``mapping`` that is ``name`` or a pattern matching it.
+
+    The rule for every per-layer setting given as a mapping (``select=``, Monitor's ``dim=``).
+    """
+    for key, value in mapping.items():
+        if key == name or (_GLOB & set(key) and fnmatch.fnmatchcase(name, key)):
+            return value
+    return default
+
+
 def selector_for(name: str, select: Select | Mapping[str, Select] | None) -> Select:
     """The output selector for ``name``: its mapping entry, a callable, or the default."""
     if select is None:
@@ -103,10 +119,7 @@ def selector_for(name: str, select: Select | Mapping[str, Select] | None) -> Sel
     if callable(select):
         return select
     if isinstance(select, Mapping):
-        for key, fn in select.items():
-            if key == name or (_GLOB & set(key) and fnmatch.fnmatchcase(name, key)):
-                return fn
-        return lambda out: first_tensor(out, name)
+        return lookup(name, select, lambda out: first_tensor(out, name))
     raise ActregError(
         f"select must be a callable or a mapping of names to callables, got {type(select).__name__}"
     )

@@ -1,4 +1,22 @@
-"""Hooking penalties onto the outputs of named modules: :func:`attach`."""
+"""Hooking penalties onto the outputs of named modules: :func:`attach` and its :class:`Regularizer`.
+
+What lives here:
+
+- :func:`attach` checks its arguments (the model, ``spec``, ``select``, ``when``; a compiled
+  model is refused because compiled code ignores hooks added later), then puts one hook per
+  matched module and penalty on the model and returns a :class:`Regularizer`.
+- :class:`Regularizer` collects what the hooks record during a forward pass and hands it
+  out as one loss term, ``reg.penalty()``, once per training step; it warns about values
+  never consumed, about hooks that never ran and about reentrant checkpointing, and its
+  ``state_dict`` carries the state of adaptive penalties (:class:`~actreg.TargetSparsity`).
+- ``_Hook``, the forward hook: by default it records only in training mode with grad
+  enabled (``when="train"``), computes but does not record again when gradient
+  checkpointing re-runs a forward in backward, and checks for NaN/inf on request.
+
+Name and pattern resolution, output selection, hook registration and removal, and what a
+copied or pickled model carries (no live hook) are shared with :class:`actreg.Monitor`
+in :mod:`actreg._hooks`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +27,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from actreg._errors import ActregError
-from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
+from actreg._hooks import Hook, HookSet, in_backward
+from actreg._resolve import Select, check_model, check_select_keys, selector_for
 from actreg.layers import ActivityRegularization
 from actreg.penalties import Penalty
 
@@ -22,25 +40,18 @@ WHEN = ("train", "always")
 _PENDING_WARN = 10_000
 
 
-def in_backward() -> bool:
-    """True while autograd's engine runs a backward pass (e.g. checkpoint recomputation)."""
-    if torch.compiler.is_compiling():
-        return False
-    return torch._C._current_graph_task_id() != -1
-
-
-class _Hook:
+class _Hook(Hook):
     """A forward hook that records one module's penalty into its Regularizer.
 
     Copying or pickling a model (``copy.deepcopy``, ``torch.save(model)``) turns the hook
-    into a no-op in the copy: a copy is not regularized until it is attached itself.
+    into a no-op in the copy (see :class:`actreg._hooks.Hook`): a copy is not regularized
+    until it is attached itself.
     """
 
     def __init__(self, reg: Regularizer, name: str, penalty: Penalty, select: Select) -> None:
+        super().__init__(name, select)
         self.reg = reg
-        self.name = name
         self.penalty = penalty
-        self.select = select
         # Set when the module last ran in training mode without grad: the forward of
         # reentrant checkpointing does that, and its recomputation then comes in backward.
         self.no_grad_forward = False
@@ -67,12 +78,6 @@ class _Hook:
                 self.no_grad_forward = False
             reg._record(self.name, value)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _NoOp:
-        return _NoOp()
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return (_NoOp, ())
-
 
 def _check_finite(x: Tensor, name: str, step: int) -> None:
     """Raise if ``x`` holds NaN or inf (one host sync; only with ``check_finite=True``)."""
@@ -88,14 +93,7 @@ def _check_finite(x: Tensor, name: str, step: int) -> None:
     )
 
 
-class _NoOp:
-    """What a copied or unpickled actreg hook becomes."""
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        return None
-
-
-class Regularizer:
+class Regularizer(HookSet):
     """Penalties attached to modules of a model; created by :func:`attach`.
 
     Attributes:
@@ -105,15 +103,16 @@ class Regularizer:
             or inf (one host sync per hooked call).
         steps: how many times :meth:`penalty` has been called.
         last: per-layer values of the previous :meth:`penalty` call, as floats.
+        hooked: whether its hooks are on the model (False after :meth:`remove`).
     """
 
     def __init__(self, model: nn.Module, when: str, check_finite: bool = False) -> None:
+        super().__init__()
         self.model = model
         self.when = when
         self.check_finite = check_finite
         self.steps = 0
         self.entries: list[tuple[str, Penalty]] = []
-        self._handles: list[RemovableHandle] = []
         self._records: list[tuple[str, Tensor]] = []
         self._last: dict[str, Tensor] = {}
         self._warned = False
@@ -127,8 +126,7 @@ class Regularizer:
                 f"the penalty for {name!r} must be an actreg penalty (e.g. actreg.L1(1e-3)), "
                 f"got {penalty!r}"
             )
-        hook = _Hook(self, name, penalty, select)
-        self._handles.append(module.register_forward_hook(hook))
+        self._register(module, _Hook(self, name, penalty, select))
         self.entries.append((name, penalty))
 
     def _record(self, name: str, value: Tensor) -> None:
@@ -156,7 +154,7 @@ class Regularizer:
 
     def _warn_empty(self) -> None:
         """Warn once when a training step finds nothing ever recorded (hooks never ran)."""
-        if self._warned_empty or not self._handles:
+        if self._warned_empty or not self.hooked:
             return
         if not (self.model.training and torch.is_grad_enabled()):
             return
@@ -235,21 +233,14 @@ class Regularizer:
         self._records = []
 
     def remove(self) -> None:
-        """Remove every hook this Regularizer added; calling it again does nothing."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        """Remove every hook this Regularizer added and drop what they recorded; calling it
+        again does nothing."""
+        super().remove()
         self._records = []
-
-    def __enter__(self) -> Regularizer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
     def __repr__(self) -> str:
         body = ", ".join(f"{name!r}: {penalty!r}" for name, penalty in self.entries)
-        state = "" if self._handles else ", removed"
+        state = "" if self.hooked else ", removed"
         return f"Regularizer({{{body}}}, when={self.when!r}{state})"
 
 
@@ -337,9 +328,8 @@ def attach(
         )
     reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
-        for key, matches in resolve(model, spec).items():
-            for name, module in matches:
-                reg._add(name, module, spec[key], selector_for(name, select))
+        for key, name, module, selector in reg._targets(model, spec, select):
+            reg._add(name, module, spec[key], selector)
         for name, module in layers:
             reg._add(name, module, module.penalty, selector_for(name, select))
     except Exception:

@@ -1,5 +1,13 @@
 """Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`.
 
+What lives here: :class:`Monitor`, whose forward hooks (one per watched layer, in training
+and evaluation alike) add each batch's output to per-layer running sums (``_State``: counts
+as integers, sums in float64, on the layer's device, never copied to the host in a hook);
+:meth:`Monitor.compute` turns the sums into the measures of :mod:`actreg.metrics`, and can
+sum them over the ranks of ``torch.distributed`` first. Name and pattern resolution,
+output selection, hook registration and removal, and what a copied or pickled model
+carries (no live hook) are shared with :func:`actreg.attach` in :mod:`actreg._hooks`.
+
 :func:`load_extension` builds an optional C++ kernel (under a minute once, then cached by torch)
 that computes a batch's statistics in one pass over a contiguous CPU float32/float64
 output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` does.
@@ -7,21 +15,19 @@ output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` doe
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from actreg import _monitor_kernels as _K
 from actreg import metrics as M
 from actreg._errors import ActregError
+from actreg._hooks import Hook, HookSet, in_backward
 from actreg._monitor_kernels import load_extension
-from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
-from actreg.attach import _NoOp, in_backward
+from actreg._resolve import Select, check_model, check_select_keys, lookup, resolve
 
 __all__ = ["Monitor", "load_extension"]
 
@@ -67,13 +73,12 @@ class _State:
         self.seen = self.seen.to(device, torch.int64)
 
 
-class _Hook:
+class _Hook(Hook):
     """Forward hook feeding one layer's output to its Monitor; a no-op once copied."""
 
     def __init__(self, monitor: Monitor, name: str, select: Select, dim: int) -> None:
+        super().__init__(name, select)
         self.monitor = monitor
-        self.name = name
-        self.select = select
         self.dim = dim
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -81,23 +86,12 @@ class _Hook:
             return
         self.monitor._update(self.name, self.select(output), self.dim)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _NoOp:
-        return _NoOp()
-
-    def __reduce__(self) -> tuple[type, tuple[()]]:
-        return (_NoOp, ())
-
 
 def _dim_for(name: str, dim: int | Mapping[str, int]) -> int:
-    if not isinstance(dim, Mapping):
-        return dim
-    for key, value in dim.items():
-        if key == name or fnmatch.fnmatchcase(name, key):
-            return value
-    return -1
+    return lookup(name, dim, -1) if isinstance(dim, Mapping) else dim
 
 
-class Monitor:
+class Monitor(HookSet):
     """Sparsity statistics of named layers, accumulated over batches by forward hooks.
 
     The hooks record in training *and* evaluation (under ``torch.no_grad()`` too), keep
@@ -150,6 +144,7 @@ class Monitor:
         dim: int | Mapping[str, int] = -1,
         select: Select | Mapping[str, Select] | None = None,
     ) -> None:
+        super().__init__()
         model = check_model(model)
         self.eps = M.check_eps(eps)
         keys = [names_or_patterns] if isinstance(names_or_patterns, str) else names_or_patterns
@@ -161,18 +156,15 @@ class Monitor:
             resolve(model, dim.keys())
         self._state: dict[str, _State] = {}
         self._scratch: dict[torch.dtype, M.Scratch] = {}
-        self._handles: list[RemovableHandle] = []
         self.layers: list[str] = []
-        for matches in resolve(model, keys).values():
-            for name, module in matches:
-                if name in self.layers:
-                    continue
-                layer_dim = _dim_for(name, dim)
-                if isinstance(layer_dim, bool) or not isinstance(layer_dim, int):
-                    raise ActregError(f"dim for {name!r} must be an int, got {layer_dim!r}")
-                hook = _Hook(self, name, selector_for(name, select), layer_dim)
-                self._handles.append(module.register_forward_hook(hook))
-                self.layers.append(name)
+        for _, name, module, selector in self._targets(model, keys, select):
+            if name in self.layers:
+                continue
+            layer_dim = _dim_for(name, dim)
+            if isinstance(layer_dim, bool) or not isinstance(layer_dim, int):
+                raise ActregError(f"dim for {name!r} must be an int, got {layer_dim!r}")
+            self._register(module, _Hook(self, name, selector, layer_dim))
+            self.layers.append(name)
 
     def _update(self, name: str, x: Tensor, dim: int) -> None:
         """Add one batch ``x`` of layer ``name``; empty batches are skipped."""
@@ -327,9 +319,7 @@ class Monitor:
 
     def remove(self) -> None:
         """Remove the hooks (statistics stay readable); calling it again does nothing."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        super().remove()
         self._scratch = {}  # the hooks' reused buffers are no longer needed
 
     def state_dict(self) -> dict[str, Any]:
@@ -381,12 +371,6 @@ class Monitor:
             st.to(st.sums.device)
         self._state = new
 
-    def __enter__(self) -> Monitor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
-
     def __repr__(self) -> str:
-        state = "" if self._handles else ", removed"
+        state = "" if self.hooked else ", removed"
         return f"Monitor({self.layers!r}, eps={self.eps:g}{state})"

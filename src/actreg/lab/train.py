@@ -1,8 +1,35 @@
-"""The one training loop of the experiments: seeded, early stopping, checkpoints, history.
+"""The one training loop of the experiments: seeded, early stopping, checkpoints, resume.
 
-It uses the public API like a user would: the model's penalties come from an
-:class:`actreg.Regularizer` (``reg.penalty()`` is added to the task loss every step) and
-sparsity is measured by an :class:`actreg.Monitor` on the validation pass.
+What lives here:
+
+- :class:`TrainConfig`, every training setting as a plain value (saved whole in each
+  checkpoint and results file).
+- :func:`fit`, the loop: Adam/AdamW/SGD with a linear learning-rate warm-up and cosine
+  decay, the task loss plus ``reg.penalty()`` every step, validation after every epoch
+  (with an :class:`actreg.Monitor` measuring sparsity if given), early stopping, the best
+  epoch's weights restored at the end, and ``checkpoint.pt`` written after every epoch.
+- :func:`regularize`, how :func:`fit` attaches the penalties: ``actreg.attach`` with each
+  penalty wrapped in ``actreg.Scheduled(penalty, warmup=cfg.penalty_warmup_steps)``.
+- :func:`evaluate`, :func:`batches`, :func:`seed_everything`: the helpers the experiments
+  share.
+
+It uses the public API like a user would.
+
+Design choices:
+
+- :func:`fit` takes the penalties (``spec=``) and attaches them itself rather than taking a
+  ready :class:`actreg.Regularizer`: the loop then owns the hooks' lifetime (removed when it
+  returns, even on an error) and the penalty warm-up is the library's own mechanism,
+  ``actreg.Scheduled``, rather than a second ramp written in the loop. ``Scheduled`` counts
+  its steps per training call, so each spec key must hook one module (checked); its factor
+  at step ``s`` is ``min(1, (s + 1) / warmup)``.
+- ``checkpoint.pt`` keeps its meaning (``"model"``: the best epoch's weights, ``"epoch"``:
+  that epoch) and adds ``"resume"``: the state after the last completed epoch (weights,
+  optimizer, ``reg.state_dict()`` with e.g. ``TargetSparsity``'s coefficient, the batch
+  order's and torch's random states, history, early-stopping count). ``fit(resume=True)``
+  continues from it and gives the same history and weights, bit for bit, as a run never
+  interrupted (only torch's random generator is restored: the loop draws from no other).
+  Loaded with :func:`actreg.load_checkpoint`, so it holds plain data only.
 """
 
 from __future__ import annotations
@@ -11,7 +38,7 @@ import copy
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +47,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from actreg._errors import ActregError
-from actreg.attach import Regularizer
-from actreg.monitor import Monitor
+from actreg import (
+    ActregError,
+    Monitor,
+    Penalty,
+    Regularizer,
+    Scheduled,
+    __version__,
+    attach,
+    load_checkpoint,
+)
 
-__all__ = ["TrainConfig", "batches", "evaluate", "fit", "seed_everything"]
+__all__ = ["TrainConfig", "batches", "evaluate", "fit", "regularize", "seed_everything"]
+
+_CHECKPOINT = "checkpoint.pt"  # in a run folder: best weights, config, and the resume state
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -46,7 +82,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # L2 on weights (decoupled for adamw)
     schedule: str = "cosine"  # constant | cosine (decay to 0 over all steps)
     warmup_steps: int = 0  # linear learning-rate warm-up
-    penalty_warmup_steps: int = 0  # ramp the activity penalty from 0 to full over these steps
+    penalty_warmup_steps: int = 0  # ramp each penalty in over these steps (actreg.Scheduled)
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     seed: int = 0  # seeds torch, numpy and random, and the batch order
     progress: bool = True  # show a progress bar (tqdm)
@@ -59,6 +95,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ActregError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "penalty_warmup_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ActregError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
 
@@ -121,6 +160,42 @@ def _scalar_stats(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, float
     }
 
 
+def regularize(
+    model: nn.Module, spec: Mapping[str, Penalty] | None, cfg: TrainConfig
+) -> Regularizer | None:
+    """Attach ``spec`` to ``model`` as :func:`fit` does; ``None`` for no spec.
+
+    With ``cfg.penalty_warmup_steps``, each penalty is wrapped in
+    ``actreg.Scheduled(penalty, warmup=cfg.penalty_warmup_steps)``: its factor is
+    ``min(1, (step + 1) / warmup)`` at training step ``step``. ``Scheduled`` counts one step
+    per training call, so each key must name one module called once per step.
+
+    Example:
+        >>> import torch, actreg
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        >>> reg = regularize(model, {"1": actreg.L1(1.0)}, TrainConfig(penalty_warmup_steps=4))
+        >>> name, penalty = reg.entries[0]
+        >>> name, type(penalty).__name__, penalty.warmup
+        ('1', 'Scheduled', 4)
+        >>> reg.remove()
+    """
+    if not spec:
+        return None
+    warmup = cfg.penalty_warmup_steps
+    if warmup:
+        spec = {key: Scheduled(penalty, warmup=warmup) for key, penalty in spec.items()}
+    reg = attach(model, spec)
+    if warmup and len(reg.entries) != len(spec):
+        names = [name for name, _ in reg.entries]
+        reg.remove()
+        raise ActregError(
+            f"penalty_warmup_steps wraps each spec entry in one actreg.Scheduled, which "
+            f"counts a step per call, but the {len(spec)} keys hook {len(names)} modules "
+            f"({names}); give each module its own key"
+        )
+    return reg
+
+
 def fit(
     model: nn.Module,
     train: tuple[Tensor, Tensor],
@@ -130,9 +205,10 @@ def fit(
     metrics_fn: MetricsFn,
     objective: str,
     cfg: TrainConfig,
-    reg: Regularizer | None = None,
+    spec: Mapping[str, Penalty] | None = None,
     monitor: Monitor | None = None,
     run_dir: Path | None = None,
+    resume: bool = False,
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[int], None] | None = None,
     desc: str = "train",
@@ -140,15 +216,21 @@ def fit(
     """Train ``model`` and return its history; restores the best epoch's weights.
 
     Args:
-        model: the model (penalties already attached through ``reg``).
+        model: the model.
         train: ``(x, y)`` training tensors.
         val: ``(x, y)`` validation tensors, evaluated after every epoch.
-        loss_fn: the task loss; ``reg.penalty()`` is added to it.
+        loss_fn: the task loss; the penalty is added to it.
         metrics_fn: validation metrics; ``objective`` names the one to minimize.
         cfg: the :class:`TrainConfig`.
-        reg: the regularizer whose penalty joins the loss (``None``: no penalty).
+        spec: the penalties, ``{module name or pattern: penalty}`` as for
+            :func:`actreg.attach` (``None``: no penalty). :func:`fit` attaches them (see
+            :func:`regularize` for the warm-up) and removes the hooks when it returns.
         monitor: measured on the validation pass of each epoch (reset before it).
-        run_dir: where ``checkpoint.pt`` (best weights, config, epoch) is written.
+        run_dir: where ``checkpoint.pt`` is written after every epoch: the best weights
+            (``"model"``, ``"epoch"``), the config, and under ``"resume"`` what a resumed
+            run needs (the last weights, optimizer, regularizer state, random states).
+        resume: continue the run whose ``checkpoint.pt`` is in ``run_dir`` after its last
+            completed epoch; the history and weights then equal an uninterrupted run's.
         after_step: called after every optimizer step (e.g. decoder renormalization).
         after_epoch: called with the epoch number after each epoch's validation, except
             the last (e.g. resampling dead units). Changes it makes are validated at the
@@ -160,89 +242,147 @@ def fit(
     """
     from tqdm.auto import tqdm
 
-    from actreg import __version__
-
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = _optimizer(model, cfg)
-    x_train, y_train = train
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, Tensor]] | None = None
-    step, start, stale = 0, time.perf_counter(), 0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        task_sum = torch.zeros(())
-        pen_sum = torch.zeros(())
-        bar = tqdm(
-            batches(len(x_train), cfg.batch_size, gen),
-            total=steps_per_epoch,
-            desc=f"{desc} {epoch}/{cfg.epochs}",
-            disable=not cfg.progress,
-            leave=False,
-        )
-        for i, idx in enumerate(bar, start=1):
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg)
-            task = loss_fn(model, x_train[idx], y_train[idx])
-            penalty = reg.penalty() if reg is not None else torch.zeros(())
-            if cfg.penalty_warmup_steps:
-                penalty = penalty * min(1.0, (step + 1) / cfg.penalty_warmup_steps)
-            loss = task + penalty
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if after_step is not None:
-                after_step()
-            step += 1
-            task_sum += task.detach()
-            pen_sum += penalty.detach()
-            if cfg.progress and (i % 20 == 0 or i == steps_per_epoch):
-                bar.set_postfix(
-                    task=f"{float(task_sum) / i:.4f}", penalty=f"{float(pen_sum) / i:.4f}"
+    reg = regularize(model, spec, cfg)
+    try:
+        seed_everything(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        opt = _optimizer(model, cfg)
+        x_train, y_train = train
+        steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        history: list[dict[str, Any]] = []
+        best: tuple[float, int, dict[str, Tensor]] | None = None
+        step, stale, first, stopped, elapsed = 0, 0, 1, False, 0.0
+        if resume:
+            ckpt = _resume_state(run_dir, cfg)
+            last = ckpt["resume"]
+            model.load_state_dict(last["model"])
+            opt.load_state_dict(last["optimizer"])
+            if (reg is None) != (last["regularizer"] is None):
+                raise ActregError(
+                    "resume: the checkpoint was saved "
+                    f"{'without' if last['regularizer'] is None else 'with'} penalties; "
+                    "pass the same spec as the interrupted run"
                 )
-        if monitor is not None:
-            monitor.reset()
-        metrics = evaluate(model, *val, metrics_fn)
-        if objective not in metrics:
-            raise ActregError(f"objective {objective!r} is not one of {sorted(metrics)}")
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "train_task_loss": float(task_sum) / steps_per_epoch,
-            "train_penalty": float(pen_sum) / steps_per_epoch,
-            **{f"val_{k}": v for k, v in metrics.items()},
+            if reg is not None:
+                reg.load_state_dict(last["regularizer"])
+            gen.set_state(last["batch_rng"])
+            torch.set_rng_state(last["torch_rng"])
+            history, step, stale = last["history"], last["step"], last["stale"]
+            first, stopped, elapsed = last["epoch"] + 1, last["stopped"], last["seconds"]
+            best = (last["best_value"], ckpt["epoch"], ckpt["model"])
+        start = time.perf_counter() - elapsed
+        for epoch in range(first, cfg.epochs + 1):
+            if stopped:
+                break
+            model.train()
+            task_sum = torch.zeros(())
+            pen_sum = torch.zeros(())
+            bar = tqdm(
+                batches(len(x_train), cfg.batch_size, gen),
+                total=steps_per_epoch,
+                desc=f"{desc} {epoch}/{cfg.epochs}",
+                disable=not cfg.progress,
+                leave=False,
+            )
+            for i, idx in enumerate(bar, start=1):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg)
+                task = loss_fn(model, x_train[idx], y_train[idx])
+                penalty = reg.penalty() if reg is not None else torch.zeros(())
+                loss = task + penalty
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step()
+                step += 1
+                task_sum += task.detach()
+                pen_sum += penalty.detach()
+                if cfg.progress and (i % 20 == 0 or i == steps_per_epoch):
+                    bar.set_postfix(
+                        task=f"{float(task_sum) / i:.4f}", penalty=f"{float(pen_sum) / i:.4f}"
+                    )
+            if monitor is not None:
+                monitor.reset()
+            metrics = evaluate(model, *val, metrics_fn)
+            if objective not in metrics:
+                raise ActregError(f"objective {objective!r} is not one of {sorted(metrics)}")
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                "train_task_loss": float(task_sum) / steps_per_epoch,
+                "train_penalty": float(pen_sum) / steps_per_epoch,
+                **{f"val_{k}": v for k, v in metrics.items()},
+                "seconds": time.perf_counter() - start,
+            }
+            if monitor is not None:
+                row["val_sparsity"] = _scalar_stats(monitor.compute())
+            history.append(row)
+            value = metrics[objective]
+            if best is None or value < best[0]:
+                best = (value, epoch, copy.deepcopy(model.state_dict()))
+                stale = 0
+            else:
+                stale += 1
+            stopped = bool(cfg.patience) and stale >= cfg.patience
+            if not stopped and after_epoch is not None and epoch < cfg.epochs:
+                after_epoch(epoch)
+            if run_dir is not None:
+                resume_state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "stale": stale,
+                    "stopped": stopped,
+                    "seconds": time.perf_counter() - start,
+                    "history": history,
+                    "best_value": best[0],
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "regularizer": None if reg is None else reg.state_dict(),
+                    "batch_rng": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                }
+                _save_checkpoint(run_dir, best[2], best[1], cfg, resume_state)
+        assert best is not None
+        model.load_state_dict(best[2])
+        return {
+            "history": history,
+            "best_epoch": best[1],
+            "steps": step,
             "seconds": time.perf_counter() - start,
         }
-        if monitor is not None:
-            row["val_sparsity"] = _scalar_stats(monitor.compute())
-        history.append(row)
-        value = metrics[objective]
-        if best is None or value < best[0]:
-            best = (value, epoch, copy.deepcopy(model.state_dict()))
-            stale = 0
-            if run_dir is not None:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                torch.save(
-                    {
-                        "model": best[2],
-                        "epoch": epoch,
-                        "train_config": asdict(cfg),
-                        "version": __version__,
-                    },
-                    run_dir / "checkpoint.pt",
-                )
-        else:
-            stale += 1
-            if cfg.patience and stale >= cfg.patience:
-                break
-        if after_epoch is not None and epoch < cfg.epochs:
-            after_epoch(epoch)
-    assert best is not None
-    model.load_state_dict(best[2])
-    return {
-        "history": history,
-        "best_epoch": best[1],
-        "steps": step,
-        "seconds": time.perf_counter() - start,
+    finally:
+        if reg is not None:
+            reg.remove()
+
+
+def _save_checkpoint(
+    run_dir: Path, weights: dict[str, Tensor], epoch: int, cfg: TrainConfig, last: dict[str, Any]
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "model": weights,
+        "epoch": epoch,
+        "train_config": asdict(cfg),
+        "version": __version__,
+        "resume": last,
     }
+    torch.save(ckpt, run_dir / _CHECKPOINT)
+
+
+def _resume_state(run_dir: Path | None, cfg: TrainConfig) -> dict[str, Any]:
+    """The checkpoint to resume from, checked against ``cfg``."""
+    if run_dir is None:
+        raise ActregError("resume=True needs the run_dir of the interrupted run")
+    ckpt: dict[str, Any] = load_checkpoint(run_dir / _CHECKPOINT)
+    if "resume" not in ckpt:
+        raise ActregError(f"{run_dir / _CHECKPOINT} has no resume state; it cannot be resumed")
+    saved, now = ckpt["train_config"], asdict(cfg)
+    changed = sorted(k for k in now if k != "progress" and saved.get(k) != now[k])
+    if changed:
+        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise ActregError(
+            f"resume: the training config differs from the checkpoint's ({pairs}); "
+            "resume with the same settings, or start a new run"
+        )
+    return ckpt

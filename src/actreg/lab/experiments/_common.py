@@ -215,7 +215,6 @@ def train_classifier(
     """
     from actreg.lab.train import evaluate, fit
 
-    reg = actreg.attach(model, spec) if spec else None
     monitor = actreg.Monitor(model, watch, dim=dim)
     try:
         out = fit(
@@ -226,7 +225,7 @@ def train_classifier(
             metrics_fn=classification_metrics,
             objective="error",
             cfg=cfg.train_config(),
-            reg=reg,
+            spec=spec,
             monitor=monitor,
             run_dir=run_dir / name.replace(" ", "_"),
             desc=name,
@@ -236,8 +235,6 @@ def train_classifier(
         out["layers"] = monitor.compute()
     finally:
         monitor.remove()
-        if reg is not None:
-            reg.remove()
     out["test_error"] = test["error"]
     out["test_loss"] = test["loss"]
     return out

@@ -122,11 +122,8 @@ def train_variant(
         topk=cfg.topk or None,
         unit_norm_decoder=cfg.unit_norm_decoder,
     )
-    reg = (
-        actreg.attach(model, layer_penalties(_targets(cfg), lambda: build_penalty(cfg), cfg))
-        if penalized
-        else None
-    )
+    make = lambda: build_penalty(cfg)  # noqa: E731
+    spec = layer_penalties(_targets(cfg), make, cfg) if penalized else None
     monitor = actreg.Monitor(model, "encoder.code")
     resampled: list[int] = []
     probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
@@ -148,7 +145,7 @@ def train_variant(
         metrics_fn=_metrics,
         objective="mse",
         cfg=cfg.train_config(),
-        reg=reg,
+        spec=spec,
         monitor=monitor,
         run_dir=run_dir / name,
         after_step=model.normalize_decoder if cfg.unit_norm_decoder else None,
@@ -159,8 +156,6 @@ def train_variant(
     test = evaluate(model, data.x_test, data.y_test, _metrics)
     stats = monitor.compute()["encoder.code"]
     monitor.remove()
-    if reg is not None:
-        reg.remove()
     out["resampled_units"] = resampled
     out["test_mse"] = test["mse"]
     out["code"] = stats

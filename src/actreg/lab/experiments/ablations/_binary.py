@@ -82,7 +82,7 @@ def measure_binary(
     start = time.perf_counter()
     seed_everything(cfg.seed)
     model = binary_classifier(data.x_train.shape[1], data.n_classes, hidden, width)
-    reg = actreg.attach(model, {"code": actreg.Binary(coef)}) if coef > 0 else None
+    spec = {"code": actreg.Binary(coef)} if coef > 0 else None
     with tempfile.TemporaryDirectory() as tmp:
         folder = checkpoints if checkpoints is not None else Path(tmp)
         out = fit(
@@ -93,12 +93,10 @@ def measure_binary(
             metrics_fn=classification_metrics,
             objective="error",
             cfg=cfg,
-            reg=reg,
+            spec=spec,
             run_dir=folder / "model",
             desc=f"binary {coef:g}",
         )
-    if reg is not None:
-        reg.remove()
     model.eval()
     test = evaluate(model, data.x_test, data.y_test, classification_metrics)
     with torch.no_grad():
