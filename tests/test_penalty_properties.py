@@ -92,11 +92,27 @@ def _scheduled():
     return p
 
 
+def _floor_ref(x, coef, floor):
+    rate = (x.reshape(-1, x.shape[-1]) > 0).double().mean(0)
+    return coef * (floor - rate).clamp_min(0).mean()
+
+
 KL_SYNC = "validate=True checks [0, 1] on the host (one sync): a graph break"
 KL_SPLIT = "a statistic of the whole batch (unit means): parts do not add up"
 
 # (registry name, case)
 CASES = [
+    (
+        "firing_floor",
+        Case(
+            "firing-floor",
+            lambda: actreg.FiringFloor(0.7, floor=0.5),
+            lambda x, p: _floor_ref(x, 0.7, 0.5),
+            signed,
+            split="a mean over units of a hinge on the batch's firing rates: parts do not add up",
+            grad="straight-through: the gradient is a sigmoid surrogate's, not the step rate's",
+        ),
+    ),
     (
         "l1",
         Case("l1", lambda: actreg.L1(0.01), lambda x, p: 0.01 * x.abs().sum() / _batch(x), signed),

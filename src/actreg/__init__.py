@@ -4,7 +4,7 @@ from actreg import metrics
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
 from actreg.attach import Regularizer, attach
-from actreg.codes import BatchTopK, JumpReLU, JumpReLUL0, tie_init
+from actreg.codes import BatchTopK, JumpReLU, tie_init
 from actreg.control import Scheduled, TargetSparsity
 from actreg.dead import AuxK, FiringFloor
 from actreg.layers import ActivityRegularization, TopK
@@ -45,7 +45,6 @@ __all__ = [
     "Hoyer",
     "HoyerSquare",
     "JumpReLU",
-    "JumpReLUL0",
     "KLSparsity",
     "Log",
     "Monitor",

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from actreg import functional as F
 from actreg._errors import ActregError
-from actreg.attach import in_backward
+from actreg._hooks import in_backward
 from actreg.penalties import Penalty, check_coef
 
 __all__ = ["BatchTopK", "JumpReLU", "JumpReLUL0", "tie_init"]
@@ -312,14 +312,28 @@ class JumpReLUL0(Penalty):
         if not isinstance(module, JumpReLU):
             raise ActregError(f"JumpReLUL0 needs a JumpReLU module, got {type(module).__name__}")
         self.module = module
-        self.coef = check_coef(coef, "coef")
+        self.coef = coef
+
+    @property
+    def coef(self) -> float:
+        """The coefficient (the penalty is linear in it)."""
+        return self._coef
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        self._coef = check_coef(value, "coef")
+
+    def get_config(self) -> dict[str, Any]:
+        """``module`` and ``coef``. Not in the name registry: the config holds the module
+        itself, so build it with :meth:`JumpReLU.penalty` rather than by name."""
+        return {"module": self.module, "coef": self.coef}
 
     def forward(self, x: Tensor) -> Tensor:
         last = self.module._last
         if last is not None and last.shape == x.shape and x.requires_grad:
             return self.coef * self.module.l0()
         dim = self.module._check(x)
-        return self.coef * (x != 0).sum() / max(x.numel() // x.shape[dim], 1)
+        return self.coef * (x != 0).sum().to(x.dtype) / max(x.numel() // x.shape[dim], 1)
 
     def _args(self) -> list[str]:
         return [f"{self.coef:g}", f"units={self.module.units}"]

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from actreg import functional as F
 from actreg._errors import ActregError
-from actreg.attach import in_backward
+from actreg._hooks import in_backward
 from actreg.penalties import Penalty, check_coef
 
 __all__ = ["AuxK", "FiringFloor"]
@@ -158,7 +158,7 @@ class AuxK(nn.Module):
         return f"k_aux={self.k_aux}, dead_after={self.dead_after}, coef={self.coef:g}"
 
 
-class FiringFloor(Penalty):
+class FiringFloor(Penalty, name="firing_floor"):
     """Push units whose firing rate falls under ``floor`` back up (attach to pre-activations).
 
     A unit fires at a position when its pre-activation exceeds ``threshold`` (0 for ReLU).
@@ -196,7 +196,7 @@ class FiringFloor(Penalty):
         momentum: float = 0.1,
         threshold: float = 0.0,
     ) -> None:
-        self.coef = check_coef(coef, "coef")
+        self.coef = coef
         floor = check_coef(floor, "floor")
         if not 0 < floor < 1:
             raise ActregError(f"floor (a firing rate) must lie in (0, 1), got {floor!r}")
@@ -210,6 +210,25 @@ class FiringFloor(Penalty):
         self.threshold = float(threshold)
         self.steps = 0
         self._rate: Tensor | None = None
+
+    @property
+    def coef(self) -> float:
+        """The coefficient (the penalty is linear in it)."""
+        return self._coef
+
+    @coef.setter
+    def coef(self, value: float) -> None:
+        self._coef = check_coef(value, "coef")
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor's arguments (the running rate is in :meth:`state_dict`)."""
+        return {
+            "coef": self.coef,
+            "floor": self.floor,
+            "dim": self.dim,
+            "momentum": self.momentum,
+            "threshold": self.threshold,
+        }
 
     @property
     def rate(self) -> Tensor | None:
