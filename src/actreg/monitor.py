@@ -1,8 +1,9 @@
 """Accumulating sparsity statistics of named layers over many batches: :class:`Monitor`.
 
-:func:`load_extension` builds an optional C++ kernel (under a minute once, then cached by torch)
-that computes a batch's statistics in one pass over a contiguous CPU float32/float64
-output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` does.
+A C++ kernel (:mod:`actreg._monitor_kernels`, built once per machine where a compiler is
+present) computes a batch's statistics in one pass over a contiguous CPU float32/float64
+output; until it is built, where it cannot be, or for other tensors,
+:func:`actreg.metrics.batch_stats` does.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from torch.utils.hooks import RemovableHandle
 from actreg import _monitor_kernels as _K
 from actreg import metrics as M
 from actreg._errors import ActregError
-from actreg._monitor_kernels import load_extension
 from actreg._resolve import Select, check_model, check_select_keys, resolve, selector_for
 from actreg.attach import _NoOp, in_backward
 
-__all__ = ["Monitor", "load_extension"]
+__all__ = ["Monitor"]
 
 Stats = dict[str, dict[str, Any]]
 
@@ -112,9 +112,11 @@ class Monitor:
     is the mean number of active units per position (per time step for sequences, not
     per sequence), ``firing_rate`` a unit's share of positions where it is active.
 
-    On the CPU, :func:`actreg.monitor.load_extension` (opt-in, builds a C++ kernel once)
-    makes the hooks compute a batch's statistics in one pass over the output instead of a
-    few PyTorch ops per block; the statistics are the same (sums to float rounding).
+    On the CPU the hooks compute a batch's statistics in one pass of a C++ kernel where a
+    compiler is present (built once per machine in the background, the PyTorch ops in the
+    meantime; ``ACTREG_EXTENSION=0`` never builds it, see :mod:`actreg._monitor_kernels`);
+    the statistics are the same either way (sums to float rounding). The attribute
+    ``kernels`` holds that choice (an :class:`actreg._cpp.Backend`).
 
     Args:
         model: the ``nn.Module`` to watch.
@@ -160,6 +162,7 @@ class Monitor:
         if isinstance(dim, Mapping):
             resolve(model, dim.keys())
         self._state: dict[str, _State] = {}
+        self.kernels = _K.backend()  # C++ kernel or PyTorch path, decided on first use
         self._scratch: dict[torch.dtype, M.Scratch] = {}
         self._handles: list[RemovableHandle] = []
         self.layers: list[str] = []
@@ -195,13 +198,14 @@ class Monitor:
             )
         elif state.sums.device != x.device:
             state.to(x.device)
-        # The big-tensor work in one pass of the C++ kernel (after load_extension()) or one
-        # blocked sweep of PyTorch ops (in reused buffers on the CPU); the rest on the
-        # small per-vector table.
+        # The big-tensor work in one pass of the C++ kernel (once built) or one blocked
+        # sweep of PyTorch ops (in reused buffers on the CPU); the rest on the small
+        # per-vector table.
         scratch = self._scratch_for(x)
-        if _K.usable(x):
+        ext = self.kernels.poll() if _K.usable(x) else None
+        if ext is not None:
             out = None if scratch is None else scratch.get("norms", 2 * (x.numel() // units))
-            norms, active, top = _K.batch_stats(x, dim, self.eps, out)
+            norms, active, top = _K.batch_stats(ext, x, dim, self.eps, out)
         else:
             norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
         totals = norms.sum(1)  # sum |x|, sum x**2 (then added in float64)
