@@ -50,9 +50,12 @@ def backend() -> Backend:
 
 
 def usable(x: Tensor) -> bool:
-    """Whether the C++ kernel takes ``x`` (contiguous, CPU, float32/64, not empty)."""
+    """Whether the C++ kernel takes ``x`` (contiguous, CPU, float32/64, not empty), outside
+    ``torch.compile`` tracing (there the PyTorch ops are traced into the graph; the C++ call
+    would break it)."""
     return (
-        x.device.type == "cpu"
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
         and x.numel() > 0

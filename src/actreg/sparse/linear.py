@@ -53,8 +53,8 @@ class SparseInputLinear(nn.Linear):
     With grad disabled (``torch.no_grad()``/``torch.inference_mode()``), or in eval mode with
     nothing requiring grad, an input whose fraction of zeros is at least the threshold for
     its batch size goes through the sparse kernel (the C++ one where it builds, else
-    ``F.embedding_bag``: see ``kernels``); otherwise, and
-    always when training with grad enabled, this is exactly ``nn.Linear``. Parameters and
+    ``F.embedding_bag``: see ``kernels``); otherwise, and always when training with grad
+    enabled, this is exactly ``nn.Linear``. Parameters and
     ``state_dict`` keys are those of ``nn.Linear``. A transposed copy of the weight
     (``in x out``, refreshed when the weight changes) costs the weight's memory once more.
 
