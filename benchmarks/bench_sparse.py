@@ -17,7 +17,7 @@ Where the module takes the dense path, "decision" is the time of what it adds be
 same addmm that nn.Linear runs (grad and shape checks, threshold lookup, exact zero count),
 timed alone (thousands of calls, so steady), as a share of the dense time.
 The module is timed against dense alone, the kernels against dense in a second group; within
-a group, variants run in turn inside each repetition (actreg.sparse._kernels.time_interleaved),
+a group, variants run in turn inside each repetition (actreg.sparse.calibrate.time_interleaved),
 so machine noise hits them alike; with 1 thread the clock is CPU time (steady under load).
 A speedup is the median over repetitions of the paired
 ratio dense/variant, with its min-max.
@@ -25,9 +25,10 @@ ratio dense/variant, with its min-max.
 Part 2, end to end: the trained models of the issue, through `actreg speedup`
 (actreg.lab.experiments.speedup): the L1-regularized 3x1000 MNIST MLP and the sparse
 autoencoder's decoder (--runs, default the run folders named in RUNS; make them with the
-commands in docs/RESULTS.md). Each at batch 1, 8 and 32 with the C++ kernels; the MLP also
-with its first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
-pure-PyTorch kernel.
+commands in docs/RESULTS.md). Each at batch 1, 8 and 32 on the default path (the C++
+kernels where they build: goal >= 90% of the FLOP limit for the MLP); the MLP also with its
+first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
+pure-PyTorch kernel (kernels="torch", the CLI's --no-extension).
 
 --write replaces the generated block of docs/PERFORMANCE_SPARSE.md with this run's tables.
 """

@@ -161,7 +161,7 @@ class _FakeProc:
 
 
 @pytest.mark.parametrize("outcome", [0, 1], ids=["built", "failed"])
-def test_poll_builds_in_the_background(outcome, fresh_cache, monkeypatch):
+def test_poll_builds_in_the_background(outcome, fresh_cache, monkeypatch, caplog):
     """poll() never waits: None while the build process runs, then the module (or one
     warning and None when the build failed)."""
     monkeypatch.delenv(ENV, raising=False)
@@ -175,8 +175,11 @@ def test_poll_builds_in_the_background(outcome, fresh_cache, monkeypatch):
     spawned = []
     b = _backend(stem="actreg_test_poll")
     monkeypatch.setattr(b, "_spawn", lambda: spawned.append(1) or proc)
-    assert b.poll() is None and b.poll() is None
+    with caplog.at_level(logging.WARNING, logger="actreg"):
+        assert b.poll() is None and b.poll() is None
     assert spawned == [1] and b.how == "building in the background (process 12345)"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "building the test kernel for this machine in the background" in line
     proc.returncode = outcome
     cached[0] = outcome == 0
     if outcome == 0:

@@ -44,6 +44,7 @@ directly; anything else goes through torch's build again (ninja redoes what is m
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -90,6 +91,7 @@ def env_mode() -> str:
     return _MODES[raw]
 
 
+@functools.cache
 def _cpu_id() -> str:
     """This CPU's model and feature flags (what ``-march=native`` compiles for)."""
     with contextlib.suppress(OSError):
@@ -308,6 +310,12 @@ class Backend:
                 if problem is None:
                     self._proc = self._spawn()
                     self.how = f"building in the background (process {self._proc.pid})"
+                    _log.warning(
+                        "actreg: building %s for this machine in the background (once, under "
+                        "a minute; the PyTorch path until then; log in %s)",
+                        self.what,
+                        self._log_path(),
+                    )
                     return None
                 ready = None
             elif proc.poll() is None:
