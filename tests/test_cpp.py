@@ -151,6 +151,40 @@ def test_build_protocol(fresh_cache, monkeypatch, caplog):
     monkeypatch.delitem(sys.modules, name)
 
 
+def test_concurrent_builds_build_once(fresh_cache, monkeypatch):
+    """Threads (and processes: the same file lock) asking for one extension at once: one
+    builds, the others wait for it and load its result."""
+    import threading
+    import time
+
+    import torch.utils.cpp_extension as ext
+
+    monkeypatch.setattr(C, "compiler_problem", lambda: None)
+    name, _, ok = C._paths("actreg_test_threads", "monitor.cpp")
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    built, module = [], object()
+
+    def slow_load(name, **kwargs):
+        built.append(name)
+        time.sleep(0.3)
+        return module
+
+    monkeypatch.setattr(ext, "load", slow_load)
+    got = []
+    threads = [
+        threading.Thread(
+            target=lambda: got.append(C.build("actreg_test_threads", "monitor.cpp", "t"))
+        )
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [name] and got == [module] * 3 and ok.is_file()
+    monkeypatch.delitem(sys.modules, name)
+
+
 class _FakeProc:
     def __init__(self) -> None:
         self.returncode: int | None = None

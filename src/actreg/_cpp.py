@@ -204,6 +204,8 @@ def build(stem: str, source: str, what: str, verbose: bool = False) -> Any:
                 os.replace(tmp, ok)
                 sys.modules[name] = module
                 return module
+    if name in sys.modules:  # another thread of this process built it meanwhile
+        return sys.modules[name]
     return _import(name, lib)
 
 
