@@ -103,6 +103,8 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
     q_mon = max(f["monitor"][1] for f in qratios.values())
     q_torch = _worst([f["monitor_torch"] for f in qratios.values()])
     cpp = torch_hooks is not None  # the default path is the C++ kernel
+    sweep_hooks = torch_hooks if cpp else mon_hooks  # the PyTorch sweep's hook times
+    sweep_key = "monitor_torch" if cpp else "monitor"
     worst_peak = max(f["ratio"] for f in mem["peak_figures"].values())
     out = [
         "# Performance",
@@ -160,7 +162,7 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         "`reg.penalty()`; `+Monitor`: attach plus an `actreg.Monitor` on the penalized layers",
         "(conv maps with `dim=1`) as a user gets it: the one-pass C++ kernel where it builds",
         "(see *Make it fast*); `+Monitor (PyTorch)`: the same Monitor forced onto the PyTorch",
-        "sweep (what `ACTREG_EXTENSION=0` or a machine without a compiler gets). Forward,"
+        "sweep (what `ACTREG_EXTENSION=0` or a machine without a compiler gets). Forward,",
         "cross-entropy, backward, Adam. Milliseconds per",
         "step on the CPU clock. The last column compares the penalty of one forward",
         "(eval mode) computed both ways.",
@@ -291,10 +293,10 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         "",
         MAKE_IT_FAST,
         "",
-        MONITOR_NOTE.format(
-            hooks=mon_hooks["hooks_ms"],
-            share=mon_hooks["hooks_ms"] / mon_hooks["step_ms"],
-            quiet=qratios["cnn"]["monitor"][1] if "cnn" in qratios else float("nan"),
+        MONITOR_NOTE.format(  # the PyTorch sweep's figures
+            hooks=sweep_hooks["hooks_ms"],
+            share=sweep_hooks["hooks_ms"] / sweep_hooks["step_ms"],
+            quiet=_median(qratios, "cnn", sweep_key) or float("nan"),
         ),
         "",
         CPP_NOTE.format(
