@@ -135,7 +135,9 @@ def convert(
         _check_threshold(threshold)
     chosen = eligible(model) if names is None else _named_linears(model, names)
     kernels = backend(kernels)
-    if chosen:
+    target = model if inplace else copy.deepcopy(model)
+    modules = dict(target.named_modules())
+    if any(modules[n].weight.device.type == "cpu" for n in chosen):
         kernels.load()  # build (once per machine) before calibrating: time what will run
     if not chosen:
         warnings.warn(
@@ -143,8 +145,6 @@ def convert(
             "pass names= to choose layers",
             stacklevel=2,
         )
-    target = model if inplace else copy.deepcopy(model)
-    modules = dict(target.named_modules())
     for name in chosen:
         old = modules[name]
         assert isinstance(old, nn.Linear)

@@ -141,7 +141,11 @@ class SparseInputLinear(nn.Linear):
         if rows == 0 or x.dtype != self.weight.dtype or x.device != self.weight.device:
             return False
         limit = self.threshold_for(rows)
-        return limit <= 1.0 and 1.0 - nonzero_fraction(x, self.backend.load()) >= limit
+        return limit <= 1.0 and 1.0 - nonzero_fraction(x, self._ext(x)) >= limit
+
+    def _ext(self, x: Tensor) -> Any:
+        """The loaded C++ module for a CPU ``x`` (None on other devices: nothing is built)."""
+        return self.backend.load() if x.device.type == "cpu" else None
 
     def _needs_grad(self, x: Tensor) -> bool:
         if not torch.is_grad_enabled():
@@ -196,7 +200,7 @@ class SparseInputLinear(nn.Linear):
                 cpp.set_limits(rows, [self.threshold_for(rows)])
                 out = cpp.run(x2)
         elif self.uses_sparse(x):
-            out = sparse_linear(x2, self.transposed_weight(), self.bias, self.backend.load())
+            out = sparse_linear(x2, self.transposed_weight(), self.bias, self._ext(x2))
         else:
             return F.linear(x, self.weight, self.bias)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
