@@ -8,7 +8,8 @@ both hidden ReLUs through actreg.attach, trained with and without a Monitor on b
 hidden ReLUs. The two variants are two copies of one model, timed in alternating blocks
 of steps in one process (the order flips every repetition), so machine noise hits both
 alike. Reports the median of the per-repetition time ratios (with / without) and their
-spread. Goal: at most 1.05x.
+spread. Goal: at most 1.05x. The Monitor runs its default path (the C++ kernel where it
+builds, else the PyTorch sweep; ``ACTREG_EXTENSION`` decides), built before timing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 import actreg
+from actreg import _monitor_kernels
 
 # Defaults: one comment per setting.
 REPS = 15  # repetitions; each times one block of each variant
@@ -106,6 +108,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
+    # the default path, decided (and built if needed) now rather than during the timing
+    kernel = "C++ kernel" if _monitor_kernels.backend().load() is not None else "PyTorch sweep"
     base = make_model()
     plain, watched = Variant(copy.deepcopy(base), False), Variant(copy.deepcopy(base), True)
     x, y = torch.randn(BATCH, 784), torch.randint(0, 10, (BATCH,))
@@ -125,7 +129,7 @@ def main() -> None:
     q = statistics.quantiles(ratios, n=4)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
-        f"{args.clock} clock"
+        f"{args.clock} clock, Monitor on the {kernel} (the default path)"
     )
     for name, values in per_step.items():
         print(f"step time {name:>7} Monitor: median {statistics.median(values):.2f} ms")

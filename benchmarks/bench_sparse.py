@@ -9,13 +9,15 @@ Part 1, per layer: nn.Linear against three sparse variants for 4096->1024, 1024-
 as in real ReLU activations):
   gather  union of the batch's non-zero columns, index_select rows of W.T, addmm (reference)
   bag     per-example non-zeros summed by F.embedding_bag (the kernel SparseInputLinear uses)
-  ext     the optional C++ kernel (actreg.sparse.load_extension; --no-extension skips it)
-  module  SparseInputLinear with threshold="auto" (calibrated here), fallback included
+  ext     the C++ row kernel (built on first use; --no-extension: pure PyTorch only)
+  module  the layer as actreg.sparse.convert makes it, on the default path (C++ kernels
+          where they build, threshold="auto" calibrated here), fallback included: the
+          goal is >= 8x for 4096->1024 at 90% zeros, batch 1, one thread
 Where the module takes the dense path, "decision" is the time of what it adds before the
 same addmm that nn.Linear runs (grad and shape checks, threshold lookup, exact zero count),
 timed alone (thousands of calls, so steady), as a share of the dense time.
 The module is timed against dense alone, the kernels against dense in a second group; within
-a group, variants run in turn inside each repetition (actreg.sparse._kernels.time_interleaved),
+a group, variants run in turn inside each repetition (actreg.sparse.calibrate.time_interleaved),
 so machine noise hits them alike; with 1 thread the clock is CPU time (steady under load).
 A speedup is the median over repetitions of the paired
 ratio dense/variant, with its min-max.
@@ -23,9 +25,10 @@ ratio dense/variant, with its min-max.
 Part 2, end to end: the trained models of the issue, through `actreg speedup`
 (actreg.lab.experiments.speedup): the L1-regularized 3x1000 MNIST MLP and the sparse
 autoencoder's decoder (--runs, default the run folders named in RUNS; make them with the
-commands in docs/RESULTS.md). Each at batch 1, 8 and 32 with the C++ kernels; the MLP also
-with its first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
-pure-PyTorch kernel.
+commands in docs/RESULTS.md). Each at batch 1, 8 and 32 on the default path (the C++
+kernels where they build: goal >= 90% of the FLOP limit for the MLP); the MLP also with its
+first layer dense on scaled pixels (--no-fold in the CLI) and, at batch 1, with the
+pure-PyTorch kernel (kernels="torch", the CLI's --no-extension).
 
 --write replaces the generated block of docs/PERFORMANCE_SPARSE.md with this run's tables.
 """
@@ -47,8 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from actreg import sparse
-from actreg.sparse import _kernels as kern
-from actreg.sparse._kernels import bag_linear, gather_linear, random_sparse, time_interleaved
+from actreg._cpp import Backend
+from actreg.sparse._kernels import bag_linear, gather_linear, random_sparse
+from actreg.sparse.calibrate import time_interleaved
 
 # Defaults: one comment per setting.
 SEED = 0  # every weight, input and training run starts here
@@ -75,11 +79,13 @@ def fmt(stats: tuple[float, float, float]) -> str:
     return f"{stats[0]:.2f}x ({stats[1]:.2f}-{stats[2]:.2f})"
 
 
-def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], dict[str, float]]:
+def layer_tables(
+    threads: int, repeats: int, quick: bool, backend: Backend
+) -> tuple[list[str], dict[str, float]]:
     torch.set_num_threads(threads)
     clock = "cpu" if threads == 1 else "wall"  # CPU time is steady on a shared machine
     gen = torch.Generator().manual_seed(SEED)
-    ext = bool(kern._EXT)
+    ext = backend.load()
     shapes = SHAPES[:1] if quick else SHAPES
     lines = [
         f"### Per layer, {threads} thread(s)",
@@ -97,8 +103,11 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
         lin = nn.Linear(fin, fout).eval()
         with torch.no_grad():
             lin.weight.copy_(torch.randn(fout, fin, generator=gen) / fin**0.5)
-        thresholds = sparse.calibrate(fin, fout)
-        mod = sparse.SparseInputLinear.from_linear(lin, threshold=thresholds).eval()
+        # the layer as convert makes it (thresholds calibrated for these kernels)
+        fast = sparse.convert(nn.Sequential(nn.ReLU(), lin), kernels=backend)
+        mod = fast[1].eval()
+        assert isinstance(mod, sparse.SparseInputLinear)
+        thresholds = mod.threshold
         w, b, wt = lin.weight.detach(), lin.bias.detach(), mod.transposed_weight()
         lines.insert(3, f"Calibrated thresholds {fin}->{fout}: {thresholds}.")
         for batch in BATCHES:
@@ -109,8 +118,8 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                     "gather": partial(gather_linear, x, wt, b),
                     "bag": partial(bag_linear, x, wt, b),
                 }
-                if ext:
-                    kernels["ext"] = partial(kern._EXT.sparse_linear, x, wt, b)
+                if ext is not None:
+                    kernels["ext"] = partial(ext.sparse_linear, x, wt, b)
                 with torch.inference_mode():
                     # the module against dense alone (as a model would run), then the kernels
                     t = time_interleaved(
@@ -125,7 +134,7 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                     decision = "-"
                     if path == "dense":
                         td = time_interleaved(
-                            {"decide": partial(decide, mod, x, b)},
+                            {"decide": partial(decide, mod, x, ext)},
                             repeats=repeats,
                             min_time=MIN_TIME,
                             clock=clock,
@@ -136,7 +145,7 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
                 assert ok, (fin, fout, batch, z)
                 m = ratio_stats(t["dense"], t["module"])
                 g, bg = (ratio_stats(tk["dense"], tk[k]) for k in ("gather", "bag"))
-                e = fmt(ratio_stats(tk["dense"], tk["ext"])) if ext else "-"
+                e = fmt(ratio_stats(tk["dense"], tk["ext"])) if ext is not None else "-"
                 dense_us = statistics.median(t["dense"]) * 1e6
                 lines.append(
                     f"| {fin}->{fout} | {batch} | {z:.0%} | {dense_us:.0f} | {fmt(g)} | "
@@ -158,16 +167,16 @@ def layer_tables(threads: int, repeats: int, quick: bool) -> tuple[list[str], di
     return lines, key
 
 
-def decide(mod: sparse.SparseInputLinear, x: torch.Tensor, b: torch.Tensor) -> object:
+def decide(mod: sparse.SparseInputLinear, x: torch.Tensor, ext: object) -> object:
     """What SparseInputLinear.forward does besides its product: grad and shape checks, the C++
     object's lookup and freshness check, and the exact zero count (the pure-PyTorch path:
     its sampled zero count and threshold lookup)."""
     mod._needs_grad(x)
     _ = x.dim() == 0 or x.shape[-1] != mod.in_features
     x2 = x if x.dim() == 2 else x.reshape(-1, mod.in_features)
-    cpp = mod._cpp() if kern._EXT and not x2.is_cuda else None
+    cpp = mod._cpp() if not x2.is_cuda else None
     if cpp is not None and x2.dtype == mod.weight.dtype:
-        return x2.is_contiguous(), cpp.fresh(), kern._EXT.count_nonzero(x2)
+        return x2.is_contiguous(), cpp.fresh(), ext.count_nonzero(x2)  # type: ignore[attr-defined]
     return mod.uses_sparse(x)
 
 
@@ -242,7 +251,8 @@ def main() -> None:
     args = p.parse_args()
 
     cmd = "python benchmarks/bench_sparse.py " + " ".join(sys.argv[1:])
-    ext = not args.no_extension and sparse.load_extension()
+    backend = sparse.backend("torch" if args.no_extension else "auto")  # the default path
+    ext = backend.load() is not None
     out = [
         BEGIN,
         f"Generated by `{cmd.strip()}` on {time.strftime('%Y-%m-%d')}: torch {torch.__version__}, "
@@ -255,7 +265,7 @@ def main() -> None:
     summary: dict[str, float] = {}
     if not args.skip_layers:
         for th in (int(t) for t in args.threads.split(",")):
-            lines, key = layer_tables(th, args.repeats, args.quick)
+            lines, key = layer_tables(th, args.repeats, args.quick, backend)
             out += lines
             summary.update({f"t{th} {k}": v for k, v in key.items()})
             print("\n".join(lines), flush=True)

@@ -11,10 +11,11 @@ copies of the same initial weights, timed interleaved in one process (see ``_com
 * ``hand``: the penalty written by hand in the forward, as cheaply as it can be written
   (``h.abs().sum() * (coef / batch)``): the limit;
 * ``attach``: the same penalty through ``actreg.attach`` and ``reg.penalty()``;
-* ``attach+Monitor``: the same, plus an ``actreg.Monitor`` on the penalized layers,
-  statistics by the PyTorch sweep (``metrics.batch_stats``);
-* ``attach+Monitor (C++)``: the same Monitor with the optional C++ kernel
-  (``actreg.monitor.load_extension()``; left out, with a note, when it does not build).
+* ``attach+Monitor``: the same, plus an ``actreg.Monitor`` on the penalized layers, as a
+  user gets it: the C++ kernel where it builds (built before timing), else the PyTorch
+  sweep (``ACTREG_EXTENSION`` decides);
+* ``attach+Monitor (PyTorch)``: the same Monitor forced onto the PyTorch sweep
+  (``metrics.batch_stats``), for comparison; left out where the default is that sweep.
 
 Models: MLP 784-1024-1024-10 (batch 128, L1 1e-5 on both hidden ReLUs); CNN
 ``actreg.lab.models.CNN`` on 1x28x28 (batch 64, L1 on both conv ReLUs and the hidden ReLU);
@@ -43,6 +44,7 @@ from bench_monitor import make_model as make_mlp
 
 import actreg
 from actreg import _monitor_kernels
+from actreg._cpp import Backend
 from actreg.lab.models import CNN
 
 # Defaults: one comment per setting.
@@ -165,28 +167,26 @@ def make_case(name: str) -> Case:
 
 
 KINDS = ("none", "hand", "attach", "attach+Monitor")
-CPP = "attach+Monitor (C++)"  # the Monitor on the C++ kernel
-_EXT: object = None  # the loaded C++ Monitor kernel, or False (see cpp_kinds)
+TORCH = "attach+Monitor (PyTorch)"  # the Monitor forced onto the PyTorch sweep
+_OFF = Backend("actreg_monitor", "monitor.cpp", "the C++ Monitor kernel", mode="off")
 
 
-def cpp_kinds() -> tuple[str, ...]:
-    """:data:`KINDS` plus :data:`CPP` if the C++ Monitor kernel builds (built once here)."""
-    global _EXT
-    if _EXT is None:
-        saved = _monitor_kernels._EXT  # False while a step of another variant switched it off
-        _monitor_kernels._EXT = None
-        try:
-            _EXT = _monitor_kernels._EXT if actreg.monitor.load_extension() else False
-        finally:
-            _monitor_kernels._EXT = saved
-    return (*KINDS, CPP) if _EXT else KINDS
+def default_is_cpp() -> bool:
+    """Whether a Monitor's default path is the C++ kernel here (decided, and built if
+    needed, now: no step is timed while it builds in the background)."""
+    return _monitor_kernels.backend().load() is not None
+
+
+def all_kinds() -> tuple[str, ...]:
+    """:data:`KINDS`, plus :data:`TORCH` where the default Monitor path is the C++ kernel."""
+    return (*KINDS, TORCH) if default_is_cpp() else KINDS
 
 
 def variants(
     case: Case, only: str | None = None, kinds: tuple[str, ...] = KINDS
 ) -> dict[str, Callable[[], object]]:
     """One training step per variant of ``kinds`` (or only ``only``), each on its own copy
-    of the weights. Every step first switches the C++ Monitor kernel on (``CPP``) or off."""
+    of the weights."""
     x, y = case.data
     out: dict[str, Callable[[], object]] = {}
 
@@ -195,15 +195,15 @@ def variants(
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         reg = actreg.attach(model, case.spec) if kind.startswith("attach") else None
-        if kind == CPP:
-            cpp_kinds()  # build (or load) the kernel
-        ext = _EXT if kind == CPP else False
         if kind.startswith("attach+Monitor"):
             mon = actreg.Monitor(model, list(case.monitor), dim=case.monitor)
+            if kind == TORCH:
+                mon.kernels = _OFF
+            else:
+                default_is_cpp()  # decided before timing
             model._bench_monitor = mon  # type: ignore[assignment]  # keep it alive
 
         def step() -> None:
-            _monitor_kernels._EXT = ext
             if kind == "hand":
                 logits, pen = case.hand(model, x)
                 loss = case.loss(logits, y) + pen
@@ -282,7 +282,7 @@ def page_faults(name: str, steps: int = 10) -> dict[str, float]:
     import resource
 
     out = {}
-    for kind, step in variants(make_case(name), kinds=cpp_kinds()).items():
+    for kind, step in variants(make_case(name), kinds=all_kinds()).items():
         for _ in range(WARMUP):
             step()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -297,7 +297,7 @@ def monitor_hook_time(
 ) -> dict[str, object]:
     """Milliseconds per step spent inside the Monitor's hook of each watched layer.
 
-    The ``kind`` step (``attach+Monitor`` or :data:`CPP`) of model ``name``, with
+    The ``kind`` step (``attach+Monitor`` or :data:`TORCH`) of model ``name``, with
     ``Monitor._update`` timed call by call on the CPU clock (after ``WARMUP`` untimed
     steps). Returns the markdown table (layer, output shape, ms per step, share of the
     step) and the total.
@@ -344,22 +344,22 @@ def monitor_hook_time(
 def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[str, object]:
     """Time every model; returns the markdown table and the raw figures."""
     rows, figures = [], {}
-    kinds = cpp_kinds()
+    kinds = all_kinds()
     for name in models:
         case = make_case(name)
         rel = check_same_penalty(case)
         timing = interleave(variants(case, kinds=kinds), reps=reps, steps=steps, warmup=warmup)
         att = timing.ratio("attach", "hand")
         mon = timing.ratio("attach+Monitor", "attach")
-        cpp = timing.ratio(CPP, "attach") if CPP in kinds else None
+        torch_mon = timing.ratio(TORCH, "attach") if TORCH in kinds else None
         figures[name] = {
             "attach/hand": att,
             "monitor": mon,
-            "monitor_cpp": cpp,
+            "monitor_torch": torch_mon,
             "timing": timing,
             "rel": rel,
         }
-        no_build = "n/a (no C++ build)"
+        same = "(the default)"
         rows.append(
             [
                 case.describe,
@@ -370,8 +370,8 @@ def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[
                 ratio_cell(timing.ratio("attach", "hand", "wall")),
                 ratio_cell(mon, GOAL_MONITOR),
                 ratio_cell(timing.ratio("attach+Monitor", "attach", "wall")),
-                no_build if cpp is None else ratio_cell(cpp, GOAL_MONITOR),
-                no_build if cpp is None else ratio_cell(timing.ratio(CPP, "attach", "wall")),
+                same if torch_mon is None else ratio_cell(torch_mon, GOAL_MONITOR),
+                same if torch_mon is None else ratio_cell(timing.ratio(TORCH, "attach", "wall")),
                 f"{rel:.1e}",
             ]
         )
@@ -384,8 +384,8 @@ def run(models: list[str], reps: int, steps: int, warmup: int = WARMUP) -> dict[
         "attach / hand (wall)",
         "+Monitor / attach (CPU)",
         "+Monitor / attach (wall)",
-        "+Monitor (C++) / attach (CPU)",
-        "+Monitor (C++) / attach (wall)",
+        "+Monitor (PyTorch) / attach (CPU)",
+        "+Monitor (PyTorch) / attach (wall)",
         "penalty rel. diff",
     ]
     table = md_table(header, rows)
@@ -405,13 +405,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     reps, steps = (5, 3) if args.quick else (args.reps, args.steps)
     result = run(args.model, reps, steps)
     print(machine_line())
+    print(f"Monitor default path: {'C++ kernel' if default_is_cpp() else 'PyTorch sweep'}")
     print(f"{reps} reps x {steps} steps per variant; ms per step on the CPU clock, median (IQR)")
     print(result["table"])
     if args.json:
         figures = result["figures"]
         assert isinstance(figures, dict)
         ratios = {
-            name: {k: f[k] for k in ("attach/hand", "monitor", "monitor_cpp")}
+            name: {k: f[k] for k in ("attach/hand", "monitor", "monitor_torch")}
             for name, f in figures.items()
         }
         faults = {name: page_faults(name) for name in args.model}

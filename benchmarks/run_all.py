@@ -63,19 +63,22 @@ def faults_table(step: dict[str, object], quiet: dict[str, object]) -> str:
 
 
 def _worst(ratios: list[tuple[float, float, float] | None]) -> float | None:
-    """The worst median of ``ratios``, None if any is missing (the C++ kernel did not build)."""
+    """The worst median of ``ratios``, None if any is missing (the PyTorch sweep is the
+    default path: no C++ build to compare it with)."""
     if any(r is None for r in ratios):
         return None
     return max(r[1] for r in ratios if r is not None)
 
 
 def _x(value: float | None) -> str:
-    return "n/a (the C++ kernel did not build)" if value is None else f"{value:.3f}x"
+    return (
+        "n/a (no C++ build: the default is the PyTorch sweep)" if value is None else f"{value:.3f}x"
+    )
 
 
-def _median(ratios: dict[str, dict[str, object]], model: str) -> float | None:
-    """The median C++ Monitor ratio of ``model``, None if not measured."""
-    q = ratios.get(model, {}).get("monitor_cpp")
+def _median(ratios: dict[str, dict[str, object]], model: str, key: str) -> float | None:
+    """The median Monitor ratio ``key`` of ``model``, None if not measured."""
+    q = ratios.get(model, {}).get(key)
     return None if q is None else float(q[1])  # type: ignore[index]
 
 
@@ -93,12 +96,15 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
     soak = mem["soak"]
     worst_attach = max(f["attach/hand"][1] for f in figs.values())
     worst_mon = max(f["monitor"][1] for f in figs.values())
-    worst_cpp = _worst([f["monitor_cpp"] for f in figs.values()])
-    quiet, mon_hooks, cpp_hooks = r["quiet"], r["monitor_hooks"], r["monitor_hooks_cpp"]
+    worst_torch = _worst([f["monitor_torch"] for f in figs.values()])
+    quiet, mon_hooks, torch_hooks = r["quiet"], r["monitor_hooks"], r["monitor_hooks_torch"]
     qratios = quiet["ratios"]
     q_attach = max(f["attach/hand"][1] for f in qratios.values())
     q_mon = max(f["monitor"][1] for f in qratios.values())
-    q_cpp = _worst([f["monitor_cpp"] for f in qratios.values()])
+    q_torch = _worst([f["monitor_torch"] for f in qratios.values()])
+    cpp = torch_hooks is not None  # the default path is the C++ kernel
+    sweep_hooks = torch_hooks if cpp else mon_hooks  # the PyTorch sweep's hook times
+    sweep_key = "monitor_torch" if cpp else "monitor"
     worst_peak = max(f["ratio"] for f in mem["peak_figures"].values())
     out = [
         "# Performance",
@@ -127,13 +133,14 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         "|---|---|---|",
         f"| training step, attach / hand-written <= 1.02x | worst model {worst_attach:.3f}x "
         f"| {_verdict(worst_attach <= 1.02)} |",
-        f"| Monitor overhead <= 1.05x, PyTorch sweep (the default) | worst model "
+        f"| Monitor overhead <= 1.05x, the default path ("
+        f"{'C++ kernel' if cpp else 'PyTorch sweep: no C++ build here'}) | worst model "
         f"{worst_mon:.3f}x | {_verdict(worst_mon <= 1.05)} |",
-        f"| Monitor overhead <= 1.05x, C++ kernel (opt-in: `actreg.monitor.load_extension()`)"
-        f" | worst model {_x(worst_cpp)} | {_ok(worst_cpp, 1.05)} |",
+        f"| Monitor overhead <= 1.05x, PyTorch sweep (`ACTREG_EXTENSION=0`)"
+        f" | worst model {_x(worst_torch)} | {_ok(worst_torch, 1.05)} |",
         f"| the same three, allocator without page faults (section 1-2) | attach / hand "
-        f"{q_attach:.3f}x, Monitor {q_mon:.3f}x, Monitor (C++) {_x(q_cpp)} | "
-        f"{_verdict(q_attach <= 1.02)}, {_verdict(q_mon <= 1.05)}, {_ok(q_cpp, 1.05)} |",
+        f"{q_attach:.3f}x, Monitor {q_mon:.3f}x, Monitor (PyTorch) {_x(q_torch)} | "
+        f"{_verdict(q_attach <= 1.02)}, {_verdict(q_mon <= 1.05)}, {_ok(q_torch, 1.05)} |",
         f"| RSS after {mem['soak_steps']:,} steps vs after 500: no growth | "
         f"{soak['growth_kib']:+.0f} KiB | {_verdict(abs(soak['growth_kib']) < 1024)} |",
         f"| peak RSS, attach / hand-written <= 1.02x | worst model {worst_peak:.3f}x "
@@ -153,9 +160,9 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         "variant. `none`: no penalty; `hand`: the penalty in the forward, written as cheaply as",
         "it can be (`h.abs().sum() * (coef / batch)`); `attach`: `actreg.attach` and",
         "`reg.penalty()`; `+Monitor`: attach plus an `actreg.Monitor` on the penalized layers",
-        "(conv maps with `dim=1`), statistics by the PyTorch sweep (the default);",
-        "`+Monitor (C++)`: the same Monitor after `actreg.monitor.load_extension()`, which",
-        "builds the optional one-pass C++ kernel (opt-in; see *Make it fast*). Forward,",
+        "(conv maps with `dim=1`) as a user gets it: the one-pass C++ kernel where it builds",
+        "(see *Make it fast*); `+Monitor (PyTorch)`: the same Monitor forced onto the PyTorch",
+        "sweep (what `ACTREG_EXTENSION=0` or a machine without a compiler gets). Forward,",
         "cross-entropy, backward, Adam. Milliseconds per",
         "step on the CPU clock. The last column compares the penalty of one forward",
         "(eval mode) computed both ways.",
@@ -197,17 +204,17 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         f"`bench_step.monitor_hook_time`, {mon_hooks['steps']} steps of `attach+Monitor`, "
         f"CPU clock ({mon_hooks['step_ms']:.1f} ms per step in this run):",
         "",
-        "PyTorch sweep (the default):",
+        f"The default path ({'C++ kernel' if cpp else 'PyTorch sweep'}):",
         "",
         str(mon_hooks["table"]),
         "",
     ]
-    if cpp_hooks is not None:
+    if torch_hooks is not None:
         out += [
-            f"C++ kernel (`actreg.monitor.load_extension()`; {cpp_hooks['step_ms']:.1f} ms "
+            f"PyTorch sweep (`ACTREG_EXTENSION=0`; {torch_hooks['step_ms']:.1f} ms "
             "per step in this run):",
             "",
-            str(cpp_hooks["table"]),
+            str(torch_hooks["table"]),
             "",
         ]
     out += [
@@ -286,16 +293,16 @@ def render(cmd: str, machine: str, r: dict[str, object], minutes: float) -> str:
         "",
         MAKE_IT_FAST,
         "",
-        MONITOR_NOTE.format(
-            hooks=mon_hooks["hooks_ms"],
-            share=mon_hooks["hooks_ms"] / mon_hooks["step_ms"],
-            quiet=qratios["cnn"]["monitor"][1] if "cnn" in qratios else float("nan"),
+        MONITOR_NOTE.format(  # the PyTorch sweep's figures
+            hooks=sweep_hooks["hooks_ms"],
+            share=sweep_hooks["hooks_ms"] / sweep_hooks["step_ms"],
+            quiet=_median(qratios, "cnn", sweep_key) or float("nan"),
         ),
         "",
         CPP_NOTE.format(
-            hooks=_x(None) if cpp_hooks is None else f"{cpp_hooks['hooks_ms']:.2f} ms",
-            cnn=_x(_median(figs, "cnn")),
-            quiet=_x(_median(qratios, "cnn")),
+            hooks=f"{mon_hooks['hooks_ms']:.2f} ms" if cpp else _x(None),
+            cnn=_x(_median(figs, "cnn", "monitor") if cpp else None),
+            quiet=_x(_median(qratios, "cnn", "monitor") if cpp else None),
         ),
         "",
     ]
@@ -351,14 +358,15 @@ recompile at every step. What is left is the work: {hooks:.2f} ms per CNN step i
 hooks ({share:.1%} of the step, table in section 1-2), {quiet:.3f}x with the allocator's
 page faults out of the picture. That work is still several passes over each conv map
 in eager mode (seven kernels per block: abs, two reductions, square, bool cast, tally,
-amax): that is the default path, and what the C++ kernel below replaces when loaded."""
+amax): that is the PyTorch path, which the C++ kernel below replaces where it builds."""
 
 
 CPP_NOTE = """\
-The C++ kernel (`actreg/_monitor_kernels.py`, opt-in: `actreg.monitor.load_extension()`
-builds it with `torch.utils.cpp_extension.load_inline`, `-O3 -march=native`, under a minute once,
-then cached by torch; returns False and keeps the PyTorch sweep, with a logged warning, when
-it does not build; never built on import). For a contiguous CPU float32/float64 output it
+The C++ kernel (`actreg/csrc/monitor.cpp`, the default where g++ and ninja are present:
+`actreg._cpp` builds it with `torch.utils.cpp_extension.load`, `-O3 -march=native`, once per
+machine in a background process while the Monitor keeps the PyTorch sweep, then cached; one
+warning and the PyTorch sweep where it does not build; `ACTREG_EXTENSION=0` never builds
+it, `=1` requires it; never built on import). For a contiguous CPU float32/float64 output it
 computes everything `metrics.batch_stats` does in one pass: `x` viewed as `(outer, units,
 inner)` around the unit axis; for each outer index the units are walked one after the other
 over the contiguous inner axis (one sequential stream through memory: walking 2 or 4 units
@@ -392,9 +400,9 @@ def main(argv: list[str] | None = None) -> None:
     results["hooks"] = bench_step.hook_cost(5 if args.quick else 15)
     hook_steps = 10 if args.quick else 40
     results["monitor_hooks"] = bench_step.monitor_hook_time("cnn", hook_steps)
-    cpp = bench_step.CPP in bench_step.cpp_kinds()
-    results["monitor_hooks_cpp"] = (
-        bench_step.monitor_hook_time("cnn", hook_steps, bench_step.CPP) if cpp else None
+    cpp = bench_step.TORCH in bench_step.all_kinds()  # the default path is the C++ kernel
+    results["monitor_hooks_torch"] = (
+        bench_step.monitor_hook_time("cnn", hook_steps, bench_step.TORCH) if cpp else None
     )
     print("== step, quiet allocator", flush=True)
     results["quiet"] = quiet_step(quick)

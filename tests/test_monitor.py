@@ -375,7 +375,8 @@ def test_compiled_model_does_not_recompile_every_step():
 def test_cpu_buffers_are_reused_and_freed_on_remove():
     net = nn.Sequential(OrderedDict(a=nn.Identity(), b=nn.Identity()))
     mon = actreg.Monitor(net, ["a", "b"], dim=1)
-    net(torch.relu(torch.randn(8, 3, 5, 5)))
+    mon.kernels = actreg._cpp.Backend("actreg_monitor", "monitor.cpp", "C++", mode="off")
+    net(torch.relu(torch.randn(8, 3, 5, 5)))  # the PyTorch path's buffers
     scratch = mon._scratch[torch.float32]
     work = scratch.buffers["work"]
     net(torch.relu(torch.randn(8, 3, 5, 5)))  # same shapes: the same buffers and views

@@ -1,5 +1,5 @@
-"""The optional C++ Monitor kernel (actreg._monitor_kernels): same results as the PyTorch
-path of metrics.batch_stats, and a Monitor using it gives the same statistics."""
+"""The C++ Monitor kernel (actreg._monitor_kernels, csrc/monitor.cpp): same results as the
+PyTorch path of metrics.batch_stats, and a Monitor using it gives the same statistics."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import actreg
 from actreg import ActregError
 from actreg import _monitor_kernels as kernels
 from actreg import metrics as M
+from actreg._cpp import Backend
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
-KERNELS = kernels  # see tests/conftest.py: _torch_kernels, cpp
+KERNELS = "monitor"  # see tests/conftest.py: cpp
+OFF = Backend("actreg_monitor", "monitor.cpp", "the C++ Monitor kernel", mode="off")
 
 
 # (shape, dim): 1-D, 2-D both axes, (N, T, H) sequences, NCHW conv maps, odd sizes (unit
@@ -67,10 +69,10 @@ def _sample(shape: tuple[int, ...], dtype: torch.dtype, kind: str, seed: int = 0
     return x.to(dtype)
 
 
-def _check(x: torch.Tensor, dim: int, eps: float) -> None:
+def _check(ext: object, x: torch.Tensor, dim: int, eps: float) -> None:
     want = M.batch_stats(x, dim, eps)
     want = tuple(t.clone() for t in want)
-    got = kernels.batch_stats(x, dim, eps)
+    got = kernels.batch_stats(ext, x, dim, eps)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape and g.dtype == w.dtype
     tol = TOL[x.dtype] * (10 if x.numel() > 10**5 else 1)
@@ -85,26 +87,26 @@ def _check(x: torch.Tensor, dim: int, eps: float) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
 def test_kernel_equals_pytorch_path(cpp, case, kind, dtype, eps):
     shape, dim = case
-    _check(_sample(shape, dtype, kind), dim, eps)
+    _check(cpp.module, _sample(shape, dtype, kind), dim, eps)
 
 
 def test_eps_is_rounded_to_the_dtype(cpp):
     """A value equal to eps rounded to float32 is not active, as with the PyTorch path."""
     eps = 0.1
     x = torch.tensor([[0.1, 0.1000001, -0.1, 0.0]], dtype=torch.float32)
-    _check(x, 1, eps)
-    _check(x, 0, eps)
+    _check(cpp.module, x, 1, eps)
+    _check(cpp.module, x, 0, eps)
 
 
 def test_norms_into_a_buffer(cpp):
     x = _sample((4, 3, 5), torch.float32, "signed")
     buf = torch.full((100,), 7.0)
-    norms, _, _ = kernels.batch_stats(x, 1, 0.0, buf)
+    norms, _, _ = kernels.batch_stats(cpp.module, x, 1, 0.0, buf)
     assert norms.data_ptr() == buf.data_ptr() and norms.shape == (2, 20)
     torch.testing.assert_close(norms, M.batch_stats(x, 1, 0.0)[0])
 
 
-def test_usable_only_for_contiguous_cpu_float(cpp):
+def test_usable_only_for_contiguous_cpu_float():
     x = torch.randn(4, 6)
     assert kernels.usable(x)
     assert not kernels.usable(x.t())
@@ -112,19 +114,28 @@ def test_usable_only_for_contiguous_cpu_float(cpp):
     assert not kernels.usable(torch.empty(0, 6))
 
 
-def test_not_usable_without_the_extension():
-    assert not kernels.usable(torch.randn(4, 6))
+def test_monitor_default_kernels_and_off(monkeypatch):
+    """A Monitor asks the process's shared backend (no opt-in call); an "off" backend keeps
+    it on the PyTorch path."""
+    net = nn.Sequential(OrderedDict(act=nn.ReLU()))
+    mon = actreg.Monitor(net, "act")
+    assert mon.kernels is kernels.backend()
+    monkeypatch.setattr(kernels, "batch_stats", lambda *a: pytest.fail("C++ kernel used"))
+    mon.kernels = OFF
+    net(torch.randn(4, 6))
+    assert mon.compute()["act"]["zero_fraction"] > 0
+    mon.remove()
 
 
 def test_kernel_rejects_bad_input(cpp):
     with pytest.raises(RuntimeError, match="contiguous CPU"):
-        cpp.batch_stats(torch.randn(4, 6).t(), 0, 0.0, None)
+        cpp.module.batch_stats(torch.randn(4, 6).t(), 0, 0.0, None)
     with pytest.raises(RuntimeError, match="dim out of range"):
-        cpp.batch_stats(torch.randn(4, 6), 2, 0.0, None)
+        cpp.module.batch_stats(torch.randn(4, 6), 2, 0.0, None)
     with pytest.raises(RuntimeError, match="empty"):
-        cpp.batch_stats(torch.empty(0, 6), 1, 0.0, None)
+        cpp.module.batch_stats(torch.empty(0, 6), 1, 0.0, None)
     with pytest.raises(RuntimeError, match="out buffer"):
-        cpp.batch_stats(torch.randn(4, 6), 1, 0.0, torch.empty(3))
+        cpp.module.batch_stats(torch.randn(4, 6), 1, 0.0, torch.empty(3))
 
 
 def _net() -> nn.Module:
@@ -139,8 +150,11 @@ def _net() -> nn.Module:
     )
 
 
-def _monitor_stats(net: nn.Module, eps: float, batches: list[torch.Tensor]) -> dict:
+def _monitor_stats(
+    net: nn.Module, eps: float, batches: list[torch.Tensor], backend: Backend
+) -> dict:
     with actreg.Monitor(net, ["cact", "act", "fc"], eps=eps, dim={"cact": 1}) as mon:
+        mon.kernels = backend
         for x in batches:
             net(x)
         return mon.compute()
@@ -152,9 +166,8 @@ def test_monitor_same_with_and_without_the_kernel(cpp, monkeypatch, eps, dtype):
     torch.manual_seed(0)
     net = _net().to(dtype)
     batches = [torch.randn(n, 2, 5, 5, dtype=dtype) for n in (3, 1, 8)]
-    with_cpp = _monitor_stats(net, eps, batches)
-    monkeypatch.setattr(kernels, "_EXT", False)
-    without = _monitor_stats(net, eps, batches)
+    with_cpp = _monitor_stats(net, eps, batches, cpp)
+    without = _monitor_stats(net, eps, batches, OFF)
     assert set(with_cpp) == set(without) == {"cact", "act", "fc"}
     for layer, stats in without.items():
         for key, value in stats.items():
@@ -172,12 +185,13 @@ def test_monitor_uses_the_kernel_and_falls_back(cpp, monkeypatch):
     real = kernels.batch_stats
 
     def counting(*args, **kwargs):
-        calls.append(args[0].shape)
+        calls.append(args[1].shape)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(kernels, "batch_stats", counting)
     net = nn.Sequential(OrderedDict(act=nn.Identity()))
     with actreg.Monitor(net, "act") as mon:
+        mon.kernels = cpp
         net(torch.randn(4, 6))  # C++
         net(torch.randn(6, 4).t())  # not contiguous: PyTorch path
         net(torch.randn(4, 6).half())  # upcast to float32 by the check: C++
@@ -197,18 +211,15 @@ def test_monitor_uses_the_kernel_and_falls_back(cpp, monkeypatch):
 )
 def test_bad_batches_same_errors_with_the_kernel(cpp, dim, x, match):
     model = nn.Sequential(OrderedDict(act=nn.Identity()))
-    with actreg.Monitor(model, "act", dim=dim), pytest.raises(ActregError, match=match):
+    with actreg.Monitor(model, "act", dim=dim) as mon, pytest.raises(ActregError, match=match):
+        mon.kernels = cpp
         model(x)
 
 
 def test_unit_count_change_is_an_error_with_the_kernel(cpp):
     model = nn.Sequential(OrderedDict(act=nn.Identity()))
-    with actreg.Monitor(model, "act"):
+    with actreg.Monitor(model, "act") as mon:
+        mon.kernels = cpp
         model(torch.ones(2, 3))
         with pytest.raises(ActregError, match="earlier batches had 3"):
             model(torch.ones(2, 4))
-
-
-def test_load_extension_is_public():
-    assert actreg.monitor.load_extension is kernels.load_extension
-    assert "load_extension" in actreg.monitor.__all__

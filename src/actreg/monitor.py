@@ -8,9 +8,10 @@ sum them over the ranks of ``torch.distributed`` first. Name and pattern resolut
 output selection, hook registration and removal, and what a copied or pickled model
 carries (no live hook) are shared with :func:`actreg.attach` in :mod:`actreg._hooks`.
 
-:func:`load_extension` builds an optional C++ kernel (under a minute once, then cached by torch)
-that computes a batch's statistics in one pass over a contiguous CPU float32/float64
-output; without it, or for other tensors, :func:`actreg.metrics.batch_stats` does.
+A C++ kernel (:mod:`actreg._monitor_kernels`, built once per machine where a compiler is
+present) computes a batch's statistics in one pass over a contiguous CPU float32/float64
+output; until it is built, where it cannot be, or for other tensors,
+:func:`actreg.metrics.batch_stats` does.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from actreg import _monitor_kernels as _K
 from actreg import metrics as M
 from actreg._errors import ActregError
 from actreg._hooks import Hook, HookSet, in_backward
-from actreg._monitor_kernels import load_extension
 from actreg._resolve import Select, check_model, check_select_keys, lookup, resolve
 
-__all__ = ["Monitor", "load_extension"]
+__all__ = ["Monitor"]
 
 Stats = dict[str, dict[str, Any]]
 
@@ -106,9 +106,11 @@ class Monitor(HookSet):
     is the mean number of active units per position (per time step for sequences, not
     per sequence), ``firing_rate`` a unit's share of positions where it is active.
 
-    On the CPU, :func:`actreg.monitor.load_extension` (opt-in, builds a C++ kernel once)
-    makes the hooks compute a batch's statistics in one pass over the output instead of a
-    few PyTorch ops per block; the statistics are the same (sums to float rounding).
+    On the CPU the hooks compute a batch's statistics in one pass of a C++ kernel where a
+    compiler is present (built once per machine in the background, the PyTorch ops in the
+    meantime; ``ACTREG_EXTENSION=0`` never builds it, see :mod:`actreg._monitor_kernels`);
+    the statistics are the same either way (sums to float rounding). The attribute
+    ``kernels`` holds that choice (an :class:`actreg._cpp.Backend`).
 
     Args:
         model: the ``nn.Module`` to watch.
@@ -155,6 +157,7 @@ class Monitor(HookSet):
         if isinstance(dim, Mapping):
             resolve(model, dim.keys())
         self._state: dict[str, _State] = {}
+        self.kernels = _K.backend()  # C++ kernel or PyTorch path, decided on first use
         self._scratch: dict[torch.dtype, M.Scratch] = {}
         self.layers: list[str] = []
         for _, name, module, selector in self._targets(model, keys, select):
@@ -187,13 +190,14 @@ class Monitor(HookSet):
             )
         elif state.sums.device != x.device:
             state.to(x.device)
-        # The big-tensor work in one pass of the C++ kernel (after load_extension()) or one
-        # blocked sweep of PyTorch ops (in reused buffers on the CPU); the rest on the
-        # small per-vector table.
+        # The big-tensor work in one pass of the C++ kernel (once built) or one blocked
+        # sweep of PyTorch ops (in reused buffers on the CPU); the rest on the small
+        # per-vector table.
         scratch = self._scratch_for(x)
-        if _K.usable(x):
+        ext = self.kernels.poll() if _K.usable(x) else None
+        if ext is not None:
             out = None if scratch is None else scratch.get("norms", 2 * (x.numel() // units))
-            norms, active, top = _K.batch_stats(x, dim, self.eps, out)
+            norms, active, top = _K.batch_stats(ext, x, dim, self.eps, out)
         else:
             norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
         totals = norms.sum(1)  # sum |x|, sum x**2 (then added in float64)

@@ -9,13 +9,13 @@ FLOP-based limit from the measured zero fractions.
 For the MLP, the run's input scaling is folded into the first layer
 (:func:`actreg.sparse.fold_input_scaling`) so that the converted model reads the raw pixels,
 most of which are zero, while the dense model reads the scaled ones it was trained on. The
-C++ kernels are built on first use (:func:`actreg.sparse.load_extension`, under a minute,
-then cached); without a compiler everything runs on the pure-PyTorch kernel.
+converted model runs the C++ kernels (built on first use, once per machine, where a compiler
+is present; see :func:`actreg.sparse.backend`) unless ``extension=False`` (the CLI's
+``--no-extension``) asks for the pure-PyTorch kernel; without a compiler it runs on that.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ class SpeedupConfig:
     batch_size: int = 1  # images per forward (1 = latency)
     threads: int = 1  # torch threads while timing
     data_dir: str | None = None  # where the data lives (default as the run)
-    extension: bool = True  # build/load the C++ kernels (else the pure-PyTorch kernel)
+    extension: bool = True  # the C++ kernels where they build (False: the pure-PyTorch kernel)
     fold_input: bool = True  # MLP: fold the input scaling into the first layer, feed raw pixels
 
 
@@ -101,7 +101,8 @@ def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     ckpt = Path(cfg.run_dir) / variant.replace(" ", "_") / "checkpoint.pt"
     model.load_state_dict(load_checkpoint(ckpt)["model"])
     model.eval()
-    kernels = "C++" if cfg.extension and sparse.load_extension() else "PyTorch"
+    backend = sparse.backend("auto" if cfg.extension else "torch")
+    kernels = "PyTorch" if backend.load() is None else "C++"
     fast_inputs: torch.Tensor | None = None
     folded = False
     if isinstance(model, Autoencoder):  # time the decoder on the codes it reads
@@ -118,14 +119,13 @@ def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
         fast_inputs, folded = raw_inputs, True
     else:
         source = model
-    converted = sparse.convert(source, names)
+    converted = sparse.convert(source, names, kernels=backend)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with contextlib.nullcontext() if kernels == "C++" else sparse.pure_pytorch():
-            report = sparse.measure(
-                model, converted, inputs, batch_size=cfg.batch_size, converted_inputs=fast_inputs
-            )
+        report = sparse.measure(
+            model, converted, inputs, batch_size=cfg.batch_size, converted_inputs=fast_inputs
+        )
     finally:
         torch.set_num_threads(old_threads)
     return {
