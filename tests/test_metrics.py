@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actreg import ActregError
+from actreg import ActregError, _sweep
 from actreg import metrics as M
 
 
@@ -195,7 +195,7 @@ STATS_CASES = {
 }
 
 
-@pytest.mark.parametrize("block", [M.BLOCK, 7, 64], ids=["one_block", "block7", "block64"])
+@pytest.mark.parametrize("block", [_sweep.BLOCK, 7, 64], ids=["one_block", "block7", "block64"])
 @pytest.mark.parametrize("scratch", [False, True], ids=["fresh", "scratch"])
 @pytest.mark.parametrize("eps", [0.0, 0.3], ids=["eps0", "eps0.3"])
 @pytest.mark.parametrize("kind", list(STATS_CASES), ids=list(STATS_CASES))
@@ -203,12 +203,12 @@ def test_batch_stats_equal_the_plain_formulas(kind, eps, scratch, block, monkeyp
     """The Monitor's blocked sweep gives the values of _l1_sq, active_counts and max."""
     from actreg.functional import _l1_sq
 
-    monkeypatch.setattr(M, "BLOCK", block)
+    monkeypatch.setattr(_sweep, "BLOCK", block)
     shape, dim = STATS_CASES[kind]
     x = _signed(*shape)
-    buffers = M.Scratch(x.dtype, x.device) if scratch else None
+    buffers = _sweep.Scratch(x.dtype, x.device) if scratch else None
     for _ in range(2):  # a second call reuses the buffers
-        norms, counts, top = M.batch_stats(x, dim, eps, buffers)
+        norms, counts, top = _sweep.batch_stats(x, dim, eps, buffers)
         l1n, sq = _l1_sq(x, dim)
         # bit for bit, except that a block along axis 1 may change the summation order
         tol = {"rtol": 1e-6, "atol": 1e-6} if dim == 0 and x.dim() > 1 else {"rtol": 0, "atol": 0}
@@ -223,7 +223,7 @@ def test_batch_stats_equal_the_plain_formulas(kind, eps, scratch, block, monkeyp
 def test_batch_stats_non_contiguous_and_nan():
     x = _signed(5, 6, 4).transpose(0, 2)  # (4, 6, 5), not contiguous
     x[1, 2, 3] = float("nan")
-    norms, counts, top = M.batch_stats(x, 1, 0.3)
+    norms, counts, top = _sweep.batch_stats(x, 1, 0.3)
     assert torch.isnan(top)
     assert counts.tolist() == M.active_counts(x.contiguous(), 1, 0.3).tolist()
     assert counts[2] == ((x[:, 2].abs() > 0.3) | x[:, 2].isnan()).sum()
@@ -238,14 +238,14 @@ def test_active_counts_round_eps_like_a_comparison(eps):
     x = torch.stack([e, up, down, -e, -up, -down, torch.tensor(float("nan"))]).view(1, -1)
     want = (x.abs() > eps) | x.isnan()
     assert M.active_counts(x, 1, eps).tolist() == want.int().view(-1).tolist()
-    assert M.batch_stats(x, 1, eps)[1].tolist() == want.int().view(-1).tolist()
+    assert _sweep.batch_stats(x, 1, eps)[1].tolist() == want.int().view(-1).tolist()
 
 
 @pytest.mark.parametrize("squared", [False, True])
 def test_inplace_ratio_and_hoyer_equal_out_of_place(squared):
     from actreg.functional import _ratio_from_norms
 
-    l1n, sq = M.batch_stats(_signed(50, 9), 1, 0.0)[0]
+    l1n, sq = _sweep.batch_stats(_signed(50, 9), 1, 0.0)[0]
     l1n[:3] = 0.0
     sq[:3] = 0.0  # zero vectors
     want = _ratio_from_norms(l1n, sq, squared)

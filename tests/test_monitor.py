@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import actreg
-from actreg import ActregError
+from actreg import ActregError, _sweep
 from actreg import metrics as M
 
 SCALARS = ("zero_fraction", "l0", "mean_abs", "rms", "hoyer", "dead_fraction", "max")
@@ -318,7 +318,7 @@ def test_unit_count_change_is_an_error():
 @pytest.mark.parametrize("kind", [*SHAPES, "dim0"], ids=[*SHAPES, "dim0"])
 def test_signed_data_in_small_blocks_match_metrics(kind, eps, block, monkeypatch):
     """Negative values, several blocks per batch, reused buffers: still the metrics."""
-    monkeypatch.setattr(M, "BLOCK", block)
+    monkeypatch.setattr(_sweep, "BLOCK", block)
     shape, dim = SHAPES[kind] if kind != "dim0" else ((6, 9, 4), 0)
     x = torch.randn(*shape) * 2
     x.view(-1)[::4] = 0.0

@@ -1,5 +1,5 @@
 """The C++ Monitor kernel (actreg._monitor_kernels, csrc/monitor.cpp): same results as the
-PyTorch path of metrics.batch_stats, and a Monitor using it gives the same statistics."""
+PyTorch path of _sweep.batch_stats, and a Monitor using it gives the same statistics."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 import actreg
-from actreg import ActregError
+from actreg import ActregError, _sweep
 from actreg import _monitor_kernels as kernels
-from actreg import metrics as M
 from actreg._cpp import Backend
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -70,7 +69,7 @@ def _sample(shape: tuple[int, ...], dtype: torch.dtype, kind: str, seed: int = 0
 
 
 def _check(ext: object, x: torch.Tensor, dim: int, eps: float) -> None:
-    want = M.batch_stats(x, dim, eps)
+    want = _sweep.batch_stats(x, dim, eps)
     want = tuple(t.clone() for t in want)
     got = kernels.batch_stats(ext, x, dim, eps)
     for g, w in zip(got, want, strict=True):
@@ -103,7 +102,7 @@ def test_norms_into_a_buffer(cpp):
     buf = torch.full((100,), 7.0)
     norms, _, _ = kernels.batch_stats(cpp.module, x, 1, 0.0, buf)
     assert norms.data_ptr() == buf.data_ptr() and norms.shape == (2, 20)
-    torch.testing.assert_close(norms, M.batch_stats(x, 1, 0.0)[0])
+    torch.testing.assert_close(norms, _sweep.batch_stats(x, 1, 0.0)[0])
 
 
 def test_usable_only_for_contiguous_cpu_float():

@@ -1,7 +1,7 @@
 """The optional C++ kernel behind :class:`actreg.Monitor`: all of a batch's statistics in one
 pass over the activations.
 
-:func:`metrics.batch_stats` computes them with blocked PyTorch ops (about seven kernels per
+:func:`_sweep.batch_stats` computes them with blocked PyTorch ops (about seven kernels per
 block: abs, two reductions, square, bool cast, tally, amax). ``batch_stats`` here reads
 each value once: ``x`` is viewed as ``(outer, units, inner)`` around the unit axis; for each
 outer index it walks the units one after the other over the contiguous inner axis (one
@@ -21,7 +21,7 @@ The C++ source is ``actreg/csrc/monitor.cpp``; :mod:`actreg._cpp` builds it (onc
 cached) and decides whether to use it (``ACTREG_EXTENSION``). A Monitor asks its backend with
 :meth:`actreg._cpp.Backend.poll`, which never waits: on a machine without the build yet, the
 first hook call starts it in a background process and the Monitor keeps the PyTorch path
-(:func:`actreg.metrics.batch_stats`) until the build is ready, so a short script such as
+(:func:`actreg._sweep.batch_stats`) until the build is ready, so a short script such as
 ``actreg demo`` does not stall; the statistics are the same either way (to float rounding).
 """
 
@@ -65,7 +65,7 @@ def usable(x: Tensor) -> bool:
 def batch_stats(
     ext: Any, x: Tensor, dim: int, eps: float, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """What :func:`actreg.metrics.batch_stats` returns, in one C++ pass of the loaded module
+    """What :func:`actreg._sweep.batch_stats` returns, in one C++ pass of the loaded module
     ``ext`` (see the module doc).
 
     ``x`` must pass :func:`usable`, ``dim`` be non-negative. With ``out`` (a 1-D buffer of

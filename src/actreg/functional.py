@@ -204,7 +204,7 @@ def kl_sparsity(
 def _l1_sq(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """Per vector along ``dim``: ``||v||_1`` and ``||v||_2**2``.
 
-    ``metrics.batch_stats`` (the Monitor's) computes the same values in reused buffers.
+    ``_sweep.batch_stats`` (the Monitor's) computes the same values in reused buffers.
     """
     dim = check_dim(x, dim)
     # Reduce along the unit axis in place of moving it last: no copy of conv maps (dim=1).

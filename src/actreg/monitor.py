@@ -11,7 +11,7 @@ carries (no live hook) are shared with :func:`actreg.attach` in :mod:`actreg._ho
 A C++ kernel (:mod:`actreg._monitor_kernels`, built once per machine where a compiler is
 present) computes a batch's statistics in one pass over a contiguous CPU float32/float64
 output; until it is built, where it cannot be, or for other tensors,
-:func:`actreg.metrics.batch_stats` does.
+:func:`actreg._sweep.batch_stats` does.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from actreg import _monitor_kernels as _K
+from actreg import _sweep
 from actreg import metrics as M
 from actreg._errors import ActregError
 from actreg._hooks import Hook, HookSet, in_backward
@@ -158,7 +159,7 @@ class Monitor(HookSet):
             resolve(model, dim.keys())
         self._state: dict[str, _State] = {}
         self.kernels = _K.backend()  # C++ kernel or PyTorch path, decided on first use
-        self._scratch: dict[torch.dtype, M.Scratch] = {}
+        self._scratch: dict[torch.dtype, _sweep.Scratch] = {}
         self.layers: list[str] = []
         for _, name, module, selector in self._targets(model, keys, select):
             if name in self.layers:
@@ -199,7 +200,7 @@ class Monitor(HookSet):
             out = None if scratch is None else scratch.get("norms", 2 * (x.numel() // units))
             norms, active, top = _K.batch_stats(ext, x, dim, self.eps, out)
         else:
-            norms, active, top = M.batch_stats(x, dim, self.eps, scratch)
+            norms, active, top = _sweep.batch_stats(x, dim, self.eps, scratch)
         totals = norms.sum(1)  # sum |x|, sum x**2 (then added in float64)
         hoyer = M.hoyer_from_norms(norms[0], norms[1], units, inplace=True).sum()
         state.sums += torch.cat((totals, hoyer.view(1)))
@@ -207,8 +208,8 @@ class Monitor(HookSet):
         torch.maximum(state.max, top, out=state.max)
         state.seen += x.numel() // units
 
-    def _scratch_for(self, x: Tensor) -> M.Scratch | None:
-        """Reused buffers for :func:`metrics.batch_stats` on the CPU (one per dtype), or None.
+    def _scratch_for(self, x: Tensor) -> _sweep.Scratch | None:
+        """Reused buffers for :func:`actreg._sweep.batch_stats` on the CPU (one per dtype), or None.
 
         On the CPU a fresh temporary of some MiB costs page faults at every step; GPU
         allocators cache blocks anyway. The buffers hold one block (at most
@@ -220,7 +221,7 @@ class Monitor(HookSet):
             return None
         scratch = self._scratch.get(x.dtype)
         if scratch is None:
-            scratch = self._scratch[x.dtype] = M.Scratch(x.dtype, x.device)
+            scratch = self._scratch[x.dtype] = _sweep.Scratch(x.dtype, x.device)
         return scratch
 
     def compute(self, sync: bool = False) -> Stats:

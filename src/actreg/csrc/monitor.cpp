@@ -2,7 +2,7 @@
 // the activations. Built on first use by actreg._cpp (torch.utils.cpp_extension.load,
 // -O3 -march=native, cached per machine); see actreg/_monitor_kernels.py for how it is
 // chosen, what it computes and its precision. Without it the Monitor runs on
-// actreg.metrics.batch_stats.
+// actreg._sweep.batch_stats.
 #include <torch/extension.h>
 #include <cmath>
 #include <limits>

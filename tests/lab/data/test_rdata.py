@@ -26,12 +26,11 @@ from rser import (
 )
 
 from actreg import ActregError
+from actreg.lab.data.lazyload import lazyload_index, read_lazyload
 from actreg.lab.data.rdata import (
     RPairlist,
     RSymbol,
     RVector,
-    lazyload_index,
-    read_lazyload,
     read_rds,
     unserialize,
 )

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from actreg._errors import ActregError
 from actreg.lab.data._store import install, logger, run_tool, sha256_file, staging, verified
-from actreg.lab.data.rdata import RVector, read_lazyload
+from actreg.lab.data.lazyload import read_lazyload
+from actreg.lab.data.rdata import RVector
 
 __all__ = ["AUSTEN_FILES", "SPLITS", "build_corpus", "fetch_austen", "tokenize_novel"]
 
