@@ -26,8 +26,9 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab.data import load_vision
 from actreg.lab.experiments._config import to_dict
-from actreg.lab.train import TrainConfig
+from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
     "PROBE_SCALINGS",
@@ -95,8 +96,6 @@ class VisionConfig:
 
     def load_data(self) -> Any:
         """Load the configured data set (see :func:`actreg.lab.data.load_vision`)."""
-        from actreg.lab.data import load_vision
-
         if self.threads:
             torch.set_num_threads(self.threads)
         return load_vision(
@@ -213,8 +212,6 @@ def train_classifier(
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
     ``layers`` (the Monitor's statistics of the watched layers on the test split).
     """
-    from actreg.lab.train import evaluate, fit
-
     monitor = actreg.Monitor(model, watch, dim=dim)
     try:
         out = fit(
@@ -326,12 +323,10 @@ def jsonable(value: Any) -> Any:
 def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str, Any]) -> Path:
     """Write ``results.json``: experiment, library version, the whole config, then payload,
     which gets ``run_dir`` (as a string) as its last key, in place, for the caller too."""
-    from actreg import __version__
-
     payload["run_dir"] = str(run_dir)
     doc = {
         "experiment": experiment,
-        "version": __version__,
+        "version": actreg.__version__,
         "torch": torch.__version__,
         "config": to_dict(config),
         **payload,

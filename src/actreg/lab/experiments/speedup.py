@@ -28,6 +28,8 @@ from torch import nn
 from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
+from actreg.lab.data import load_vision
+from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._config import from_dict
 from actreg.lab.models import Autoencoder, mlp
@@ -79,9 +81,6 @@ def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     variant = cfg.variant or variants[0]
     if variant not in variants:
         raise ActregError(f"no variant {variant!r} in {cfg.run_dir}; it has {variants}")
-    from actreg.lab.data import load_vision
-    from actreg.lab.data.vision import affine_scaler
-
     c = doc["config"]
     raw = load_vision(  # the run's split, unscaled; the run's scaling is refitted below
         c["data"],
