@@ -324,7 +324,7 @@ What was looked for, per the issue, and what the figures above say:
   the hand-written penalty keeps; `_last` holds detached 0-dim values only.
 * Fixed cost per hooked layer: a few microseconds (table in section 1-2), of which
   about 1.3 us is PyTorch's own hook dispatch. Steps of these models take 20-60 ms, so
-  the hook path is under 0.1% of a step: no change to `attach.py` or `penalties.py`
+  the hook path is under 0.1% of a step: no change to `regularizer.py` or `penalties.py`
   would show in the goals, and none was made.
 * What the measurements do point at lies in `functional.py` (outside this change):
   1. `functional.l1l2` is written as one `addcmul`, but in eager mode that is three

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from actreg import metrics
 from actreg._errors import ActregError
+from actreg._hooks import in_backward
 from actreg._penalty import (
     Penalty,
     build,
@@ -40,7 +41,6 @@ from actreg._penalty import (
     make_penalty,
     serialize,
 )
-from actreg.attach import in_backward
 
 __all__ = ["MEASURES", "Scheduled", "TargetSparsity"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actreg.lab.cli import main
+from actreg.lab.experiments import load_results
 
 COMMON = ["data=digits", "limit=200", "epochs=2", "batch_size=50", "progress=false"]
 TINY = {
@@ -104,3 +105,49 @@ def test_speedup_refuses_other_runs(runs, capsys):
     assert main(["speedup", runs["cnn"]["run_dir"]]) == 2
     assert "sparse-rectifier and sparse-ae" in capsys.readouterr().err
     assert main(["speedup", runs["sparse-ae"]["run_dir"], "--variant", "nope"]) == 2
+
+
+def test_run_help_lists_every_setting_with_type_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "cnn", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "settings of cnn (--set KEY=VALUE):" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert "float" in lines["coef"] and "0.0001" in lines["coef"]
+    assert "its coefficient" in lines["coef"]
+    assert "tuple[int, ...]" in lines["channels"] and "32,64" in lines["channels"]
+
+
+def test_common_flags_set_the_config(tmp_path, capsys):
+    args = ["run", "sparse-rectifier", *[f"--set={s}" for s in COMMON]]
+    args += ["--set=hidden=8", "--set=variants=relu", "--out", str(tmp_path), "--seed", "3"]
+    assert main([*args, "--threads", "1", "--no-progress"]) == 0
+    (folder,) = (tmp_path / "sparse-rectifier").iterdir()
+    config = load_results(folder)["config"]
+    assert (config["seed"], config["threads"], config["progress"]) == (3, 1, False)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "says"),
+    [
+        (PermissionError(13, "Permission denied", "/ro/x"), 1, "Permission denied (/ro/x)"),
+        (OSError(28, "No space left on device", "/full"), 1, "free some space"),
+        (RuntimeError("boom"), 1, "unexpected RuntimeError: boom (rerun with --debug"),
+    ],
+    ids=["read-only", "disk-full", "bug"],
+)
+def test_failures_are_one_line_and_debug_shows_the_traceback(
+    monkeypatch, capsys, error, code, says
+):
+    import actreg.lab.cli as cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_report", fail)  # build_parser binds it when main() runs
+    assert main(["report", "somewhere"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
+    assert main(["--debug", "report", "somewhere"]) == code
+    assert "Traceback" in capsys.readouterr().err

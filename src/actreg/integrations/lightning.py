@@ -27,8 +27,8 @@ from typing import Any
 from torch import Tensor
 
 from actreg._errors import ActregError
-from actreg.attach import Regularizer
 from actreg.monitor import Monitor
+from actreg.regularizer import Regularizer
 
 __all__ = ["ActregCallback", "ActregMixin"]  # noqa: F822 - ActregCallback is built lazily
 

@@ -47,8 +47,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from actreg._errors import ActregError
-from actreg.attach import Regularizer
 from actreg.monitor import Monitor
+from actreg.regularizer import Regularizer
 
 __all__ = ["ActregCallback"]  # noqa: F822 - built lazily, on first use
 

@@ -1,13 +1,21 @@
-"""The ``actreg`` command line: parsing only; the work is done by library functions."""
+"""The ``actreg`` command line: parsing only; the work is done by library functions.
+
+Every command imports what it needs when it runs: ``import actreg`` is lazy and the help
+texts come from :mod:`actreg.lab.catalog`, so ``--help`` answers without importing
+PyTorch. Errors are one ``actreg: error:`` line (exit 2 for bad input, 1 for a failure of
+the system, such as a full disk); ``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 from actreg._errors import ActregError
+from actreg.lab.catalog import CATALOG
 
 __all__ = ["main"]
 
@@ -16,7 +24,8 @@ def _demo(args: argparse.Namespace) -> int:
     from actreg.lab.experiments.demo import DemoConfig, demo
     from actreg.lab.report import format_table
 
-    cfg = DemoConfig(out_dir=args.out, epochs=args.epochs, progress=args.progress)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    cfg = DemoConfig(out_dir=args.out, epochs=args.epochs, progress=progress)
     print(
         f"actreg demo: a {cfg.code}-unit ReLU autoencoder on 8x8 digits, trained twice "
         f"({cfg.epochs} epochs): with L1({cfg.coef:g}) on its code and without."
@@ -40,17 +49,56 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``actreg run`` flags that set a config field (when the experiment has it).
+COMMON = {"out": "out_dir", "data_dir": "data_dir", "seed": "seed", "threads": "threads"}
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.help:  # argparse's convention: the help on stdout, exit 0
+        print(args.parser.format_help())
+        if args.experiment:
+            print(_keys_help(args.experiment))
+        raise SystemExit(0)
+    if not args.experiment:
+        args.parser.error("name an experiment (actreg run --help lists them)")
     from actreg.lab.experiments import get
     from actreg.lab.experiments._config import apply_overrides
     from actreg.lab.report import format_table
 
     exp = get(args.experiment)
-    cfg = apply_overrides(exp.config(), args.set or [])
+    fields = set(exp.config.__dataclass_fields__)
+    flags = []
+    for flag, key in COMMON.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if key not in fields:
+            raise ActregError(f"{args.experiment} has no setting {key} (--{flag})")
+        flags.append(f"{key}={value}")
+    if "progress" in fields:  # progress bars on a terminal, none in logs (unless asked)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        flags.append(f"progress={progress}")
+    cfg = apply_overrides(exp.config(), [*flags, *(args.set or [])])
     results = exp.run(cfg)
     print(format_table(exp.summary(results)))
     print(f"results: {results['run_dir']}/results.json")
     return 0
+
+
+def _keys_help(name: str) -> str:
+    """Every setting of experiment ``name``: key, type, default, meaning."""
+    from actreg.lab.experiments import get
+    from actreg.lab.experiments._config import describe
+
+    rows = describe(get(name).config)
+    width = max(len(r["key"]) for r in rows)
+    kinds = max(len(r["type"]) for r in rows)
+    lines = [f"settings of {name} (--set KEY=VALUE):"]
+    for r in rows:
+        lines.append(
+            f"  {r['key']:{width}s}  {r['type']:{kinds}s}  {r['default']!s:>10s}  {r['meaning']}"
+        )
+    return "\n".join(lines)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -139,20 +187,16 @@ def _speedup(args: argparse.Namespace) -> int:
 
 
 def _experiments_help() -> str:
-    from actreg.lab.experiments import EXPERIMENTS
-
-    return "\n".join(f"  {name:18s} {exp.doc}" for name, exp in EXPERIMENTS.items())
+    return "\n".join(f"  {name:18s} {entry.doc}" for name, entry in CATALOG.items())
 
 
 def _searchable_help() -> str:
-    from actreg.lab.experiments import EXPERIMENTS
-
     lines = []
-    for name, exp in EXPERIMENTS.items():
-        if exp.search is not None:
-            aliases = ", ".join(f"{a} = {o}" for a, o in exp.search.aliases.items())
+    for name, entry in CATALOG.items():
+        if entry.objectives:
+            aliases = ", ".join(f"{a} = {o}" for a, o in entry.aliases.items())
             lines.append(
-                f"  {name:18s} objectives: {', '.join(exp.search.objectives)}"
+                f"  {name:18s} objectives: {', '.join(entry.objectives)}"
                 + (f" ({aliases})" if aliases else "")
             )
     return "\n".join(lines)
@@ -166,28 +210,45 @@ def build_parser() -> argparse.ArgumentParser:
     from actreg import __version__
 
     parser.add_argument("--version", action="version", version=f"actreg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="sparse autoencoder on 8x8 digits, with and without L1")
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: 30)")
-    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bars (default: on when stderr is a terminal)",
+    )
     p.set_defaults(func=_demo)
 
     p = sub.add_parser(
         "run",
         help="run an experiment",
-        description="Run an experiment.\n\nexperiments:\n" + _experiments_help(),
+        description="Run an experiment; `actreg run EXPERIMENT --help` lists its settings.\n\n"
+        "experiments:\n" + _experiments_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
     )
-    p.add_argument("experiment", help="experiment name")
+    p.add_argument("experiment", nargs="?", help="experiment name (listed above)")
+    p.add_argument("-h", "--help", action="store_true", help="this help, and the settings")
     p.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a config field (repeatable), e.g. --set epochs=5 --set data=mnist",
+        help="a setting (repeatable), e.g. --set epochs=5 --set data=mnist",
     )
-    p.set_defaults(func=_run)
+    p.add_argument("--out", help="output folder (the out_dir setting; default: runs)")
+    p.add_argument("--data-dir", help="data folder (default: $ACTREG_DATA or ~/.cache/actreg)")
+    p.add_argument("--seed", type=int, help="seed of data split, initialization, batch order")
+    p.add_argument("--threads", type=int, help="torch threads (default: chosen from the work)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bars (default: on when stderr is a terminal)",
+    )
+    p.set_defaults(func=_run, parser=p)
 
     p = sub.add_parser(
         "search",
@@ -256,12 +317,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ActregError as err:
-        print(f"actreg: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:  # pragma: no cover
         print("actreg: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if args.debug:
+            traceback.print_exc()
+        code, message = _explain(err)
+        print(f"actreg: error: {message}", file=sys.stderr)
+        return code
+
+
+def _explain(err: BaseException) -> tuple[int, str]:
+    """Exit code and one line for an error: bad input (2) or a failure of the system (1)."""
+    if isinstance(err, ActregError):
+        return 2, str(err)
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if err.filename else ""
+        reason = err.strerror or str(err)
+        if isinstance(err, PermissionError):
+            fix = "choose a folder you can write to, or fix its permissions"
+        elif err.errno == 28:  # ENOSPC
+            fix = "free some space (earlier results are intact) and run again"
+        else:
+            fix = "check the path and run again"
+        return 1, f"{reason}{where}: {fix}"
+    name = type(err).__name__
+    return 1, f"unexpected {name}: {err} (rerun with --debug for the traceback; please report it)"
 
 
 if __name__ == "__main__":  # pragma: no cover

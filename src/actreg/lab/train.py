@@ -34,18 +34,21 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from actreg import (
     ActregError,
@@ -53,14 +56,20 @@ from actreg import (
     Penalty,
     Regularizer,
     Scheduled,
-    __version__,
     attach,
-    load_checkpoint,
 )
+from actreg.lab._checkpoint import resume_state, save_checkpoint
 
-__all__ = ["TrainConfig", "batches", "evaluate", "fit", "regularize", "seed_everything"]
+__all__ = [
+    "TrainConfig",
+    "batches",
+    "choose_threads",
+    "evaluate",
+    "fit",
+    "regularize",
+    "seed_everything",
+]
 
-_CHECKPOINT = "checkpoint.pt"  # in a run folder: best weights, config, and the resume state
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -86,6 +95,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     seed: int = 0  # seeds torch, numpy and random, and the batch order
     progress: bool = True  # show a progress bar (tqdm)
+    threads: int = 0  # torch threads while training; 0 = chosen from the work (choose_threads)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -95,11 +105,30 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ActregError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "penalty_warmup_steps"):
+        for name in ("warmup_steps", "penalty_warmup_steps", "threads"):
             if int(getattr(self, name)) < 0:
                 raise ActregError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
+
+
+#: FLOPs of one training step (forward and backward) under which one thread is used. A
+#: step that small is over before a pool's workers help, and PyTorch's pool spins while it
+#: waits, against any other busy process: on a shared 2-core machine the demo took 8 s
+#: with two threads and 7 s with one when quiet, 65-142 s with two beside a busy process.
+ONE_THREAD_FLOPS = 2e8
+
+
+def choose_threads(step_flops: float, cores: int | None = None) -> int:
+    """Torch threads for training steps of ``step_flops``: 1 for small steps, else the cores.
+
+    Example:
+        >>> choose_threads(5e6), choose_threads(2e9, cores=4)
+        (1, 4)
+    """
+    if step_flops < ONE_THREAD_FLOPS:
+        return 1
+    return max(1, cores or os.cpu_count() or 1)
 
 
 def seed_everything(seed: int) -> None:
@@ -243,6 +272,9 @@ def fit(
     from tqdm.auto import tqdm
 
     reg = regularize(model, spec, cfg)
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     try:
         seed_everything(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -254,7 +286,7 @@ def fit(
         best: tuple[float, int, dict[str, Tensor]] | None = None
         step, stale, first, stopped, elapsed = 0, 0, 1, False, 0.0
         if resume:
-            ckpt = _resume_state(run_dir, cfg)
+            ckpt = resume_state(run_dir, cfg)
             last = ckpt["resume"]
             model.load_state_dict(last["model"])
             opt.load_state_dict(last["optimizer"])
@@ -272,6 +304,7 @@ def fit(
             first, stopped, elapsed = last["epoch"] + 1, last["stopped"], last["seconds"]
             best = (last["best_value"], ckpt["epoch"], ckpt["model"])
         start = time.perf_counter() - elapsed
+        count_flops = cfg.threads == 0  # the first step's FLOPs choose the thread count
         for epoch in range(first, cfg.epochs + 1):
             if stopped:
                 break
@@ -288,11 +321,16 @@ def fit(
             for i, idx in enumerate(bar, start=1):
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg)
-                task = loss_fn(model, x_train[idx], y_train[idx])
-                penalty = reg.penalty() if reg is not None else torch.zeros(())
-                loss = task + penalty
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                counter = FlopCounterMode(display=False) if count_flops else None
+                with counter if counter is not None else contextlib.nullcontext():
+                    task = loss_fn(model, x_train[idx], y_train[idx])
+                    penalty = reg.penalty() if reg is not None else torch.zeros(())
+                    loss = task + penalty
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                if counter is not None:
+                    torch.set_num_threads(choose_threads(counter.get_total_flops()))
+                    count_flops = False
                 opt.step()
                 if after_step is not None:
                     after_step()
@@ -328,7 +366,7 @@ def fit(
             if not stopped and after_epoch is not None and epoch < cfg.epochs:
                 after_epoch(epoch)
             if run_dir is not None:
-                resume_state = {
+                last = {
                     "epoch": epoch,
                     "step": step,
                     "stale": stale,
@@ -342,7 +380,7 @@ def fit(
                     "batch_rng": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
                 }
-                _save_checkpoint(run_dir, best[2], best[1], cfg, resume_state)
+                save_checkpoint(run_dir, best[2], best[1], cfg, last)
         assert best is not None
         model.load_state_dict(best[2])
         return {
@@ -352,37 +390,6 @@ def fit(
             "seconds": time.perf_counter() - start,
         }
     finally:
+        torch.set_num_threads(threads_before)
         if reg is not None:
             reg.remove()
-
-
-def _save_checkpoint(
-    run_dir: Path, weights: dict[str, Tensor], epoch: int, cfg: TrainConfig, last: dict[str, Any]
-) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = {
-        "model": weights,
-        "epoch": epoch,
-        "train_config": asdict(cfg),
-        "version": __version__,
-        "resume": last,
-    }
-    torch.save(ckpt, run_dir / _CHECKPOINT)
-
-
-def _resume_state(run_dir: Path | None, cfg: TrainConfig) -> dict[str, Any]:
-    """The checkpoint to resume from, checked against ``cfg``."""
-    if run_dir is None:
-        raise ActregError("resume=True needs the run_dir of the interrupted run")
-    ckpt: dict[str, Any] = load_checkpoint(run_dir / _CHECKPOINT)
-    if "resume" not in ckpt:
-        raise ActregError(f"{run_dir / _CHECKPOINT} has no resume state; it cannot be resumed")
-    saved, now = ckpt["train_config"], asdict(cfg)
-    changed = sorted(k for k in now if k != "progress" and saved.get(k) != now[k])
-    if changed:
-        pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ActregError(
-            f"resume: the training config differs from the checkpoint's ({pairs}); "
-            "resume with the same settings, or start a new run"
-        )
-    return ckpt

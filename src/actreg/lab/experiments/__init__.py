@@ -1,10 +1,11 @@
 """Experiments: each a config dataclass and a ``run(config) -> results`` function.
 
-The registry :data:`EXPERIMENTS` maps the CLI's names to them. An entry also declares what
-``actreg search`` needs to tune its coefficient (:class:`SearchSpec`: objectives, the
-metrics a trial records, the settings a trial runs with, the coefficient's field); an
-entry without one cannot be searched. The search names no experiment: a new experiment
-becomes searchable by declaring its contract here.
+The registry :data:`EXPERIMENTS` maps the CLI's names to them (their descriptions and
+search objectives come from :mod:`actreg.lab.catalog`, which the CLI reads without
+PyTorch). An entry also declares what ``actreg search`` needs to tune its coefficient
+(:class:`SearchSpec`: objectives, the metrics a trial records, the settings a trial runs
+with, the coefficient's field); an entry without one cannot be searched. The search names
+no experiment: a new experiment becomes searchable by declaring its contract here.
 
 Example:
     >>> get("cnn").search.objectives[0]
@@ -17,6 +18,7 @@ import difflib
 from typing import Any
 
 from actreg._errors import ActregError
+from actreg.lab.catalog import CATALOG
 from actreg.lab.experiments import ablations, cnn, lstm_lm, seq2seq, sparse_ae, sparse_rectifier
 from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._contract import Experiment, SearchSpec
@@ -29,12 +31,12 @@ EXPERIMENTS: dict[str, Experiment[Any, Any]] = {
         sparse_ae.SparseAEConfig,
         sparse_ae.run,
         sparse_ae.summary_rows,
-        "overcomplete autoencoder with a sparse code, linear probe, noise robustness",
+        CATALOG["sparse-ae"].doc,
         SearchSpec(
-            objectives=("val_mse", "test_mse", "probe_error", "noisy_probe_error"),
+            objectives=CATALOG["sparse-ae"].objectives,
             metrics=sparse_ae.search_metrics,
             settings=("compare=false", "progress=false"),  # only the penalized model
-            aliases={"val_loss": "val_mse"},
+            aliases=CATALOG["sparse-ae"].aliases,
         ),
     ),
     "sparse-rectifier": Experiment(
@@ -42,9 +44,9 @@ EXPERIMENTS: dict[str, Experiment[Any, Any]] = {
         sparse_rectifier.SparseRectifierConfig,
         sparse_rectifier.run,
         sparse_rectifier.summary_rows,
-        "3x1000 ReLU MLP with L1 on every hidden layer vs none vs tanh (Glorot et al. 2011)",
+        CATALOG["sparse-rectifier"].doc,
         SearchSpec(
-            objectives=("val_error", "val_loss", "test_error", "test_loss"),
+            objectives=CATALOG["sparse-rectifier"].objectives,
             metrics=sparse_rectifier.search_metrics,
             settings=("variants=relu-l1", "progress=false"),  # only the penalized model
         ),
@@ -54,9 +56,9 @@ EXPERIMENTS: dict[str, Experiment[Any, Any]] = {
         cnn.CNNConfig,
         cnn.run,
         cnn.summary_rows,
-        "small CNN with L1 on its feature maps",
+        CATALOG["cnn"].doc,
         SearchSpec(
-            objectives=("val_error", "val_loss", "test_error", "test_loss"),
+            objectives=CATALOG["cnn"].objectives,
             metrics=cnn.search_metrics,
             settings=("compare=false", "progress=false"),  # only the penalized model
         ),
@@ -66,21 +68,21 @@ EXPERIMENTS: dict[str, Experiment[Any, Any]] = {
         lstm_lm.LSTMLMConfig,
         lstm_lm.run,
         lstm_lm.summary_rows,
-        "word-level LSTM language model with AR/TAR (Merity et al. 2017) vs none",
+        CATALOG["lstm-lm"].doc,
     ),
     "seq2seq": Experiment(
         "seq2seq",
         seq2seq.Seq2SeqConfig,
         seq2seq.run,
         seq2seq.summary_rows,
-        "LSTM sequence autoencoder with an L1 penalty on its bottleneck code vs none",
+        CATALOG["seq2seq"].doc,
     ),
     "ablation": Experiment(
         "ablation",
         ablations.AblationConfig,
         ablations.run,
         ablations.summary_rows,
-        "the article's tips tested over seeds: --set question=which-norm|where|width|...",
+        CATALOG["ablation"].doc,
     ),
 }
 

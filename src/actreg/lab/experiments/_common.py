@@ -69,7 +69,7 @@ class VisionConfig:
     run_name: str | None = None  # default: a timestamp
     overwrite: bool = False  # replace the results of an existing run_name
     progress: bool = True  # progress bars
-    threads: int = 0  # torch threads (0 = leave as is)
+    threads: int = 0  # torch threads (0 = chosen from the work: 1 for small models)
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
     target_l0: float | None = None  # or for this many active units per example and layer
 
@@ -92,6 +92,7 @@ class VisionConfig:
             patience=self.patience,
             seed=self.seed + seed_offset,
             progress=self.progress,
+            threads=self.threads,
         )
 
     def load_data(self) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -13,7 +15,7 @@ from actreg._errors import ActregError
 
 C = TypeVar("C")
 
-__all__ = ["apply_overrides", "from_dict", "parse_value", "to_dict"]
+__all__ = ["apply_overrides", "describe", "from_dict", "parse_value", "to_dict"]
 
 
 def _convert(text: str, hint: Any, key: str) -> Any:
@@ -95,3 +97,61 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         for k, v in data.items()
     }
     return cls(**values)
+
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?(?:=\s*[^#]*)?#\s*(.+?)\s*$")
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Each field's trailing ``# comment`` in the class bodies (the subclass's wins)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):  # no source (e.g. a frozen build): no comments
+            continue
+        for line in lines:
+            match = _FIELD_LINE.match(line)
+            if match:
+                out[match.group(1)] = match.group(2)
+    return out
+
+
+def describe(cls: type) -> list[dict[str, str]]:
+    """Every field of config dataclass ``cls``: name, type, default and meaning.
+
+    The meaning is the field's trailing comment in the class body, the convention of every
+    config here (one comment per setting).
+
+    Example:
+        >>> from actreg.lab.train import TrainConfig
+        >>> row = describe(TrainConfig)[0]
+        >>> row["key"], row["type"], row["default"]
+        ('epochs', 'int', '10')
+    """
+    hints = typing.get_type_hints(cls)
+    comments = _comments(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        if isinstance(default, tuple):
+            default = ",".join(str(v) for v in default) or "(empty)"
+        hint = hints[f.name]
+        plain = typing.get_origin(hint) is None and hasattr(hint, "__name__")
+        type_name = hint.__name__ if plain else str(hint).replace("typing.", "")
+        rows.append(
+            {
+                "key": f.name,
+                "type": type_name,
+                "default": str(default),
+                "meaning": comments.get(f.name, ""),
+            }
+        )
+    return rows

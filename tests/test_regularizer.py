@@ -303,7 +303,7 @@ def test_memory_flat_over_2000_steps():
 def test_unconsumed_penalties_warn(monkeypatch):
     model = MLP()
     reg = actreg.attach(model, {"head": actreg.L1(1.0)})
-    monkeypatch.setattr(sys.modules["actreg.attach"], "_PENDING_WARN", 3)
+    monkeypatch.setattr(sys.modules["actreg.regularizer"], "_PENDING_WARN", 3)
     with pytest.warns(UserWarning, match=r"call reg.penalty\(\) every training step"):
         for _ in range(5):
             model(torch.randn(1, 6))
