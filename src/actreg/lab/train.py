@@ -95,7 +95,7 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     seed: int = 0  # seeds torch, numpy and random, and the batch order
     progress: bool = True  # show a progress bar (tqdm)
-    threads: int = 0  # torch threads while training; 0 = chosen from the work (choose_threads)
+    threads: int = 0  # torch threads (the process's, kept after fit); 0 = from the first step
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -272,7 +272,6 @@ def fit(
     from tqdm.auto import tqdm
 
     reg = regularize(model, spec, cfg)
-    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
@@ -390,6 +389,5 @@ def fit(
             "seconds": time.perf_counter() - start,
         }
     finally:
-        torch.set_num_threads(threads_before)
         if reg is not None:
             reg.remove()
