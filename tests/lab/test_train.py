@@ -269,3 +269,32 @@ def test_after_epoch_changes_are_never_kept_unvalidated():
     assert out["history"][0]["val_error"] < 0.6
     best = out["history"][out["best_epoch"] - 1]["val_error"]
     assert evaluate(model, data.x_val, data.y_val, classification_metrics)["error"] == best
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("threads", "want"), [(0, 1), (2, 2)], ids=["chosen-small-model", "given"])
+def test_fit_sets_the_thread_count(restore_threads, threads, want):
+    torch.set_num_threads(2)
+    _fit(_model(), _cfg(epochs=1, threads=threads))
+    assert torch.get_num_threads() == want  # a tiny model: one thread (no spinning pool)
+
+
+def test_checkpoint_survives_a_failed_write(tmp_path, monkeypatch):
+    _fit(_model(), _cfg(epochs=1), run_dir=tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def full(obj, path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(actreg.ActregError, match="previous checkpoint is intact"):
+        _fit(_model(), _cfg(epochs=1), run_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
