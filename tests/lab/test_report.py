@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -46,6 +47,24 @@ def test_report_can_copy_images(runs, tmp_path):
     out = write_report([runs["sparse-ae"]["run_dir"]], tmp_path / "r.md", copy_images=True)
     assert "![reconstructions](img/sparse-ae-t-reconstructions.png)" in out.read_text()
     assert (tmp_path / "img" / "sparse-ae-t-reconstructions.png").exists()
+
+
+def test_report_of_a_moved_run_folder_finds_its_pictures(runs, tmp_path, monkeypatch):
+    moved = tmp_path / "elsewhere" / "t"
+    shutil.copytree(runs["sparse-ae"]["run_dir"], moved)
+    monkeypatch.chdir(tmp_path)  # another working directory than the run's
+    out = write_report([moved], tmp_path / "docs" / "r.md", copy_images=True)
+    assert "![reconstructions](img/sparse-ae-t-reconstructions.png)" in out.read_text()
+    plain = write_report([moved], tmp_path / "plain.md")
+    assert "![reconstructions](elsewhere/t/reconstructions.png)" in plain.read_text()
+
+
+def test_report_names_a_missing_picture(runs, tmp_path):
+    moved = tmp_path / "t"
+    shutil.copytree(runs["sparse-ae"]["run_dir"], moved)
+    (moved / "reconstructions.png").unlink()
+    with pytest.raises(ActregError, match="picture 'reconstructions.png' .* is missing"):
+        write_report([moved], tmp_path / "r.md")
 
 
 def test_report_embeds_a_search_folder(runs, tmp_path):

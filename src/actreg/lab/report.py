@@ -94,13 +94,29 @@ def write_report(
             format_table(exp.summary(doc)),
             "",
         ]
-        for name, pic in doc.get("pictures", {}).items():
+        for name, stored in doc.get("pictures", {}).items():
+            pic = _picture(run_dir, stored)
             if copy_images:
-                target = out.parent / "img" / f"{doc['experiment']}-{run_dir.name}-{Path(pic).name}"
+                target = out.parent / "img" / f"{doc['experiment']}-{run_dir.name}-{pic.name}"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(pic, target)
-                pic = str(target)
+                pic = target
             rel = os.path.relpath(pic, out.parent)
             parts += [f"![{name}]({rel})", ""]
     out.write_text("\n".join(parts))
     return out
+
+
+def _picture(run_dir: Path, stored: str) -> Path:
+    """A picture of a run: its path is stored relative to the run folder.
+
+    Raises:
+        ActregError: if the file is not there (moved or deleted), naming it.
+    """
+    path = Path(stored) if Path(stored).is_absolute() else run_dir / stored
+    if not path.is_file():
+        raise ActregError(
+            f"picture {stored!r} of {run_dir} is missing ({path}); rerun the experiment, or "
+            f"report the folder it was written to"
+        )
+    return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -72,7 +73,7 @@ def test_question_writes_valid_results(runs, question):
             assert cell["n"] == 2 and math.isfinite(cell["mean"])
     assert doc["comparisons"] and {"a", "b", "metric", "exceeds"} <= set(doc["comparisons"][0])
     for path in doc["pictures"].values():
-        with open(path, "rb") as fh:
+        with open(Path(doc["_path"]).parent / path, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     rows = summary_rows(doc)
     assert [r["variant"] for r in rows] == names and "±" in rows[0][doc["metrics"][0]]

@@ -7,6 +7,7 @@ reports in tests/lab/test_report.py.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -54,9 +55,10 @@ def test_penalized_variant_has_penalty_and_plain_has_none(runs):
     assert variants["relu"]["history"][0]["train_penalty"] == 0
 
 
-def test_sparse_ae_pictures_exist(runs):
+def test_sparse_ae_pictures_exist_relative_to_the_run_folder(runs):
     for path in runs["sparse-ae"]["pictures"].values():
-        with open(path, "rb") as fh:
+        assert not os.path.isabs(path) and os.sep not in path  # the folder may move
+        with open(os.path.join(runs["sparse-ae"]["run_dir"], path), "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 
 

@@ -13,6 +13,7 @@ to the same probe on the raw inputs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
@@ -316,4 +317,4 @@ def _pictures(
         )
     rates = {name: out["code"]["firing_rate"] for name, out in results["variants"].items()}
     pics["firing_rates"] = str(plots.firing_rates(rates, run_dir / "firing_rates.png"))
-    return pics
+    return {k: os.path.relpath(v, run_dir) for k, v in pics.items()}  # the folder may move

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,7 @@ def run(cfg: AblationConfig) -> dict[str, Any]:
             agg, shown, run_dir / "panels.png", f"{cfg.question}: mean ± std, {len(seeds)} seeds"
         )
     )
-    results["pictures"] = pictures
+    results["pictures"] = {k: os.path.relpath(v, run_dir) for k, v in pictures.items()}
     results["data"] = runner.data.first_info()
     results["seconds"] = time.perf_counter() - start
     save_results(run_dir, "ablation", cfg, results)
