@@ -6,7 +6,8 @@ Usage:
 
 Without paths: every ``docs/notebooks/*.ipynb``. A notebook is stored clean: no outputs, no
 execution counts, no per-cell metadata, so a diff shows only what changed in the source.
-The site and CI execute them (mkdocs.yml, scripts/docs).
+The site and CI execute them (mkdocs.yml, scripts/docs). Their code is formatted with
+``ruff format --line-length 88 docs/notebooks``, the width of a code cell on the site.
 """
 
 from __future__ import annotations
