@@ -285,3 +285,41 @@ def test_sum_needs_penalties():
         actreg.penalties.Sum([])
     with pytest.raises(actreg.ActregError, match="wraps an actreg penalty"):
         actreg.penalties.Sum([actreg.L1(1.0), "l2"])
+
+
+def test_a_user_penalty_works_everywhere():
+    """The example of docs/guides/penalties.md ("Write your own")."""
+
+    class MaxAbs(actreg.Penalty, name="max_abs_doc_example"):
+        def __init__(self, coef: float = 1e-3) -> None:
+            self.coef = coef
+
+        def forward(self, x):
+            return self.coef * x.abs().flatten(1).amax(1).mean()
+
+    try:
+        p = MaxAbs(0.5)
+        x = torch.tensor([[1.0, -3.0], [2.0, 0.5]])
+        assert float(p(x)) == pytest.approx(0.5 * 2.5)
+        assert MaxAbs.from_config(p.get_config()) == p
+        assert actreg.make_penalty(actreg.serialize(p)) == p
+        assert float((p + actreg.L1(1.0))(x)) == pytest.approx(1.25 + 6.5 / 2)
+        ctl = actreg.TargetSparsity(p, target=0.9)
+        assert ctl.coef == pytest.approx(0.5)
+        model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.ReLU())
+        reg = actreg.attach(model, {"1": ctl})
+        model(torch.randn(3, 2)).sum().add(reg.penalty()).backward()
+        assert ctl.steps == 1
+        with pytest.raises(actreg.ActregError, match="coef"):
+            p.coef = -1.0
+    finally:
+        actreg.penalties.PENALTIES.pop("max_abs_doc_example")
+
+
+def test_a_penalty_that_never_set_its_coef_says_so():
+    class Forgot(actreg.Penalty):
+        def forward(self, x):
+            return x.sum()
+
+    with pytest.raises(actreg.ActregError, match="set self.coef in its __init__"):
+        Forgot().coef  # noqa: B018

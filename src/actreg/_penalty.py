@@ -111,15 +111,17 @@ def _acc(x: Tensor) -> Tensor:
 class Penalty:
     """Base class of every penalty: a callable ``tensor -> 0-dim tensor``.
 
-    A subclass implements :meth:`forward` (on a checked, float32-or-wider tensor), the
-    :attr:`coef` property with its setter, :meth:`get_config` and ``_args`` (for
-    :func:`repr`), and registers a name: ``class Mine(Penalty, name="mine")``.
+    A subclass implements :meth:`forward` (on a checked, float32-or-wider tensor) and sets
+    ``self.coef``; one whose constructor takes more than ``coef`` also returns them all
+    from :meth:`get_config`. ``name="mine"`` in the class statement registers it for
+    :func:`make_penalty` and configs: ``class Mine(Penalty, name="mine")``.
     """
 
     #: The registry name (:data:`PENALTIES`), set by ``name=`` in the class statement.
     name: ClassVar[str] = ""
     #: True for penalties built from other penalties (their config nests them).
     composite: ClassVar[bool] = False
+    _coef: float
 
     def __init_subclass__(cls, name: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,16 +142,29 @@ class Penalty:
 
     @property
     def coef(self) -> float:
-        """The overall coefficient: the penalty is linear in it (see the module docstring)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The overall coefficient: the penalty is linear in it (see the module docstring).
+
+        By default a plain attribute, checked when set (``self.coef = coef`` in a
+        subclass's ``__init__``); composites derive it from their parts.
+        """
+        try:
+            return self._coef
+        except AttributeError:
+            raise ActregError(
+                f"{type(self).__name__} has no coefficient: set self.coef in its __init__"
+            ) from None
 
     @coef.setter
     def coef(self, value: float) -> None:
-        raise NotImplementedError  # pragma: no cover - abstract
+        self._coef = check_coef(value, "coef")
 
     def get_config(self) -> dict[str, Any]:
-        """The constructor's keyword arguments; :meth:`from_config` builds an equal penalty."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The constructor's keyword arguments; :meth:`from_config` builds an equal penalty.
+
+        By default ``{"coef": self.coef}``, right for a subclass whose constructor takes
+        only ``coef``; a subclass with more arguments returns them all.
+        """
+        return {"coef": self.coef}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Penalty:

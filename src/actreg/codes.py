@@ -314,15 +314,6 @@ class JumpReLUL0(Penalty):
         self.module = module
         self.coef = coef
 
-    @property
-    def coef(self) -> float:
-        """The coefficient (the penalty is linear in it)."""
-        return self._coef
-
-    @coef.setter
-    def coef(self, value: float) -> None:
-        self._coef = check_coef(value, "coef")
-
     def get_config(self) -> dict[str, Any]:
         """``module`` and ``coef``. Not in the name registry: the config holds the module
         itself, so build it with :meth:`JumpReLU.penalty` rather than by name."""

@@ -211,15 +211,6 @@ class FiringFloor(Penalty, name="firing_floor"):
         self.steps = 0
         self._rate: Tensor | None = None
 
-    @property
-    def coef(self) -> float:
-        """The coefficient (the penalty is linear in it)."""
-        return self._coef
-
-    @coef.setter
-    def coef(self, value: float) -> None:
-        self._coef = check_coef(value, "coef")
-
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments (the running rate is in :meth:`state_dict`)."""
         return {
