@@ -368,3 +368,14 @@ def test_unreadable_output_names_module_and_type():
     with pytest.raises(actreg.ActregError, match=r"module '0': got dict.*select="):
         net(torch.randn(2, 3, requires_grad=True))
     reg.remove()
+
+
+def test_a_pattern_matching_a_norm_warns_but_a_name_does_not(recwarn):
+    net = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.ReLU())
+    with pytest.warns(
+        UserWarning, match=r"pattern '\*' matches 3 modules, 1 of whose .*1 \(LayerNorm\)"
+    ):
+        actreg.attach(net, {"*": actreg.L1(1e-3)}).remove()
+    recwarn.clear()
+    actreg.attach(net, {"1": actreg.L1(1e-3)}).remove()  # a name is deliberate
+    assert not [w for w in recwarn if "not activations" in str(w.message)]

@@ -78,6 +78,31 @@ def resolve(model: nn.Module, keys: Iterable[str]) -> dict[str, list[tuple[str, 
     return out
 
 
+#: Kinds of module whose output is not an activation, by type or class name (Hugging Face
+#: names its norms and attention blocks ``LlamaRMSNorm``, ``GPT2Attention``, ...).
+_NOT_ACTIVATIONS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
+_NOT_ACTIVATION_WORDS = ("Norm", "Attention", "Embedding")
+
+
+def not_activations(matches: Iterable[tuple[str, nn.Module]]) -> list[str]:
+    """``"name (Type)"`` for the matched modules whose output is not an activation.
+
+    Normalization, attention and embedding modules; what a pattern that should land on
+    activations (``"model.layers.*.mlp.*"``) often catches by accident.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.ReLU())
+        >>> not_activations(net.named_children())
+        ['1 (LayerNorm)']
+    """
+    out = []
+    for name, module in matches:
+        kind = type(module).__name__
+        if isinstance(module, _NOT_ACTIVATIONS) or any(w in kind for w in _NOT_ACTIVATION_WORDS):
+            out.append(f"{name} ({kind})")
+    return out
+
+
 def first_tensor(output: Any, name: str = "") -> Tensor:
     """The default output selection: the tensor itself, or the first item of a tuple/list.
 

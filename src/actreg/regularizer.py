@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from actreg._errors import ActregError
 from actreg._hooks import Hook, HookSet, in_backward
-from actreg._resolve import Select, check_model, check_select_keys, selector_for
+from actreg._resolve import (
+    Select,
+    check_model,
+    check_select_keys,
+    not_activations,
+    resolve,
+    selector_for,
+)
 from actreg.layers import ActivityRegularization
 from actreg.penalties import Penalty
 
@@ -326,6 +333,7 @@ def attach(
             f"nothing to regularize in {type(model).__name__}: pass a spec such as "
             "{'layer_name': actreg.L1(1e-3)} or add actreg.ActivityRegularization modules"
         )
+    _warn_not_activations(model, spec)
     reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
         for key, name, module, selector in reg._targets(model, spec, select):
@@ -336,3 +344,20 @@ def attach(
         reg.remove()
         raise
     return reg
+
+
+def _warn_not_activations(model: nn.Module, spec: Mapping[str, Any]) -> None:
+    """Warn when a glob pattern lands on norms, attention or embeddings (named keys are
+    deliberate; a pattern often catches more than its author meant)."""
+    patterns = [k for k in spec if isinstance(k, str) and set("*?[") & set(k)]
+    for key, matches in resolve(model, patterns).items():
+        wrong = not_activations(matches)
+        if wrong:
+            shown = ", ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
+            warnings.warn(
+                f"pattern {key!r} matches {len(matches)} modules, {len(wrong)} of whose outputs "
+                f"are not activations: {shown}. Penalizing them is rarely meant; narrow the "
+                f"pattern to the activation modules (e.g. '...mlp.act_fn')",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -235,3 +235,25 @@ def test_training_forward_without_a_loss_names_the_fix(tmp_path):
     callback.on_train_end(args, None, None, model=model)
     model(input_ids=tokens())  # hook removed: no error
     reg.remove()
+
+
+@pytest.mark.parametrize(
+    ("builder", "pattern", "named"),
+    [
+        (llama, "model.layers.0.*", "model.layers.0.self_attn (LlamaAttention)"),
+        (gpt2, "transformer.h.*.*", "transformer.h.0.ln_1 (LayerNorm)"),
+    ],
+    ids=["llama", "gpt2"],
+)
+def test_a_pattern_on_norms_or_attention_warns_and_names_them(builder, pattern, named):
+    model = builder()
+    with pytest.warns(UserWarning, match="are not activations") as record:
+        reg = actreg.attach(model, {pattern: actreg.L1(1e-3)})
+    assert named in str(record[0].message)
+    reg.remove()
+
+
+def test_ffn_patterns_do_not_warn(arch, recwarn):
+    model, glob = arch
+    actreg.attach(model, {glob: actreg.L1(1e-3)}).remove()
+    assert not [w for w in recwarn if "not activations" in str(w.message)]
