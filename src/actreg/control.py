@@ -16,8 +16,8 @@ Example:
     >>> ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9)
     >>> reg = actreg.attach(model, {"1": ctl})
     >>> loss = model(torch.randn(4, 8)).sum() + reg.penalty()
-    >>> ctl.steps, ctl.coef > 1e-3  # about half the ReLU outputs are zero: coefficient up
-    (1, True)
+    >>> ctl.steps, f"{ctl.coef:.1e}"  # the wanted sparsity starts at the measured one
+    (1, '1.0e-03')
     >>> reg.remove()
 """
 
@@ -50,34 +50,73 @@ def _training(x: Tensor) -> bool:
     return torch.is_grad_enabled() and x.requires_grad and not in_backward()
 
 
-class TargetSparsity(Penalty):
-    """Adjust a penalty's coefficient so that the sparsity of its layer settles at a target.
+class _UnitGrad(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass scales the gradient per unit."""
 
-    Each training call measures the sparsity of the penalized tensor and takes a dual-ascent
-    step on the log of the coefficient, ``log c += rate * log(active / wanted)`` clipped to
-    ``[-rate, rate]``, where ``active`` is the share of non-zero values (``1 - zero_fraction``)
-    and ``wanted`` is ``1 - target`` (for ``measure="l0"``: active units and ``target``).
-    Everything stays on the tensor's device; nothing is copied to the host in training.
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weights: Tensor) -> Tensor:
+        ctx.save_for_backward(weights)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (weights,) = ctx.saved_tensors
+        return grad * weights, None
+
+
+class TargetSparsity(Penalty):
+    """Steer a penalty so that its layer settles at a target sparsity, with every unit alive.
+
+    Each training call measures the share of active values (``|x| > eps``) of the penalized
+    tensor, per unit and overall, and
+
+    * **scales the penalty's gradient per unit** by ``clamp(2 * rate / wanted - 1, -1, 1)``,
+      where ``rate`` is the unit's share of active positions in this batch and ``wanted``
+      the target's active share (``1 - target``; for ``measure="l0"``: ``target / units``).
+      A unit that fires more than wanted gets the full penalty, one at half the wanted
+      rate none, and one that fires less is pushed back up (a negative weight), so the
+      penalty never finishes a unit off (``per_unit=False``: weight 1 everywhere);
+    * takes a dual-ascent step on the log of the coefficient,
+      ``log c += rate * clamp(log(active / wanted_t), -1, 1)``, within
+      ``[min_coef, max_coef]``, toward a wanted share ``wanted_t`` that starts at the first
+      batch's active share and comes down to ``wanted`` by ``ramp`` nats per step;
+    * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
+      steps.
+
+    The penalty's value is the wrapped penalty's times the coefficient's scale and the
+    warm-up factor (the per-unit weights act on the gradient only). Everything stays on
+    the tensor's device: no host sync in training, except once, at step
+    :attr:`ZERO_CHECK_STEPS` with ``eps=0``, to check that the layer gives exact zeros at
+    all (tanh and sigmoid never do: it raises and names the fix). The per-unit weights use
+    the current batch only, so the controller keeps no per-unit state; with tiny batches
+    (fewer positions than ``2 / wanted``) every firing unit gets the full weight.
 
     Args:
         penalty: the penalty to scale; its coefficient is the starting value (> 0).
         target: the wanted zero fraction in (0, 1), or with ``measure="l0"`` the wanted
-            number of active units per position (> 0).
+            number of active units per position (> 0, below the number of units).
         measure: ``"zero_fraction"`` (share of values with ``|x| <= eps``) or ``"l0"``
             (active units along ``dim`` per position), as in :mod:`actreg.metrics`.
         rate: the step size on the log-coefficient per training call.
         eps: values with ``|x| <= eps`` count as zero.
-        dim: the unit axis for ``measure="l0"``.
+        dim: the unit axis (``-1`` for ``(N, H)`` and ``(N, T, H)``, ``1`` for conv maps).
         smoothing: the factor of the running mean reported as :attr:`measured`.
         min_coef: lower bound of the coefficient.
         max_coef: upper bound of the coefficient.
+        ramp: how fast the wanted active share comes down, in nats per step (0: the target
+            from the first step).
+        warmup: steps over which the penalty fades in (0: none).
+        per_unit: scale the gradient per unit by its firing rate (see above).
 
     Attributes:
         steps: training calls so far.
 
-    Its state (the log-scale, the running measurement, the step) is in :meth:`state_dict`,
-    so a resumed run continues exactly.
+    Its state (the log-scale, the ramp's start, the running measurement, the step) is in
+    :meth:`state_dict`, so a resumed run continues exactly.
     """
+
+    ZERO_CHECK_STEPS = 100
+    """At this step, with ``eps=0``, a layer that never gave an exact zero raises."""
 
     def __init__(
         self,
@@ -91,6 +130,9 @@ class TargetSparsity(Penalty):
         smoothing: float = 0.99,
         min_coef: float = 1e-10,
         max_coef: float = 1e4,
+        ramp: float = 0.02,
+        warmup: int = 50,
+        per_unit: bool = True,
     ) -> None:
         self.penalty = _check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
@@ -102,12 +144,17 @@ class TargetSparsity(Penalty):
             raise ActregError(f"an l0 target (active units) must be > 0, got {target!r}")
         if not 0 <= smoothing < 1:
             raise ActregError(f"smoothing must lie in [0, 1), got {smoothing!r}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ActregError(f"warmup must be an int >= 0 (steps), got {warmup!r}")
         self.target = target
         self.measure = measure
         self.rate = check_coef(rate, "rate")
         self.eps = metrics.check_eps(eps)
         self.dim = dim
         self.smoothing = float(smoothing)
+        self.ramp = check_coef(ramp, "ramp")
+        self.warmup = warmup
+        self.per_unit = bool(per_unit)
         base = getattr(penalty, "coef", 1.0)
         self.base = check_coef(base, "the wrapped penalty's coefficient")
         if self.base <= 0:
@@ -122,35 +169,67 @@ class TargetSparsity(Penalty):
         self.steps = 0
         self._log_scale = torch.zeros(())
         self._measured = torch.zeros(())
+        self._start = torch.ones(())  # the ramp's first wanted active share
+        self._saw_zero = torch.zeros((), dtype=torch.bool)
 
-    def _measure(self, x: Tensor) -> Tensor:
+    def _wanted(self, units: int) -> float:
+        """The target as a share of active values."""
         if self.measure == "l0":
-            return metrics.l0(x, self.dim, self.eps).float()
-        return metrics.zero_fraction(x, self.eps).float()
+            if self.target >= units:
+                raise ActregError(
+                    f"an l0 target of {self.target:g} active units needs more than "
+                    f"{units} units along dim={self.dim}; ask for fewer or check dim="
+                )
+            return self.target / units
+        return 1.0 - self.target
 
     def forward(self, x: Tensor) -> Tensor:
         if self._log_scale.device != x.device:
-            self._log_scale = self._log_scale.to(x.device)
-            self._measured = self._measured.to(x.device)
-        value = self.penalty.forward(x) * self._log_scale.exp()
-        if _training(x):
+            for key in ("_log_scale", "_measured", "_start", "_saw_zero"):
+                setattr(self, key, getattr(self, key).to(x.device))
+        scale = self._log_scale.exp()
+        if self.warmup and self.steps < self.warmup:
+            scale = scale * ((self.steps + 1) / self.warmup)
+        if not _training(x):
+            return self.penalty.forward(x) * scale
+        with torch.no_grad():
+            rates = metrics.firing_rate(x.detach(), self.dim, self.eps)
+            wanted = self._wanted(rates.numel())
+        if self.per_unit:
             with torch.no_grad():
-                self._update(self._measure(x.detach()))
+                shape = [1] * x.dim()
+                shape[metrics.check_unit_dim(x, self.dim)] = rates.numel()
+                weights = (rates * (2 / wanted) - 1).clamp(-1.0, 1.0).view(shape)
+            x = _UnitGrad.apply(x, weights)
+        value = self.penalty.forward(x) * scale
+        with torch.no_grad():
+            self._update(rates, wanted)
         return value
 
-    def _update(self, m: Tensor) -> None:
-        # The log-ratio of active units to the target's: symmetric in "too many" and
+    def _update(self, rates: Tensor, wanted: float) -> None:
+        active = rates.mean()
+        if self.steps == 0:
+            self._start = active.clamp(min=wanted) if self.ramp else self._start.fill_(wanted)
+        wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
+        # The log-ratio of active units to the wanted share: symmetric in "too many" and
         # "too few", and as strong near 95% zeros as near 50%.
-        if self.measure == "l0":
-            active, wanted = m, self.target
-        else:
-            active, wanted = 1 - m, 1 - self.target
-        error = torch.log((active + 1e-6) / wanted).clamp(-1.0, 1.0)
+        error = torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
+        m = active * rates.numel() if self.measure == "l0" else 1 - active
         w = self.smoothing if self.steps else 0.0
         self._measured = w * self._measured + (1 - w) * m
         self.steps += 1
+        if self.eps == 0.0 and self.steps <= self.ZERO_CHECK_STEPS:
+            self._saw_zero = self._saw_zero | (active < 1)
+            if self.steps == self.ZERO_CHECK_STEPS and not bool(self._saw_zero):
+                raise ActregError(
+                    f"TargetSparsity({self.penalty!r}, target={self.target:g}) saw no exact "
+                    f"zero in {self.steps} training steps: this layer's activation (tanh, "
+                    "sigmoid, ...) cannot give exact zeros, so the target is out of reach; "
+                    "count small values as zeros with eps= (e.g. eps=0.05), use "
+                    'measure="l0" with eps=, or penalize a ReLU layer'
+                )
 
     @property
     def coef(self) -> float:
@@ -163,10 +242,12 @@ class TargetSparsity(Penalty):
         return float(self._measured)
 
     def state_dict(self) -> dict[str, Any]:
-        """The controller's state: log-scale, running measurement, step (and the settings)."""
+        """The controller's state: log-scale, ramp start, running measurement, step, settings."""
         return {
             "log_scale": self._log_scale.detach().clone(),
             "measured": self._measured.detach().clone(),
+            "start": self._start.detach().clone(),
+            "saw_zero": self._saw_zero.detach().clone(),
             "steps": self.steps,
             "target": self.target,
             "measure": self.measure,
@@ -175,7 +256,7 @@ class TargetSparsity(Penalty):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (target and measure must match)."""
-        missing = {"log_scale", "measured", "steps"} - set(state)
+        missing = {"log_scale", "measured", "start", "saw_zero", "steps"} - set(state)
         if missing:
             raise ActregError(f"not a TargetSparsity state_dict: missing {sorted(missing)}")
         for key in ("target", "measure", "base"):
@@ -184,8 +265,8 @@ class TargetSparsity(Penalty):
                     f"state_dict has {key}={state[key]!r}, this controller {getattr(self, key)!r}"
                 )
         device = self._log_scale.device
-        self._log_scale = torch.as_tensor(state["log_scale"]).to(device).clone()
-        self._measured = torch.as_tensor(state["measured"]).to(device).clone()
+        for key in ("log_scale", "measured", "start", "saw_zero"):
+            setattr(self, f"_{key}", torch.as_tensor(state[key]).to(device).clone())
         self.steps = int(state["steps"])
 
     def _args(self) -> list[str]:
