@@ -17,13 +17,15 @@ hidden ReLU. MNIST: the first 10,000 training images, the 10,000 test images hel
 images, the fixed 360 test images, batch 32 and 8 epochs (272 steps: a controller works
 per step, so the step count is kept close to MNIST's). Methods:
 
-* ``plain``: no penalty.  ``l1=C``: a fixed ``L1(C)`` on each layer (the grid, ``grid``).
+* ``plain``: no penalty.  ``l1=C``: a fixed ``L1(C)`` on each layer (the grid, ``grid``);
+  ``l1=A/B/C``: one fixed coefficient per layer (the per-layer grid).
 * ``default``: ``actreg.TargetSparsity(L1(1e-3), target)`` as the library ships it: per-unit
   gradient weights from each unit's firing rate (push down above the wanted rate, up below
   half of it), a ramp of the wanted sparsity from the measured one, a 50-step fade-in.
 * ``global``: the previous default (a): one log-coefficient per layer, dual ascent on the
   layer's zero fraction; ``TargetSparsity(..., per_unit=False, ramp=0, warmup=0)``.
-* ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off.
+* ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off;
+  ``batchrate``: the default with each unit's rate from the current batch alone.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
   but units below half the wanted rate get no penalty instead of a push up.
@@ -174,12 +176,19 @@ class RateGate(_Candidate):
         return (2 * self.batch_rate / self.wanted - 1).clamp(0.0, 1.0)
 
 
-def make_penalty(method: str, target: float) -> Any:
-    """The penalty of one hidden layer for ``method`` (None: no penalty)."""
+class _BatchRates(actreg.TargetSparsity):
+    """The default with each unit's rate from the current batch only (no running mean)."""
+
+    RATE_EVIDENCE = 1e-9
+
+
+def make_penalty(method: str, target: float, layer: int) -> Any:
+    """The penalty of hidden layer ``layer`` (0, 1, 2) for ``method`` (None: no penalty)."""
     if method == "plain":
         return None
-    if method.startswith("l1="):
-        return actreg.L1(float(method[3:]))
+    if method.startswith("l1="):  # one coefficient, or one per layer: l1=1e-4/3e-3/1e-2
+        coefs = method[3:].split("/")
+        return actreg.L1(float(coefs[layer if len(coefs) > 1 else 0]))
     library = {  # TargetSparsity's parts switched off one by one
         "default": {},
         "push": {"ramp": 0.0, "warmup": 0},
@@ -189,6 +198,8 @@ def make_penalty(method: str, target: float) -> Any:
     }
     if method in library:
         return actreg.TargetSparsity(actreg.L1(BASE), target=target, **library[method])
+    if method == "batchrate":
+        return _BatchRates(actreg.L1(BASE), target=target)
     name = method.split("+")[0]
     kinds = {"unit": UnitDual, "gate": RateGate}
     ramp = RAMP if "+ramp" in method else 0.0
@@ -214,7 +225,7 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     _, batch, epochs = SETUP[name]
     torch.manual_seed(seed)
     model = mlp(d.x_train.shape[1], [1000, 1000, 1000], d.n_classes)
-    penalties = {layer: make_penalty(method, target) for layer in LAYERS}
+    penalties = {layer: make_penalty(method, target, i) for i, layer in enumerate(LAYERS)}
     reg = actreg.attach(model, penalties) if penalties["act1"] is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     n = len(d.x_train)
@@ -268,6 +279,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         for method in args.methods:
             if method == "grid":
                 jobs += [(name, f"l1={c:g}", None) for c in args.grid]
+            elif method.startswith("l1="):
+                jobs.append((name, method, None))
             elif method == "plain":
                 jobs.append((name, method, None))
             else:
