@@ -24,8 +24,7 @@ per step, so the step count is kept close to MNIST's). Methods:
   half of it), a ramp of the wanted sparsity from the measured one, a 50-step fade-in.
 * ``global``: the previous default (a): one log-coefficient per layer, dual ascent on the
   layer's zero fraction; ``TargetSparsity(..., per_unit=False, ramp=0, warmup=0)``.
-* ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off;
-  ``batchrate``: the default with each unit's rate from the current batch alone.
+* ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
   but units below half the wanted rate get no penalty instead of a push up.
@@ -176,12 +175,6 @@ class RateGate(_Candidate):
         return (2 * self.batch_rate / self.wanted - 1).clamp(0.0, 1.0)
 
 
-class _BatchRates(actreg.TargetSparsity):
-    """The default with each unit's rate from the current batch only (no running mean)."""
-
-    RATE_EVIDENCE = 1e-9
-
-
 def make_penalty(method: str, target: float, layer: int) -> Any:
     """The penalty of hidden layer ``layer`` (0, 1, 2) for ``method`` (None: no penalty)."""
     if method == "plain":
@@ -198,8 +191,6 @@ def make_penalty(method: str, target: float, layer: int) -> Any:
     }
     if method in library:
         return actreg.TargetSparsity(actreg.L1(BASE), target=target, **library[method])
-    if method == "batchrate":
-        return _BatchRates(actreg.L1(BASE), target=target)
     name = method.split("+")[0]
     kinds = {"unit": UnitDual, "gate": RateGate}
     ramp = RAMP if "+ramp" in method else 0.0

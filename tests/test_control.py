@@ -68,6 +68,7 @@ def test_state_dict_round_trip_continues_exactly(per_unit):
     a = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8, per_unit=per_unit, warmup=6)
     for x in xs[:5]:
         a(x)
+    assert a.state_dict()["unit_rate"].shape == (8,)  # per-unit state travels too
     b = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8, per_unit=per_unit, warmup=6)
     b.load_state_dict(a.state_dict())
     assert (b.coef, b.measured, b.steps) == (a.coef, a.measured, a.steps)

@@ -105,7 +105,9 @@ class TargetSparsity(Penalty):
     * takes a dual-ascent step on the log of the coefficient,
       ``log c += rate * clamp(log(active / wanted_t), -1, 1)``, within
       ``[min_coef, max_coef]``, toward a wanted share ``wanted_t`` that starts at the first
-      batch's active share and comes down to ``wanted`` by ``ramp`` nats per step;
+      batch's active share and comes down to ``wanted`` by ``ramp`` nats per step; the
+      push up has its own coefficient, moved by the opposite step (it grows while the
+      layer is sparser than wanted, e.g. pressed down by the penalties of layers above);
     * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
       steps.
 
@@ -138,8 +140,8 @@ class TargetSparsity(Penalty):
     Attributes:
         steps: training calls so far.
 
-    Its state (the log-scale, the per-unit running rates, the ramp's start, the running
-    measurement, the step) is in :meth:`state_dict`, so a resumed run continues exactly.
+    Its state (the two log-scales, the per-unit running rates, the ramp's start, the
+    running measurement, the step) is in :meth:`state_dict`, so a resumed run continues exactly.
     """
 
     ZERO_CHECK_STEPS = 100
@@ -201,6 +203,7 @@ class TargetSparsity(Penalty):
         self._start = torch.ones(())  # the ramp's first wanted active share
         self._saw_zero = torch.zeros((), dtype=torch.bool)
         self._unit_rate = torch.zeros(0)  # per unit, set at the first training step
+        self._log_push = torch.zeros(())
 
     def _wanted(self, units: int) -> float:
         """The target as a share of active values."""
@@ -215,8 +218,9 @@ class TargetSparsity(Penalty):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._log_scale.device != x.device:
-            for key in ("_log_scale", "_measured", "_start", "_saw_zero", "_unit_rate"):
+            for key in ("_log_scale", "_log_push", "_measured", "_start", "_saw_zero"):
                 setattr(self, key, getattr(self, key).to(x.device))
+            self._unit_rate = self._unit_rate.to(x.device)
         scale = self._log_scale.exp()
         if self.warmup and self.steps < self.warmup:
             scale = scale * ((self.steps + 1) / self.warmup)
@@ -230,7 +234,9 @@ class TargetSparsity(Penalty):
             with torch.no_grad():
                 shape = [1] * x.dim()
                 shape[metrics.check_unit_dim(x, self.dim)] = rates.numel()
-                weights = (self._unit_rate * (2 / wanted) - 1).clamp(-1.0, 1.0).view(shape)
+                weights = (self._unit_rate * (2 / wanted) - 1).clamp(-1.0, 1.0)
+                lift = (self._log_push - self._log_scale).exp()
+                weights = torch.where(weights < 0, weights * lift, weights).view(shape)
             x = _UnitGrad.apply(x, weights)
         value = self.penalty.forward(x) * scale
         with torch.no_grad():
@@ -256,6 +262,7 @@ class TargetSparsity(Penalty):
         error = torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
+        self._log_push = (self._log_push - self.rate * error).clamp(low, high)
         m = active * rates.numel() if self.measure == "l0" else 1 - active
         w = self.smoothing if self.steps else 0.0
         self._measured = w * self._measured + (1 - w) * m
@@ -289,6 +296,7 @@ class TargetSparsity(Penalty):
             "start": self._start.detach().clone(),
             "saw_zero": self._saw_zero.detach().clone(),
             "unit_rate": self._unit_rate.detach().clone(),
+            "log_push": self._log_push.detach().clone(),
             "steps": self.steps,
             "target": self.target,
             "measure": self.measure,
@@ -297,7 +305,8 @@ class TargetSparsity(Penalty):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (target and measure must match)."""
-        missing = {"log_scale", "measured", "start", "saw_zero", "unit_rate", "steps"} - set(state)
+        keys = ("log_scale", "log_push", "measured", "start", "saw_zero", "unit_rate")
+        missing = {*keys, "steps"} - set(state)
         if missing:
             raise ActregError(f"not a TargetSparsity state_dict: missing {sorted(missing)}")
         for key in ("target", "measure", "base"):
@@ -306,7 +315,7 @@ class TargetSparsity(Penalty):
                     f"state_dict has {key}={state[key]!r}, this controller {getattr(self, key)!r}"
                 )
         device = self._log_scale.device
-        for key in ("log_scale", "measured", "start", "saw_zero", "unit_rate"):
+        for key in keys:
             setattr(self, f"_{key}", torch.as_tensor(state[key]).to(device).clone())
         self.steps = int(state["steps"])
 
