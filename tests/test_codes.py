@@ -356,6 +356,7 @@ def test_target_sparsity_reads_a_batch_topk_code():
     model(torch.randn(40, 8))
     reg.penalty()
     assert ctl.steps == 1
-    assert ctl.measured <= 3.0  # at most k per example on average (non-positive values drop)
-    assert ctl.coef == pytest.approx(1e-3 * math.exp(0.05 * math.log(ctl.measured / 3.0)))
+    assert ctl.measured <= 3.0 + 1e-5  # at most k per example on average (non-positive values drop)
+    # the wanted sparsity ramps down from the first batch's: the first step leaves the scale
+    assert ctl.coef == pytest.approx(1e-3)
     reg.remove()

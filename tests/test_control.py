@@ -49,7 +49,7 @@ def _fit(x, penalty, steps, seed):
 )
 def test_settles_at_target_on_digits(digits, measure, target, tol):
     ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=target, measure=measure)
-    codes = _train(digits, ctl)
+    codes = _train(digits, ctl, steps=400)  # fade-in and ramp, then settle
     got = actreg.metrics.zero_fraction(codes) if measure == "zero_fraction" else None
     got = float(got if got is not None else actreg.metrics.l0(codes))
     assert abs(got - target) < tol, (got, ctl.coef)
@@ -57,19 +57,152 @@ def test_settles_at_target_on_digits(digits, measure, target, tol):
     assert ctl.coef != pytest.approx(1e-3)
 
 
-def test_state_dict_round_trip_continues_exactly():
-    x = torch.randn(16, 8)
-    layer = torch.nn.Linear(8, 8)
-    a = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8)
-    for _ in range(5):
-        a(torch.relu(layer(x)))
-    b = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8)
+def _relu_batches(steps, shape=(16, 8), seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=gen).relu().requires_grad_() for _ in range(steps)]
+
+
+@pytest.mark.parametrize("per_unit", [True, False], ids=["per-unit", "global"])
+def test_state_dict_round_trip_continues_exactly(per_unit):
+    xs = _relu_batches(8)
+    a = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8, per_unit=per_unit, warmup=6)
+    for x in xs[:5]:
+        a(x)
+    assert a.state_dict()["unit_rate"].shape == (8,)  # per-unit state travels too
+    b = actreg.TargetSparsity(actreg.L1(1e-2), target=0.8, per_unit=per_unit, warmup=6)
     b.load_state_dict(a.state_dict())
     assert (b.coef, b.measured, b.steps) == (a.coef, a.measured, a.steps)
-    h = torch.relu(layer(x))
-    assert torch.equal(a(h), b(h)) and a.coef == b.coef
+    for x in xs[5:]:  # inside the warm-up and the ramp: both must continue alike
+        xa, xb = x.detach().requires_grad_(), x.detach().requires_grad_()
+        va, vb = a(xa), b(xb)
+        va.backward()
+        vb.backward()
+        assert torch.equal(va, vb) and torch.equal(xa.grad, xb.grad)
+        assert a.coef == b.coef
     with pytest.raises(actreg.ActregError, match="target"):
         actreg.TargetSparsity(actreg.L1(1e-2), target=0.9).load_state_dict(a.state_dict())
+    with pytest.raises(actreg.ActregError, match="missing"):
+        b.load_state_dict({"log_scale": 0.0, "measured": 0.0, "steps": 1})
+
+
+def _classifier_dead(data, kwargs, seed, target=0.9, steps=300):
+    """Train a 64-128-128-10 ReLU classifier on digits with TargetSparsity on the second
+    hidden layer; return (zero fraction, dead share) of that layer on the training set."""
+    x, y = data
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=target, **kwargs)
+    reg = actreg.attach(model, {"3": ctl})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx]) + reg.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    reg.remove()
+    with torch.no_grad():
+        h = model[:4](x)
+    dead = float((actreg.metrics.firing_rate(h) == 0).float().mean())
+    return float(actreg.metrics.zero_fraction(h)), dead
+
+
+@pytest.fixture(scope="module")
+def digits_labelled():
+    from actreg.lab.data import load_vision
+
+    d = load_vision("digits", seed=0)
+    return d.x_train, d.y_train
+
+
+OLD = {"per_unit": False, "ramp": 0.0, "warmup": 0}  # the previous default: global loop only
+
+
+@pytest.mark.parametrize("seed", [0, 1], ids=["seed0", "seed1"])
+def test_keeps_units_alive_where_global_control_kills_them(digits_labelled, seed):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        old_zero, old_dead = _classifier_dead(digits_labelled, OLD, seed)
+        new_zero, new_dead = _classifier_dead(digits_labelled, {}, seed)
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(new_zero - 0.9) < 0.03 and abs(old_zero - 0.9) < 0.03
+    assert old_dead > 0.15, old_dead  # the toy shows the problem
+    assert new_dead < 0.4 * old_dead, (new_dead, old_dead)
+
+
+def _l1_grad(ctl, x):
+    x = x.detach().requires_grad_()
+    ctl(x).backward()
+    return x.grad
+
+
+def test_gradient_weights_follow_firing_rates():
+    # unit 0 fires on every row, unit 1 on 1 of 8 rows (wanted: 0.25 * 4 = ... see below)
+    x = torch.zeros(8, 4)
+    x[:, 0] = 1.0  # rate 1: above the wanted 0.2 -> weight 1 (full penalty)
+    x[0, 1] = 1.0  # rate 1/8: between 0.1 and 0.2 -> weight 2 * 0.125 / 0.2 - 1 = 0.25
+    x[0, 2] = -1.0  # same rate, negative value: the sign of L1's gradient is kept
+    ctl = actreg.TargetSparsity(actreg.L1(0.8), target=0.8, warmup=0)
+    grad = _l1_grad(ctl, x)
+    sign = x.sign()
+    expected = 0.8 / 8 * sign * torch.tensor([1.0, 0.25, 0.25, 0.0])
+    assert torch.allclose(grad, expected)
+    ctl = actreg.TargetSparsity(actreg.L1(0.8), target=0.95, warmup=0)  # wanted 0.05
+    x = torch.zeros(40, 2)
+    x[0, 0] = 1.0  # rate 1/40 = 0.025: half the wanted rate -> weight 0
+    x[:, 1] = 0.0
+    assert torch.equal(_l1_grad(ctl, x), torch.zeros(40, 2))
+    x = torch.zeros(80, 1)
+    x[0, 0] = 1.0  # rate 1/80: a quarter of the wanted -> pushed up, weight -0.5
+    ctl = actreg.TargetSparsity(actreg.L1(0.8), target=0.95, warmup=0)
+    assert float(_l1_grad(ctl, x)[0, 0]) == pytest.approx(-0.5 * 0.8 / 80)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dim"),
+    [((4, 3, 5, 5), 1), ((4, 6, 3), -1), ((4, 6, 3), 2)],
+    ids=["conv-dim1", "sequence", "sequence-dim2"],
+)
+def test_unit_axis_of_conv_maps_and_sequences(shape, dim):
+    x = torch.zeros(shape)
+    busy = [slice(None)] * len(shape)
+    busy[dim] = 0
+    x[tuple(busy)] = 1.0  # unit 0 active at every position, the others silent
+    ctl = actreg.TargetSparsity(actreg.L1(1.0), target=0.5, dim=dim, warmup=0)
+    grad = _l1_grad(ctl, x)
+    assert bool((grad[tuple(busy)] > 0).all())
+    assert float(grad.abs().sum()) == pytest.approx(float(grad[tuple(busy)].abs().sum()))
+    assert ctl.measured == pytest.approx(1 - 1 / shape[dim])
+    l0 = actreg.TargetSparsity(actreg.L1(1.0), target=1.0, measure="l0", dim=dim)
+    l0(x.requires_grad_())
+    assert l0.measured == pytest.approx(1.0)
+
+
+def test_warmup_fades_the_penalty_in():
+    ctl = actreg.TargetSparsity(actreg.L1(1.0), target=0.5, warmup=4, rate=0.0)
+    x = torch.ones(2, 3, requires_grad=True)
+    assert [float(ctl(x).detach()) for _ in range(5)] == pytest.approx([0.75, 1.5, 2.25, 3.0, 3.0])
+
+
+def test_no_exact_zeros_raises_and_names_the_fix():
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9)
+    x = torch.rand(8, 4).add(0.1).tanh().requires_grad_()
+    for _ in range(ctl.ZERO_CHECK_STEPS - 1):
+        ctl(x)
+    with pytest.raises(actreg.ActregError, match="eps=.*l0"):
+        ctl(x)
+    ok = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9, eps=0.2)
+    for _ in range(ok.ZERO_CHECK_STEPS + 1):
+        ok(x)  # with eps small values count as zeros: no check, no error
 
 
 def test_no_update_outside_training():
@@ -81,6 +214,12 @@ def test_no_update_outside_training():
     assert ctl.steps == 0 and ctl.coef == pytest.approx(1e-2)
     ctl(x)
     assert ctl.steps == 1 and ctl.coef < 1e-2  # all zeros: above target, coefficient down
+
+
+def test_l0_target_above_the_layer_width():
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=8.0, measure="l0")
+    with pytest.raises(actreg.ActregError, match="8 units"):
+        ctl(torch.ones(2, 8, requires_grad=True))
 
 
 def test_composes_and_repr():
@@ -100,8 +239,22 @@ def test_composes_and_repr():
         ({"penalty": actreg.L1(0.0)}, "coefficient 0"),
         ({"penalty": "l1"}, "wraps an actreg penalty"),
         ({"smoothing": 1.0}, "smoothing"),
+        ({"ramp": -0.1}, "ramp"),
+        ({"warmup": -1}, "warmup"),
+        ({"warmup": 2.5}, "warmup"),
     ],
-    ids=["target-1", "target-0", "l0-negative", "measure", "zero-coef", "not-penalty", "smooth"],
+    ids=[
+        "target-1",
+        "target-0",
+        "l0-negative",
+        "measure",
+        "zero-coef",
+        "not-penalty",
+        "smooth",
+        "ramp",
+        "warmup-negative",
+        "warmup-float",
+    ],
 )
 def test_bad_input(kwargs, match):
     kwargs = {"penalty": actreg.L1(1e-3), **kwargs}
@@ -157,7 +310,7 @@ def test_settles_at_target_on_digits_on_any_penalty(digits, make, coef):
 
 def test_target_sparsity_coef_setter_sets_the_scale():
     inner = actreg.L1L2(l1=1e-3, l2=1e-3)
-    ctl = actreg.TargetSparsity(inner, target=0.9)
+    ctl = actreg.TargetSparsity(inner, target=0.9, warmup=0)  # no fade-in: the scale alone
     x = torch.randn(4, 8)
     ctl.coef = 6e-3
     assert ctl.coef == pytest.approx(6e-3)
@@ -194,6 +347,9 @@ def test_config_of_the_controllers():
         "smoothing": 0.99,
         "min_coef": 1e-10,
         "max_coef": 1e4,
+        "ramp": 0.02,
+        "warmup": 50,
+        "per_unit": True,
     }
     p = Scheduled(actreg.L1(1.0), _halve, warmup=3)
     clone = actreg.make_penalty(actreg.serialize(p))

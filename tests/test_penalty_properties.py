@@ -77,8 +77,9 @@ def _t(value):
 
 
 def _target_sparsity():
-    """A controller on L1L2, three training steps in (its scale has moved)."""
-    ctl = TargetSparsity(actreg.L1L2(l1=0.01, l2=0.02), target=0.5, rate=0.1)
+    """A controller on L1L2, three training steps in (its scale has moved; no fade-in, and
+    a ramp that reaches the target at once, so the scale moves from the first step)."""
+    ctl = TargetSparsity(actreg.L1L2(l1=0.01, l2=0.02), target=0.5, rate=0.1, warmup=0, ramp=10.0)
     for _ in range(3):
         ctl(torch.relu(torch.randn(4, 5, dtype=torch.float64)).requires_grad_())
     assert ctl.coef != pytest.approx(0.03)
@@ -274,6 +275,7 @@ CASES = [
             _target_sparsity,
             lambda x, p: p.coef / 0.03 * _l1l2_ref(x, 0.01, 0.02),
             signed,
+            grad="in training the backward weights each unit by its firing rate (by design)",
         ),
     ),
     (
