@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import actreg
-from actreg.control import Scheduled
+from actreg.schedule import Scheduled
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ from _checker import (
     signed,
     unit,
 )
-from actreg.control import Scheduled, TargetSparsity
+from actreg.control import TargetSparsity
 from actreg.penalties import PENALTIES, Penalty
+from actreg.schedule import Scheduled
 
 
 def _kl_ref(x, beta, rho, dim=-1):
@@ -302,7 +303,7 @@ def test_cases_build_the_registered_class():
     sorted(
         {
             obj
-            for module in (actreg, actreg.penalties, actreg.control)
+            for module in (actreg, actreg.penalties, actreg.control, actreg.schedule)
             for obj in (getattr(module, n) for n in module.__all__)
             if isinstance(obj, type) and issubclass(obj, Penalty) and obj is not Penalty
         },

@@ -35,7 +35,7 @@ _SOURCES: dict[str, str] = {
     "Monitor": "actreg.monitor",
     "Penalty": "actreg.penalties",
     "Regularizer": "actreg.regularizer",
-    "Scheduled": "actreg.control",
+    "Scheduled": "actreg.schedule",
     "TargetSparsity": "actreg.control",
     "TopK": "actreg.layers",
     "attach": "actreg.regularizer",
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     from actreg._errors import ActregError
     from actreg._io import load_checkpoint
     from actreg.codes import BatchTopK, JumpReLU, tie_init
-    from actreg.control import Scheduled, TargetSparsity
+    from actreg.control import TargetSparsity
     from actreg.dead import AuxK, FiringFloor
     from actreg.layers import ActivityRegularization, TopK
     from actreg.monitor import Monitor
@@ -107,6 +107,7 @@ if TYPE_CHECKING:
     )
     from actreg.regularizer import Regularizer, attach
     from actreg.revival import revive
+    from actreg.schedule import Scheduled
 
 
 def __getattr__(name: str) -> Any:

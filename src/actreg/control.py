@@ -1,14 +1,14 @@
-"""Coefficients that change during training: a target-sparsity controller and schedules.
+"""A coefficient that follows a target: the target-sparsity controller.
 
 :class:`TargetSparsity` wraps a penalty and scales it so that the measured sparsity of the
 tensor it penalizes settles at a target: "90% zeros in this layer" without a search.
-:class:`Scheduled` multiplies a penalty by a function of the step (e.g. a linear warm-up,
-as sparse-autoencoder practice does).
+(:class:`actreg.Scheduled`, a coefficient that follows the step, is in
+:mod:`actreg.schedule`.)
 
-Both are penalties themselves, usable in :func:`actreg.attach` specs. They count a step
-each time they are called with grad enabled on a tensor that requires grad (a training
-forward), not during evaluation or a checkpoint recomputation in backward. Use one object
-per layer: an object shared by several layers counts one step per layer and call.
+It is a penalty itself, usable in :func:`actreg.attach` specs. It counts a step each time
+it is called with grad enabled on a tensor that requires grad (a training forward), not
+during evaluation or a checkpoint recomputation in backward. Use one object per layer: an
+object shared by several layers counts one step per layer and call.
 
 Why :class:`TargetSparsity` works per unit, ramps, and fades in (docs/TARGET.md has the
 comparison: a 3x1000 ReLU MLP on MNIST and on scikit-learn's digits, targets 0.9 and 0.95,
@@ -52,7 +52,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -70,12 +70,13 @@ from actreg._penalty import (
     serialize,
 )
 
-__all__ = ["MEASURES", "Scheduled", "TargetSparsity"]
+__all__ = ["MEASURES", "TargetSparsity", "training"]
 
 MEASURES = ("zero_fraction", "l0")
 
 
-def _training(x: Tensor) -> bool:
+def training(x: Tensor) -> bool:
+    """Whether a call on ``x`` is a training forward (grad on, not a backward recompute)."""
     return torch.is_grad_enabled() and x.requires_grad and not in_backward()
 
 
@@ -229,7 +230,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         scale = self._log_scale.exp()
         if self.warmup and self.steps < self.warmup:
             scale = scale * ((self.steps + 1) / self.warmup)
-        if not _training(x):
+        if not training(x):
             return self.penalty.forward(x) * scale
         with torch.no_grad():
             rates = metrics.firing_rate(x.detach(), self.dim, self.eps).float()
@@ -365,108 +366,4 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         args = [repr(self.penalty), f"target={self.target:g}"]
         if self.measure != "zero_fraction":
             args.append(f"measure={self.measure!r}")
-        return args
-
-
-class Scheduled(Penalty, name="scheduled"):
-    """A penalty times a factor that depends on the training step.
-
-    ``coef`` is the wrapped penalty's (reading and setting it reach through); the value
-    in effect at the current step is ``factor() * coef``. A config holds the schedule
-    callable itself: it round-trips in Python (and pickles when the callable does), and
-    through JSON only without a schedule.
-
-    Args:
-        penalty: the penalty to scale, any penalty (sums too).
-        schedule: ``step -> factor`` (a float >= 0); ``None`` for a constant 1.
-        warmup: ramp the factor linearly from ``1 / warmup`` to 1 over the first ``warmup``
-            steps (multiplies ``schedule``).
-
-    Example:
-        >>> import torch, actreg
-        >>> from actreg.control import Scheduled
-        >>> p = Scheduled(actreg.L1(1.0), warmup=4)
-        >>> x = torch.ones(1, 2, requires_grad=True)
-        >>> [round(float(p(x).detach()), 2) for _ in range(5)]
-        [0.5, 1.0, 1.5, 2.0, 2.0]
-    """
-
-    composite = True
-
-    def __init__(
-        self,
-        penalty: Penalty,
-        schedule: Callable[[int], float] | None = None,
-        *,
-        warmup: int = 0,
-    ) -> None:
-        self.penalty = check_penalty(penalty, "Scheduled")
-        if schedule is not None and not callable(schedule):
-            raise ActregError(f"schedule must be a callable step -> factor, got {schedule!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ActregError(f"warmup must be an int >= 0 (steps), got {warmup!r}")
-        self.schedule = schedule
-        self.warmup = warmup
-        self.steps = 0
-
-    def factor(self, step: int | None = None) -> float:
-        """The factor at ``step`` (default: the current step)."""
-        step = self.steps if step is None else step
-        value = 1.0 if self.schedule is None else self.schedule(step)
-        value = check_coef(value, f"schedule({step})")
-        if self.warmup:
-            value *= min(1.0, (step + 1) / self.warmup)
-        return value
-
-    @property
-    def coef(self) -> float:
-        """The wrapped penalty's coefficient, the one the schedule multiplies."""
-        return self.penalty.coef
-
-    @coef.setter
-    def coef(self, value: float) -> None:
-        self.penalty.coef = value
-
-    def get_config(self) -> dict[str, Any]:
-        """``penalty`` (as :func:`actreg.serialize` gives it), ``schedule``, ``warmup``."""
-        return {
-            "penalty": serialize(self.penalty),
-            "schedule": self.schedule,
-            "warmup": self.warmup,
-        }
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Penalty:
-        """Build a schedule from :meth:`get_config` output (at step 0)."""
-        return build(cls, (), {**config, "penalty": make_penalty(config["penalty"])})
-
-    def forward(self, x: Tensor) -> Tensor:
-        value = self.factor() * self.penalty.forward(x)
-        if _training(x):
-            self.steps += 1
-        return value
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"steps": n}``, and the wrapped penalty's state under ``"penalty"`` if it has
-        one (a controller inside a warm-up resumes exactly too)."""
-        state: dict[str, Any] = {"steps": self.steps}
-        inner = self.penalty.state_dict()
-        if inner:
-            state["penalty"] = inner
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output."""
-        if "steps" not in state:
-            raise ActregError(f"not a Scheduled state_dict: keys {sorted(state)}")
-        self.steps = int(state["steps"])
-        if "penalty" in state:
-            self.penalty.load_state_dict(state["penalty"])
-
-    def _args(self) -> list[str]:
-        args = [repr(self.penalty)]
-        if self.schedule is not None:
-            args.append(f"schedule={getattr(self.schedule, '__name__', 'fn')}")
-        if self.warmup:
-            args.append(f"warmup={self.warmup}")
         return args
