@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 import actreg
+from actreg.control import _UnitGrad  # the same per-unit gradient scaling as the library
 from actreg.lab.data import load_vision
 from actreg.lab.models import mlp
 
@@ -59,20 +60,6 @@ SETUP = {  # data -> (training images, batch, epochs)
 RAMP = 0.02  # candidates with +ramp: nats per step of the target ramp (as the library's)
 WARM = 50  # candidates with +warm: the penalty fades in over this many steps (as the library's)
 GRID = (3e-4, 1e-3, 3e-3, 1e-2)  # fixed L1 coefficients for the grid-searched baseline
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the gradient times per-unit weights (broadcast)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (w,) = ctx.saved_tensors
-        return grad * w, None
 
 
 class _Candidate(actreg.Penalty):
@@ -128,7 +115,7 @@ class _Candidate(actreg.Penalty):
                 else:
                     self.unit_rate.mul_(0.9).add_(self.batch_rate, alpha=0.1)
         w = self.weights()
-        y = x if w is None else _ScaleGrad.apply(x, w)
+        y = x if w is None else _UnitGrad.apply(x, w)
         value = self.penalty.forward(y) * self.log_scale.exp()
         if self.warm:
             value = value * min(1.0, (self.steps + 1) / self.warm)

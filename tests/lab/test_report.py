@@ -11,33 +11,14 @@ import shutil
 import pytest
 
 from actreg import ActregError
-from actreg.lab.experiments import EXPERIMENTS, Experiment, get, load_results
-from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments import EXPERIMENTS, Experiment, load_results
 from actreg.lab.report import format_table, write_report
-
-TINY = {
-    "sparse-ae": ["code=16", "probe_size=100"],
-    "sparse-rectifier": ["hidden=16,16,16"],
-    "cnn": ["channels=4,8", "hidden=16"],
-}
-COMMON = ["data=digits", "limit=200", "epochs=1", "batch_size=50", "progress=false"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    done = {}
-    for name, extra in TINY.items():
-        exp = get(name)
-        cfg = apply_overrides(exp.config(), [*COMMON, *extra, f"out_dir={out}", "run_name=t"])
-        done[name] = exp.run(cfg)
-    return done
 
 
 def test_report_puts_runs_side_by_side(runs, tmp_path):
     out = write_report([r["run_dir"] for r in runs.values()], tmp_path / "report.md")
     text = out.read_text()
-    for name in TINY:
+    for name in runs:
         assert f"## {name}" in text
         assert f"actreg run {name} --set data=digits" in text
     assert "![reconstructions](" in text

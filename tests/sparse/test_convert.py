@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from sparse_nets import close as _close
+from sparse_nets import mlp as _mlp
 from torch import nn
 
 import actreg
@@ -17,12 +19,7 @@ from actreg import sparse
 from actreg.sparse import SparseInputLinear
 from actreg.sparse._kernels import random_sparse
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 KERNELS = "sparse"  # see tests/conftest.py: cpp
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
-    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("direction", ["dense->sparse", "sparse->dense"])
@@ -38,25 +35,6 @@ def test_state_dict_round_trip(direction: str) -> None:
     x = random_sparse((3, 8), 0.0) - 0.5
     with torch.no_grad():
         assert _close(fresh(x), src(x))
-
-
-def _mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        OrderedDict(
-            fc1=nn.Linear(20, 48),
-            act1=nn.ReLU(),
-            drop=nn.Dropout(0.5),
-            fc2=nn.Linear(48, 48),
-            act2=nn.ReLU(),
-            ident=nn.Identity(),
-            fc3=nn.Linear(48, 5),
-        )
-    ).to(dtype)
-    with torch.no_grad():  # negative biases: most hidden units off, as after L1 training
-        net.fc1.bias.sub_(0.5)
-        net.fc2.bias.sub_(0.3)
-    return net.eval()
 
 
 def _net() -> nn.Module:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections import OrderedDict
 
 import pytest
 import torch
+from sparse_nets import close as _close
+from sparse_nets import mlp as _mlp
 from torch import nn
 
 import actreg
@@ -17,31 +18,7 @@ from actreg._cpp import Backend
 from actreg.sparse import SparseInputLinear
 from actreg.sparse._kernels import random_sparse
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 KERNELS = "sparse"  # see tests/conftest.py: cpp
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
-    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
-
-
-def _mlp(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        OrderedDict(
-            fc1=nn.Linear(20, 48),
-            act1=nn.ReLU(),
-            drop=nn.Dropout(0.5),
-            fc2=nn.Linear(48, 48),
-            act2=nn.ReLU(),
-            ident=nn.Identity(),
-            fc3=nn.Linear(48, 5),
-        )
-    ).to(dtype)
-    with torch.no_grad():  # negative biases: most hidden units off, as after L1 training
-        net.fc1.bias.sub_(0.5)
-        net.fc2.bias.sub_(0.3)
-    return net.eval()
 
 
 def _fused(

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from sparse_nets import close as _close
 from torch import nn
 
 from actreg._cpp import Backend
@@ -20,12 +21,7 @@ from actreg.sparse._kernels import (
 )
 from actreg.sparse.calibrate import crossover
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 KERNELS = "sparse"  # see tests/conftest.py: cpp
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
-    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("numpy_path", [True, False], ids=["numpy", "torch"])

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from sparse_nets import close as _close
 from torch import nn
 
 import actreg
@@ -18,12 +19,7 @@ from actreg.sparse import SparseInputLinear
 from actreg.sparse import linear as linear_module
 from actreg.sparse._kernels import random_sparse
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 KERNELS = "sparse"  # see tests/conftest.py: cpp
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
-    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.fixture(params=["torch", "cpp"])

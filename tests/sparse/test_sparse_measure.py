@@ -12,12 +12,7 @@ import actreg
 from actreg import sparse
 from actreg.sparse._kernels import random_sparse
 
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 KERNELS = "sparse"  # see tests/conftest.py: cpp
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32) -> bool:
-    return torch.allclose(a, b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 def test_flop_limit_counts_zeros() -> None:
