@@ -58,6 +58,9 @@ class Attached:
         return [name for name, _ in self.owner.entries]
 
     def seen(self) -> dict[str, float]:
+        if not self.owner.hooked:  # removed: penalty() refuses; nothing may be pending
+            assert self.owner.pending == 0
+            return {}
         with warnings.catch_warnings():  # "found nothing recorded": expected here
             warnings.filterwarnings("ignore", "actreg: reg.penalty.. found nothing")
             self.owner.penalty()

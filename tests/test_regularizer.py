@@ -379,3 +379,32 @@ def test_a_pattern_matching_a_norm_warns_but_a_name_does_not(recwarn):
     recwarn.clear()
     actreg.attach(net, {"1": actreg.L1(1e-3)}).remove()  # a name is deliberate
     assert not [w for w in recwarn if "not activations" in str(w.message)]
+
+
+def test_penalty_after_remove_is_an_error_naming_the_fix():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    reg = actreg.attach(net, {"1": actreg.L1(1e-3)})
+    reg.remove()
+    with pytest.raises(actreg.ActregError, match=r"was removed .* attach again"):
+        reg.penalty()
+
+
+def test_two_keys_on_one_module_warn_naming_both():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    with pytest.warns(UserWarning, match=r"module '1' is matched by 2 keys \('1', '\*'\)"):
+        reg = actreg.attach(net, {"1": actreg.L1(1e-3), "*": actreg.L2(1e-3)})
+    net(torch.randn(2, 3))
+    assert set(reg.last) == set() and float(reg.penalty()) > 0  # both still recorded
+    reg.remove()
+
+
+def test_a_second_live_regularizer_on_a_module_warns(recwarn):
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    first = actreg.attach(net, {"1": actreg.L1(1e-3)})
+    with pytest.warns(UserWarning, match="already carries a penalty from another Regularizer"):
+        second = actreg.attach(net, {"1": actreg.L1(1e-3)})
+    second.remove()
+    first.remove()
+    recwarn.clear()
+    actreg.attach(net, {"1": actreg.L1(1e-3)}).remove()  # the old ones are gone: quiet
+    assert not [w for w in recwarn if "already carries" in str(w.message)]

@@ -186,7 +186,16 @@ class Regularizer(HookSet):
         """Return the sum of every penalty recorded since the last call, and clear them.
 
         With nothing recorded, returns a 0-dim zero tensor on the model's device.
+
+        Raises:
+            ActregError: after :meth:`remove` (nothing can be recorded any more: a loss
+                without its penalty is never what a training loop wants).
         """
+        if not self.hooked:
+            raise ActregError(
+                "this Regularizer was removed (reg.remove(), or the end of its `with` block) "
+                "and records nothing: attach again with actreg.attach(model, spec)"
+            )
         records, self._records = self._records, []
         self._warned = False
         self.steps += 1
@@ -336,7 +345,9 @@ def attach(
     _warn_not_activations(model, spec)
     reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
-        for key, name, module, selector in reg._targets(model, spec, select):
+        targets = reg._targets(model, spec, select)
+        _warn_repeated(targets)
+        for key, name, module, selector in targets:
             reg._add(name, module, spec[key], selector)
         for name, module in layers:
             reg._add(name, module, module.penalty, selector_for(name, select))
@@ -358,6 +369,33 @@ def _warn_not_activations(model: nn.Module, spec: Mapping[str, Any]) -> None:
                 f"pattern {key!r} matches {len(matches)} modules, {len(wrong)} of whose outputs "
                 f"are not activations: {shown}. Penalizing them is rarely meant; narrow the "
                 f"pattern to the activation modules (e.g. '...mlp.act_fn')",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _warn_repeated(targets: list[tuple[str, str, nn.Module, Select]]) -> None:
+    """Warn when a module gets two penalties without a word: matched by two keys of one
+    spec, or already hooked by another Regularizer that is still attached."""
+    keys: dict[str, list[str]] = {}
+    for key, name, _, _ in targets:
+        keys.setdefault(name, []).append(key)
+    for name, found in keys.items():
+        if len(found) > 1:
+            warnings.warn(
+                f"module {name!r} is matched by {len(found)} keys ({', '.join(map(repr, found))}) "
+                "and gets each of their penalties; if you meant one, narrow the patterns; to "
+                "add several on purpose, use one key with their sum (actreg.L1(a) + actreg.L2(b))",
+                UserWarning,
+                stacklevel=3,
+            )
+    for _, name, module, _ in targets:
+        others = [h for h in module._forward_hooks.values() if isinstance(h, _Hook)]
+        if any(h.reg.hooked for h in others):
+            warnings.warn(
+                f"module {name!r} already carries a penalty from another Regularizer that is "
+                "still attached: both record, and both count if both penalties join the loss; "
+                "call the old one's remove() first",
                 UserWarning,
                 stacklevel=3,
             )
