@@ -35,7 +35,6 @@ from actreg._resolve import (
     check_model,
     check_select_keys,
     not_activations,
-    resolve,
     selector_for,
 )
 from actreg.layers import ActivityRegularization
@@ -342,10 +341,10 @@ def attach(
             f"nothing to regularize in {type(model).__name__}: pass a spec such as "
             "{'layer_name': actreg.L1(1e-3)} or add actreg.ActivityRegularization modules"
         )
-    _warn_not_activations(model, spec)
     reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
         targets = reg._targets(model, spec, select)
+        _warn_not_activations(targets)
         _warn_repeated(targets)
         for key, name, module, selector in targets:
             reg._add(name, module, spec[key], selector)
@@ -357,11 +356,14 @@ def attach(
     return reg
 
 
-def _warn_not_activations(model: nn.Module, spec: Mapping[str, Any]) -> None:
+def _warn_not_activations(targets: list[tuple[str, str, nn.Module, Select]]) -> None:
     """Warn when a glob pattern lands on norms, attention or embeddings (named keys are
     deliberate; a pattern often catches more than its author meant)."""
-    patterns = [k for k in spec if isinstance(k, str) and set("*?[") & set(k)]
-    for key, matches in resolve(model, patterns).items():
+    by_pattern: dict[str, list[tuple[str, nn.Module]]] = {}
+    for key, name, module, _ in targets:
+        if set("*?[") & set(key):
+            by_pattern.setdefault(key, []).append((name, module))
+    for key, matches in by_pattern.items():
         wrong = not_activations(matches)
         if wrong:
             shown = ", ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
