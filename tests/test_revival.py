@@ -282,3 +282,37 @@ def test_firing_floor_state_dict_round_trip_through_the_regularizer():
 def test_firing_floor_rejects(kwargs, match):
     with pytest.raises(ActregError, match=match):
         actreg.FiringFloor(**kwargs)
+
+
+def test_reviver_revives_at_its_steps_only_and_counts():
+    torch.manual_seed(0)
+    model = _plain()
+    x = torch.randn(256, 6)
+    opt = torch.optim.Adam(model.parameters())
+    reviver = actreg.Reviver(model, ["act"], x, every=10, until=25, optimizer=opt)
+    _kill(model)
+    assert reviver(9) == {}  # not a revival step
+    assert reviver(10)["act"].tolist() == DEAD
+    assert reviver.revived == {"act": len(DEAD)}
+    _kill(model)
+    assert reviver(30) == {}  # after until
+    assert reviver(20)["act"].tolist() == DEAD
+    assert reviver.revived == {"act": 2 * len(DEAD)}
+    assert bool((_firing(model, x, -1)[DEAD] > 0).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every": 0, "until": 5}, "every must be a whole number"),
+        ({"every": 2.5, "until": 5}, "every must be a whole number"),
+        ({"every": 2, "until": 0}, "until must be a whole number"),
+        ({"every": 2, "until": 5, "layers": "act"}, "non-empty list"),
+        ({"every": 2, "until": 5, "inputs": torch.zeros(0, 6)}, "non-empty tensor"),
+    ],
+    ids=["every-zero", "every-float", "until-zero", "layers-str", "no-inputs"],
+)
+def test_reviver_rejects(kwargs, match):
+    args = {"layers": ["act"], "inputs": torch.randn(4, 6), **kwargs}
+    with pytest.raises(ActregError, match=match):
+        actreg.Reviver(_plain(), args.pop("layers"), args.pop("inputs"), **args)

@@ -27,6 +27,7 @@ _SOURCES: dict[str, str] = {
     "Binary": "actreg.penalties",
     "DeCov": "actreg.penalties",
     "FiringFloor": "actreg.dead",
+    "Reviver": "actreg.dead",
     "Hoyer": "actreg.penalties",
     "HoyerSquare": "actreg.penalties",
     "JumpReLU": "actreg.codes",
@@ -68,6 +69,7 @@ __all__ = [
     "Monitor",
     "Penalty",
     "Regularizer",
+    "Reviver",
     "Scheduled",
     "TargetSparsity",
     "TopK",
@@ -86,7 +88,7 @@ if TYPE_CHECKING:
     from actreg._io import load_checkpoint
     from actreg.codes import BatchTopK, JumpReLU, tie_init
     from actreg.control import TargetSparsity
-    from actreg.dead import AuxK, FiringFloor
+    from actreg.dead import AuxK, FiringFloor, Reviver
     from actreg.layers import ActivityRegularization, TopK
     from actreg.monitor import Monitor
     from actreg.penalties import (

@@ -12,7 +12,9 @@ import argparse
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from actreg._errors import ActregError
 from actreg.lab.catalog import CATALOG
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``actreg`` console script."""
     args = build_parser().parse_args(argv)
+    if not args.debug:  # one line per warning, like errors; --debug keeps Python's format
+        warnings.showwarning = _show_warning
     try:
         return int(args.func(args))
     except KeyboardInterrupt:  # pragma: no cover
@@ -326,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = _explain(err)
         print(f"actreg: error: {message}", file=sys.stderr)
         return code
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+    print(f"actreg: warning: {message}", file=sys.stderr)
 
 
 def _explain(err: BaseException) -> tuple[int, str]:

@@ -55,6 +55,7 @@ from actreg import (
     Monitor,
     Penalty,
     Regularizer,
+    Reviver,
     Scheduled,
     attach,
 )
@@ -240,6 +241,7 @@ def fit(
     resume: bool = False,
     after_step: Callable[[], None] | None = None,
     after_epoch: Callable[[int], None] | None = None,
+    reviver: Reviver | None = None,
     desc: str = "train",
 ) -> dict[str, Any]:
     """Train ``model`` and return its history; restores the best epoch's weights.
@@ -264,6 +266,8 @@ def fit(
         after_epoch: called with the epoch number after each epoch's validation, except
             the last (e.g. resampling dead units). Changes it makes are validated at the
             end of the next epoch, so the weights kept as best were always validated.
+        reviver: an :class:`actreg.Reviver`, called with the step count after every
+            optimizer step (its ``optimizer`` is set to the one :func:`fit` makes).
         desc: the progress bar's label.
 
     Returns:
@@ -278,6 +282,8 @@ def fit(
         seed_everything(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         opt = _optimizer(model, cfg)
+        if reviver is not None:
+            reviver.optimizer = opt
         x_train, y_train = train
         steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
@@ -334,6 +340,8 @@ def fit(
                 if after_step is not None:
                     after_step()
                 step += 1
+                if reviver is not None:
+                    reviver(step)
                 task_sum += task.detach()
                 pen_sum += penalty.detach()
                 if cfg.progress and (i % 20 == 0 or i == steps_per_epoch):

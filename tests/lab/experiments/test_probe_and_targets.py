@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+import torch
 
 import actreg
 from actreg import ActregError
 from actreg.lab.experiments import get
-from actreg.lab.experiments._common import layer_penalties, linear_probe
+from actreg.lab.experiments._common import (
+    layer_penalties,
+    linear_probe,
+    make_reviver,
+    warn_if_target_missed,
+)
 from actreg.lab.experiments._config import apply_overrides
 
 
@@ -64,14 +72,46 @@ def test_layer_penalties_one_object_per_layer(cfg, measure, target):
 
 
 @pytest.mark.parametrize(
+    ("steps", "warmup", "ramp"),
+    [(90, 9, math.log(10) / 45), (4000, 50, 0.02)],
+    ids=["short", "long"],
+)
+def test_layer_penalties_fit_the_controller_into_short_runs(steps, warmup, ramp):
+    spec = layer_penalties(["a"], lambda: actreg.L1(1e-3), Targets(0.9), steps=steps)
+    assert spec["a"].warmup == warmup
+    assert spec["a"].ramp == pytest.approx(ramp)
+
+
+def test_reviver_is_on_in_target_mode_only():
+    x = torch.randn(1000, 4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    cfg = get("sparse-rectifier").config()
+    cfg.batch_size, cfg.epochs = 100, 10  # 100 steps: revivals at 16, 32, ..., 80
+    assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None
+    cfg.target_sparsity = 0.9
+    reviver = make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg)
+    assert (reviver.every, reviver.until, len(reviver.inputs)) == (16, 80, 1000)
+    assert make_reviver(model, None, x, cfg) is None
+    cfg.revive_rounds = 0
+    assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None
+
+
+def test_a_missed_target_is_a_warning_naming_the_fix():
+    stats = {"a": {"zero_fraction": 0.72, "l0": 5.0}, "b": {"zero_fraction": 0.91, "l0": 2.0}}
+    with pytest.warns(UserWarning, match="layer 'a' ends at 0.720 zeros.*raise epochs="):
+        assert warn_if_target_missed(stats, Targets(0.9), 90) == ["a"]
+
+
+@pytest.mark.parametrize(
     ("overrides", "match"),
     [
+        (["revive_rounds=-1"], "revive_rounds is a whole number >= 0"),
         (["target_sparsity=1.0"], "strictly between 0 and 1"),
         (["target_sparsity=0"], "strictly between 0 and 1"),
         (["target_l0=-3"], "active units > 0"),
         (["target_sparsity=0.9", "target_l0=10"], "not both"),
     ],
-    ids=["one", "zero", "negative-l0", "both"],
+    ids=["negative-revive", "one", "zero", "negative-l0", "both"],
 )
 @pytest.mark.parametrize("experiment", ["sparse-rectifier", "sparse-ae", "cnn"])
 def test_bad_targets_are_refused_before_any_data_loads(experiment, overrides, match):
@@ -89,3 +129,6 @@ def test_sparse_rectifier_target_mode_moves_toward_the_target(tmp_path):
     target, plain = (results["variants"][v]["layers"] for v in ("relu-l1", "relu"))
     for layer in target:
         assert target[layer]["zero_fraction"] > plain[layer]["zero_fraction"] + 0.1
+    revived = results["variants"]["relu-l1"]["revived_units"]
+    assert set(revived) == set(target)  # target mode revives the penalized layers
+    assert "revived_units" not in results["variants"]["relu"]

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,18 @@ class VisionConfig:
     threads: int = 0  # torch threads (0 = chosen from the work: 1 for small models)
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
     target_l0: float | None = None  # or for this many active units per example and layer
+    revive_rounds: int | None = None  # dead-unit revivals over 80% of training (None: 5 if target)
 
     def __post_init__(self) -> None:
         self.train_config()  # validates the training fields
+        if self.revive_rounds is not None and (
+            isinstance(self.revive_rounds, bool)
+            or not isinstance(self.revive_rounds, int)
+            or self.revive_rounds < 0
+        ):
+            raise ActregError(
+                f"revive_rounds is a whole number >= 0 (0 = off), got {self.revive_rounds!r}"
+            )
         if self.limit is not None and self.limit < 10:
             raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
         check_targets(self.target_sparsity, self.target_l0)
@@ -125,7 +135,7 @@ def check_targets(target_sparsity: float | None, target_l0: float | None) -> Non
 
 
 def layer_penalties(
-    names: list[str], make: Any, cfg: Any, dim: int = -1
+    names: list[str], make: Any, cfg: Any, dim: int = -1, steps: int | None = None
 ) -> dict[str, actreg.Penalty]:
     """A fresh penalty per layer from ``make()``; in target mode wrapped in a controller.
 
@@ -133,18 +143,85 @@ def layer_penalties(
     :class:`actreg.TargetSparsity` around it (``measure="l0"`` for ``target_l0``), whose
     coefficient follows the layer's measured sparsity; the penalty's own coefficient is
     the starting value. One object per layer: a controller counts its layer's steps.
+
+    ``steps`` (the planned number of training steps) fits the controller's fade-in and
+    target ramp into short runs: the fade-in takes at most a tenth of the steps and the
+    ramp (0.02 nats a step by default, about 115 steps from 50% to 90% zeros) at most half
+    of them. Runs of a few hundred steps or more keep the library's defaults.
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
+    timing: dict[str, Any] = {}
+    if steps is not None:
+        timing["warmup"] = max(1, min(50, steps // 10))
+        if target_sparsity is not None:  # ln(start share / wanted share) <= ln(1 / wanted)
+            timing["ramp"] = max(0.02, math.log(1 / (1 - target_sparsity)) / max(1, steps / 2))
     out: dict[str, actreg.Penalty] = {}
     for name in names:
         penalty = make()
         if target_sparsity is not None:
-            penalty = actreg.TargetSparsity(penalty, target=target_sparsity, dim=dim)
+            penalty = actreg.TargetSparsity(penalty, target=target_sparsity, dim=dim, **timing)
         elif target_l0 is not None:
-            penalty = actreg.TargetSparsity(penalty, target=target_l0, measure="l0", dim=dim)
+            penalty = actreg.TargetSparsity(
+                penalty, target=target_l0, measure="l0", dim=dim, **timing
+            )
         out[name] = penalty
     return out
+
+
+def planned_steps(n_train: int, cfg: Any) -> int:
+    """Training steps of a run: batches per epoch times epochs."""
+    return math.ceil(n_train / cfg.batch_size) * cfg.epochs
+
+
+def warn_if_target_missed(stats: dict[str, dict[str, Any]], cfg: Any, steps: int) -> list[str]:
+    """Warn (and return the layers) where the test split is off target by more than 0.02
+    (zero fraction) or 5% (L0): the controller had too few steps or too strong a task."""
+    target_sparsity = getattr(cfg, "target_sparsity", None)
+    target_l0 = getattr(cfg, "target_l0", None)
+    missed = []
+    for name, st in stats.items():
+        if target_sparsity is not None and abs(st["zero_fraction"] - target_sparsity) > 0.02:
+            got, want = f"{st['zero_fraction']:.3f} zeros", f"target_sparsity={target_sparsity:g}"
+        elif target_l0 is not None and abs(st["l0"] - target_l0) > 0.05 * target_l0:
+            got, want = f"L0 {st['l0']:.1f}", f"target_l0={target_l0:g}"
+        else:
+            continue
+        missed.append(name)
+        warnings.warn(
+            f"layer {name!r} ends at {got} on the test split, not {want}, after {steps} "
+            "training steps; under Adam weights move about lr per step, so the controller "
+            "needs more steps: raise epochs= or lower batch_size=",
+            stacklevel=2,
+        )
+    return missed
+
+
+REVIVE_UNTIL = 0.8  # revive dead units only in this first share of training
+REVIVE_EXAMPLES = 5000  # training inputs a unit must be zero on to count as dead
+
+
+def make_reviver(
+    model: nn.Module, spec: dict[str, Any] | None, x_train: Tensor, cfg: Any
+) -> actreg.Reviver | None:
+    """The :class:`actreg.Reviver` of a penalized model's layers (``None``: no revival).
+
+    ``cfg.revive_rounds`` revivals (by default 5 in target mode, none otherwise) spread over
+    the first 80% of training, each on a fixed sample of up to 5,000 training inputs. In
+    target mode a unit killed early (before its firing rate is known) would otherwise stay
+    dead: docs/TARGET.md has the comparison.
+    """
+    rounds = getattr(cfg, "revive_rounds", None)
+    if rounds is None:
+        target = getattr(cfg, "target_sparsity", None) or getattr(cfg, "target_l0", None)
+        rounds = 5 if target is not None else 0
+    if not spec or rounds == 0:
+        return None
+    total = planned_steps(len(x_train), cfg)
+    until = max(1, int(REVIVE_UNTIL * total))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sample = x_train[torch.randperm(len(x_train), generator=gen)[:REVIVE_EXAMPLES]]
+    return actreg.Reviver(model, list(spec), sample, every=max(1, until // rounds), until=until)
 
 
 def make_run_dir(config: Any, experiment: str) -> Path:
@@ -214,6 +291,7 @@ def train_classifier(
     ``layers`` (the Monitor's statistics of the watched layers on the test split).
     """
     monitor = actreg.Monitor(model, watch, dim=dim)
+    reviver = make_reviver(model, spec, data.x_train, cfg)
     try:
         out = fit(
             model,
@@ -226,11 +304,17 @@ def train_classifier(
             spec=spec,
             monitor=monitor,
             run_dir=run_dir / name.replace(" ", "_"),
+            reviver=reviver,
             desc=name,
         )
+        if reviver is not None:
+            out["revived_units"] = reviver.revived
         monitor.reset()
         test = evaluate(model, data.x_test, data.y_test, classification_metrics)
         out["layers"] = monitor.compute()
+        if spec:
+            penalized = {k: v for k, v in out["layers"].items() if k in spec}
+            out["target_missed"] = warn_if_target_missed(penalized, cfg, out["steps"])
     finally:
         monitor.remove()
     out["test_error"] = test["error"]

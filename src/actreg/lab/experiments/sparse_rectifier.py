@@ -20,6 +20,7 @@ from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
     make_run_dir,
+    planned_steps,
     save_results,
     train_classifier,
 )
@@ -104,7 +105,10 @@ def run(cfg: SparseRectifierConfig) -> SparseRectifierResults:
         act = "tanh" if variant == "tanh" else "relu"
         model = mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout)
         spec = layer_penalties(
-            hidden_names, lambda: actreg.make_penalty(cfg.penalty, cfg.coef), cfg
+            hidden_names,
+            lambda: actreg.make_penalty(cfg.penalty, cfg.coef),
+            cfg,
+            steps=planned_steps(len(data.x_train), cfg),
         )
         out = train_classifier(
             model,
