@@ -84,11 +84,11 @@ class SparseAEConfig(VisionConfig):
     topk: int = 0  # k of code_type=topk|batchtopk when l0 is not set (0 = l0)
     k_aux: int = 0  # AuxK's dead latents per example (topk, batchtopk; 0 = half the input)
     aux_dead_after: int = 10000  # AuxK: examples without firing = dead (capped at one epoch)
-    jump_bandwidth: float = 0.05  # JumpReLU's estimator width, x the pre-activations' RMS
+    jump_bandwidth: float = 0.5  # JumpReLU's estimator width, x the pre-activations' RMS
     jump_lr: float = 30.0  # JumpReLU thresholds' learning rate, x lr
     variants: tuple[str, ...] = ()  # several methods at l0: relu,relu-target,topk,batchtopk,...
     unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
-    resample_dead: float = 0.95  # relu: resample dead units after each epoch of this first share
+    resample_dead: float = 0.95  # relu, jumprelu: resample dead units after early epochs (share)
     compare: bool = True  # also train the same model without the penalty
     probe_size: int = 20000  # training examples for the linear probe (0 = the whole split)
     noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)
@@ -104,8 +104,6 @@ class SparseAEConfig(VisionConfig):
             )
         build_penalty(self)
         _ae_codes.check_code(self)
-        for name in self.variants:
-            _ae_codes.variant_config(self, name)  # a name out of VARIANTS raises
         if len(set(self.variants)) != len(self.variants):
             raise ActregError(f"variants lists a method twice: {self.variants}")
         if any(v != "relu" for v in self.variants) and self.l0 is None:
@@ -113,6 +111,8 @@ class SparseAEConfig(VisionConfig):
                 f"variants={','.join(self.variants)} compares methods at one L0: set l0= "
                 "(active units per example, e.g. l0=40)"
             )
+        for name in self.variants:
+            _ae_codes.variant_config(self, name)  # a name out of VARIANTS raises
 
 
 def build_penalty(cfg: SparseAEConfig) -> actreg.Penalty:
