@@ -197,3 +197,15 @@ def test_bad_code_settings_are_refused_before_any_data_loads(overrides, match):
 
 def test_batchtopk_accepts_a_fractional_k():
     assert _ae_codes.label(config("code_type=batchtopk", "l0=7.5")) == "batchtopk k=7.5"
+
+
+@pytest.mark.parametrize("label", [f"batchtopk k={L0}", f"jumprelu target l0={L0}"], ids=str)
+def test_speedup_rebuilds_each_variants_own_code(compared, label):
+    from actreg.lab.experiments.speedup import SpeedupConfig, speedup
+
+    cfg = SpeedupConfig(compared["run_dir"], variant=label, examples=20, extension=False)
+    row = speedup(cfg)
+    assert row["identical"]
+    assert row["zero_fractions"]["out"] == pytest.approx(
+        compared["variants"][label]["code"]["zero_fraction"], abs=0.1
+    )
