@@ -209,3 +209,24 @@ def test_speedup_rebuilds_each_variants_own_code(compared, label):
     assert row["zero_fractions"]["out"] == pytest.approx(
         compared["variants"][label]["code"]["zero_fraction"], abs=0.1
     )
+
+
+def test_jumprelu_thresholds_of_silent_units_come_down_until_they_fire():
+    cfg = config("code_type=jumprelu", "l0=4", "code=32", "aux_dead_after=10", "lr=0.01")
+    model = _ae_codes.build_model(cfg, 16)
+    x = torch.randn(64, 16)
+    _ae_codes.init_code(model, cfg, x)
+    with torch.no_grad():
+        model.encoder.code.log_threshold[0] = 10.0  # unit 0 never fires
+    step = _ae_codes.AfterStep(cfg, model, n_train=64)
+    before = model.encoder.code.log_threshold.detach().clone()
+    model.train()
+    model(x[:16])  # 16 silent positions >= aux_dead_after: unit 0 counts as dead
+    step()
+    change = model.encoder.code.log_threshold.detach() - before
+    assert change[0] == pytest.approx(-cfg.jump_lr * cfg.lr)
+    assert step.counter is not None
+    fired = ~step.counter.dead  # units that fired in the batch keep their thresholds
+    assert int(fired.sum()) > 0 and bool((change[fired] == 0).all())
+    step.close()
+    assert not model.encoder.code._forward_hooks

@@ -27,7 +27,10 @@ Design choices:
   data set gets the mechanism too. jumprelu is resampled like relu, and a resampled
   unit's threshold is set again at the target's quantile (next point); without that, a
   unit whose pre-activations all fall under its threshold gets no gradient at all (the
-  estimator only sees pre-activations near the threshold) and stays dead.
+  estimator only sees pre-activations near the threshold) and stays dead. Between
+  revivals, the threshold of a unit silent for ``aux_dead_after`` examples comes down by
+  one full threshold step per training step until the unit fires again (MNIST, 20,000
+  images, 3 epochs, l0=40: 27% dead without this, 18% with it; digits unchanged).
 * JumpReLU's thresholds. Under Adam a step moves a log threshold by about the learning
   rate, and the encoder moves the pre-activations much faster: with the model's rate the
   code's L0 ran away from its target (digits, 64 units, l0=8: 15.7 against 8). Each
@@ -298,30 +301,61 @@ def selection(cfg: Any) -> tuple[Callable[[nn.Module, Tensor, Tensor], dict[str,
 
 
 class AfterStep:
-    """Called after each optimizer step: decoder renormalization, and for JumpReLU each
+    """Called after each optimizer step: decoder renormalization; for JumpReLU, each
     threshold step scaled by ``jump_lr`` (under Adam the same as a parameter group at
-    ``jump_lr`` times the learning rate). Call :meth:`sync` after changing the thresholds
-    outside an optimizer step (a revival), so that the change is not taken for a step."""
+    ``jump_lr`` times the learning rate), and the thresholds of units that have not fired
+    for ``aux_dead_after`` training examples (capped at ``n_train``) lowered by one full
+    threshold step (``jump_lr * lr`` in log) until they fire again.
 
-    def __init__(self, cfg: Any, model: Autoencoder) -> None:
+    Call :meth:`sync` after changing the thresholds outside an optimizer step (a revival),
+    so that the change is not taken for a step, and :meth:`close` after training (it
+    removes the firing counter's hook).
+    """
+
+    def __init__(self, cfg: Any, model: Autoencoder, n_train: int) -> None:
         self.model = model
         self.factor = cfg.jump_lr
+        self.lower = cfg.jump_lr * cfg.lr
         code = model.encoder.code
-        self.code = code if isinstance(code, actreg.JumpReLU) and cfg.jump_lr != 1 else None
-        self.last = None if self.code is None else self.code.log_threshold.detach().clone()
+        self.code = code if isinstance(code, actreg.JumpReLU) else None
+        self.last: Tensor | None = None
+        self.counter: actreg.AuxK | None = None
+        self.handle: Any = None
+        if self.code is None:
+            return
+        self.last = self.code.log_threshold.detach().clone()
+        # AuxK's firing counter (its loss is not used): positions since each unit fired.
+        counter = actreg.AuxK(
+            model.code_decoder, k_aux=1, dead_after=min(cfg.aux_dead_after, n_train)
+        )
+
+        def count(module: nn.Module, args: Any, out: Tensor) -> None:
+            if module.training and torch.is_grad_enabled():
+                counter.update(out)
+
+        self.counter = counter
+        self.handle = self.code.register_forward_hook(count)
 
     @torch.no_grad()
     def __call__(self) -> None:
         self.model.normalize_decoder()
-        if self.code is not None and self.last is not None:
-            log_threshold = self.code.log_threshold
-            log_threshold.add_((self.factor - 1) * (log_threshold - self.last))
-            self.last.copy_(log_threshold)
+        if self.code is None or self.last is None or self.counter is None:
+            return
+        log_threshold = self.code.log_threshold
+        log_threshold.add_((self.factor - 1) * (log_threshold - self.last))
+        log_threshold.sub_(self.lower * self.counter.dead.to(log_threshold.dtype))
+        self.last.copy_(log_threshold)
 
     def sync(self) -> None:
         """Take the current thresholds as the last step's."""
         if self.code is not None and self.last is not None:
             self.last.copy_(self.code.log_threshold.detach())
+
+    def close(self) -> None:
+        """Remove the firing counter's hook from the model."""
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
 
 
 def loss_fn(

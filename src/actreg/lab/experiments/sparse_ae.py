@@ -83,7 +83,7 @@ class SparseAEConfig(VisionConfig):
     l0: float | None = None  # active code units: k of topk/batchtopk, target_l0 of relu/jumprelu
     topk: int = 0  # k of code_type=topk|batchtopk when l0 is not set (0 = l0)
     k_aux: int = 0  # AuxK's dead latents per example (topk, batchtopk; 0 = half the input)
-    aux_dead_after: int = 10000  # AuxK: examples without firing = dead (capped at one epoch)
+    aux_dead_after: int = 10000  # examples without firing = dead (AuxK, JumpReLU; <= 1 epoch)
     jump_bandwidth: float = 0.5  # JumpReLU's estimator width, x the pre-activations' RMS
     jump_lr: float = 30.0  # JumpReLU thresholds' learning rate, x lr
     variants: tuple[str, ...] = ()  # several methods at l0: relu,relu-target,topk,batchtopk,...
@@ -156,7 +156,7 @@ def train_variant(
     make = lambda: build_penalty(cfg)  # noqa: E731
     spec = _ae_codes.code_penalties(cfg, model, _targets(cfg), make) if penalized else None
     loss_fn, aux = _ae_codes.loss_fn(cfg, model, len(data.x_train))
-    after_step = _ae_codes.AfterStep(cfg, model)
+    after_step = _ae_codes.AfterStep(cfg, model, len(data.x_train))
     revival = cfg.resample_dead > 0 and cfg.code_type in _ae_codes.REVIVED_CODES
     metrics_fn, objective = _ae_codes.selection(cfg) if penalized else (_metrics, "mse")
 
@@ -186,6 +186,7 @@ def train_variant(
         after_epoch=resample if revival else None,
         desc=name,
     )
+    after_step.close()
     monitor.reset()
     test = evaluate(model, data.x_test, data.y_test, _metrics)
     stats = monitor.compute()["encoder.code"]
