@@ -13,15 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
-from actreg.layers import TopK
 
 __all__ = ["ACTIVATIONS", "CNN", "Autoencoder", "activation", "mlp"]
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "softplus", "linear")
 
 
-def activation(name: str, topk: int | None = None) -> nn.Module:
-    """An activation module by name; ``topk`` keeps only the k largest (after ReLU)."""
+def activation(name: str) -> nn.Module:
+    """An activation module by name."""
     table: dict[str, type[nn.Module]] = {
         "relu": nn.ReLU,
         "tanh": nn.Tanh,
@@ -31,8 +30,6 @@ def activation(name: str, topk: int | None = None) -> nn.Module:
     }
     if name not in table:
         raise ActregError(f"unknown activation {name!r}; use one of {', '.join(ACTIVATIONS)}")
-    if topk:
-        return nn.Sequential(table[name](), TopK(topk))
     return table[name]()
 
 
@@ -67,7 +64,8 @@ def mlp(
 class Autoencoder(nn.Module):
     """An autoencoder ``encoder -> code -> decoder`` with a named code activation.
 
-    ``encoder.code`` is the code activation (what the sparse penalty targets); hidden
+    ``encoder.code`` is the code activation (what the sparse penalty targets): the named
+    activation, or ``code_layer`` when given (a TopK, BatchTopK or JumpReLU code); hidden
     encoder layers are ``encoder.act1, ...`` and decoder layers ``decoder.act1, ...``.
     With ``unit_norm_decoder`` the decoder's code-to-next-layer columns are renormalized
     to unit length after each optimizer step (call :meth:`normalize_decoder`), so the
@@ -86,7 +84,7 @@ class Autoencoder(nn.Module):
         hidden: Sequence[int] = (),
         act: str = "relu",
         code_act: str | None = None,
-        topk: int | None = None,
+        code_layer: nn.Module | None = None,
         unit_norm_decoder: bool = False,
     ) -> None:
         super().__init__()
@@ -97,7 +95,7 @@ class Autoencoder(nn.Module):
             enc[f"act{i}"] = activation(act)
             width = h
         enc["fc_code"] = nn.Linear(width, code)
-        enc["code"] = activation(code_act or act, topk)
+        enc["code"] = code_layer if code_layer is not None else activation(code_act or act)
         dec: OrderedDict[str, nn.Module] = OrderedDict()
         width = code
         for i, h in enumerate(reversed(hidden), start=1):
@@ -117,6 +115,22 @@ class Autoencoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decoder(self.encoder(x))
+
+    def parts(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(pre, code, x_hat)``: the code's pre-activations, the code, the reconstruction.
+
+        One forward pass, through the same modules as :meth:`forward` (hooks on
+        ``encoder.code`` and the hidden layers fire once); what an auxiliary loss on the
+        pre-activations (:class:`actreg.AuxK`) needs.
+
+        Example:
+            >>> pre, code, x_hat = Autoencoder(8, 16).parts(torch.randn(2, 8))
+            >>> pre.shape, code.shape, x_hat.shape
+            (torch.Size([2, 16]), torch.Size([2, 16]), torch.Size([2, 8]))
+        """
+        pre = self.encoder[:-1](x)
+        code = self.encoder[-1](pre)
+        return pre, code, self.decoder(code)
 
     @property
     def code_decoder(self) -> nn.Linear:

@@ -4,29 +4,33 @@ Usage::
 
     actreg run sparse-ae --set data=mnist                   # the documented MNIST run
     actreg run sparse-ae --set target_sparsity=0.95         # ask for a sparsity instead
+    actreg run sparse-ae --set code_type=topk --set l0=40   # TopK + AuxK, 40 units active
+    actreg run sparse-ae --set l0=40 --set variants=relu,relu-target,topk,batchtopk,jumprelu
 
 Trains the same autoencoder with and without the penalty on ``encoder.code`` and reports
 reconstruction error, code sparsity (zero fraction, L0, dead units), and the accuracy of a
 linear probe (logistic regression) on the codes, on clean and on noisy test inputs, next
-to the same probe on the raw inputs.
+to the same probe on the raw inputs. ``code_type`` chooses the sparse code (ReLU with a
+penalty, TopK, BatchTopK, JumpReLU; see :mod:`._ae_codes`), ``l0`` its number of active
+units, and ``variants`` trains several methods at that ``l0`` for one table.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab.experiments import _ae_codes
 from actreg.lab.experiments._common import (
     PROBE_SCALINGS,
     VisionConfig,
     features,
-    layer_penalties,
     linear_probe,
     make_run_dir,
     save_results,
@@ -42,6 +46,7 @@ __all__ = [
     "build_penalty",
     "run",
     "search_metrics",
+    "variant_configs",
 ]
 
 WHERE = ("code", "encoder", "all")
@@ -53,6 +58,15 @@ class SparseAEConfig(VisionConfig):
 
     That run's settings are the defaults: L1 0.002 on the code, Adam 3e-4, 14 epochs, dead
     units resampled after each epoch of the first 95% of training, a probe on 20,000 codes.
+    The code types and ``l0`` are described in :mod:`actreg.lab.experiments._ae_codes`.
+
+    Example:
+        >>> SparseAEConfig(code_type="topk", l0=40).code_type
+        'topk'
+        >>> SparseAEConfig(code_type="topk", l0=2000)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        actreg._errors.ActregError: an L0 of 2000 active units is not sparse in a code of 1024...
     """
 
     epochs: int = 14  # passes over the training split
@@ -65,9 +79,16 @@ class SparseAEConfig(VisionConfig):
     coef: float = 0.002  # the penalty's coefficient (Keras scaling: sum / batch)
     kl_target: float = 0.05  # target rate for penalty=kl
     where: str = "code"  # code | encoder (every encoder activation) | all (and decoder)
-    topk: int = 0  # keep only the k largest code units (TopK); 0 = off
+    code_type: str = "relu"  # relu (penalty) | topk | batchtopk (both + AuxK) | jumprelu
+    l0: float | None = None  # active code units: k of topk/batchtopk, target_l0 of relu/jumprelu
+    topk: int = 0  # k of code_type=topk|batchtopk when l0 is not set (0 = l0)
+    k_aux: int = 0  # AuxK's dead latents per example (topk, batchtopk; 0 = half the input)
+    aux_dead_after: int = 10000  # examples without firing = dead (AuxK, JumpReLU; <= 1 epoch)
+    jump_bandwidth: float = 0.5  # JumpReLU's estimator width, x the pre-activations' RMS
+    jump_lr: float = 30.0  # JumpReLU thresholds' learning rate, x lr
+    variants: tuple[str, ...] = ()  # several methods at l0: relu,relu-target,topk,batchtopk,...
     unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
-    resample_dead: float = 0.95  # resample dead code units after each epoch of this first share
+    resample_dead: float = 0.95  # relu, jumprelu: resample dead units after early epochs (share)
     compare: bool = True  # also train the same model without the penalty
     probe_size: int = 20000  # training examples for the linear probe (0 = the whole split)
     noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)
@@ -82,6 +103,16 @@ class SparseAEConfig(VisionConfig):
                 f"unknown probe_scaling={self.probe_scaling!r}; use one of {PROBE_SCALINGS}"
             )
         build_penalty(self)
+        _ae_codes.check_code(self)
+        if len(set(self.variants)) != len(self.variants):
+            raise ActregError(f"variants lists a method twice: {self.variants}")
+        if any(v != "relu" for v in self.variants) and self.l0 is None:
+            raise ActregError(
+                f"variants={','.join(self.variants)} compares methods at one L0: set l0= "
+                "(active units per example, e.g. l0=40)"
+            )
+        for name in self.variants:
+            _ae_codes.variant_config(self, name)  # a name out of VARIANTS raises
 
 
 def build_penalty(cfg: SparseAEConfig) -> actreg.Penalty:
@@ -102,10 +133,6 @@ def _targets(cfg: SparseAEConfig) -> list[str]:
     return names
 
 
-def _mse(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    return nn.functional.mse_loss(model(x), x)
-
-
 def _metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     return {"mse": float(nn.functional.mse_loss(model(x), x))}
 
@@ -113,21 +140,25 @@ def _metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
 def train_variant(
     cfg: SparseAEConfig, data: Any, penalized: bool, run_dir: Any, name: str
 ) -> tuple[Autoencoder, dict[str, Any]]:
-    """Train one autoencoder; returns it and its results (history, test MSE, sparsity)."""
+    """Train one autoencoder; returns it and its results (history, test MSE, sparsity).
+
+    Unpenalized (``penalized=False``), the model is the plain ReLU autoencoder of ``cfg``
+    whatever its ``code_type``.
+    """
+    if not penalized:
+        cfg = _ae_codes.variant_config(cfg, "relu")
     seed_everything(cfg.seed)
-    model = Autoencoder(
-        data.x_train.shape[1],
-        cfg.code,
-        cfg.hidden,
-        act=cfg.act,
-        topk=cfg.topk or None,
-        unit_norm_decoder=cfg.unit_norm_decoder,
-    )
-    make = lambda: build_penalty(cfg)  # noqa: E731
-    spec = layer_penalties(_targets(cfg), make, cfg) if penalized else None
+    model = _ae_codes.build_model(cfg, data.x_train.shape[1])
     monitor = actreg.Monitor(model, "encoder.code")
     resampled: list[int] = []
     probe_x = data.x_train[torch.randperm(len(data.x_train))[:10000]]
+    _ae_codes.init_code(model, cfg, probe_x)
+    make = lambda: build_penalty(cfg)  # noqa: E731
+    spec = _ae_codes.code_penalties(cfg, model, _targets(cfg), make) if penalized else None
+    loss_fn, aux = _ae_codes.loss_fn(cfg, model, len(data.x_train))
+    after_step = _ae_codes.AfterStep(cfg, model, len(data.x_train))
+    revival = cfg.resample_dead > 0 and cfg.code_type in _ae_codes.REVIVED_CODES
+    metrics_fn, objective = _ae_codes.selection(cfg) if penalized else (_metrics, "mse")
 
     def resample(epoch: int) -> None:
         # Dead code units point at badly reconstructed inputs (a fresh row of the live
@@ -136,28 +167,33 @@ def train_variant(
             init, scale = ("fresh", 1.0) if cfg.hidden else ("resample", 0.2)
             revived = actreg.revive(model, "encoder.code", probe_x, init=init, scale=scale)
             model.normalize_decoder()
+            _ae_codes.init_code(model, cfg, probe_x, revived)  # a JumpReLU's thresholds
+            after_step.sync()
             resampled.append(len(revived))
 
     out = fit(
         model,
         (data.x_train, data.y_train),
         (data.x_val, data.y_val),
-        loss_fn=_mse,
-        metrics_fn=_metrics,
-        objective="mse",
+        loss_fn=loss_fn,
+        metrics_fn=metrics_fn,
+        objective=objective,
         cfg=cfg.train_config(),
         spec=spec,
         monitor=monitor,
         run_dir=run_dir / name,
-        after_step=model.normalize_decoder if cfg.unit_norm_decoder else None,
-        after_epoch=resample if cfg.resample_dead > 0 else None,
+        after_step=after_step,
+        after_epoch=resample if revival else None,
         desc=name,
     )
+    after_step.close()
     monitor.reset()
     test = evaluate(model, data.x_test, data.y_test, _metrics)
     stats = monitor.compute()["encoder.code"]
     monitor.remove()
     out["resampled_units"] = resampled
+    if aux is not None:  # latents AuxK counted as dead at the end of training
+        out["aux_dead_fraction"] = float(aux.dead.float().mean())
     out["test_mse"] = test["mse"]
     out["code"] = stats
     return model, out
@@ -170,9 +206,10 @@ class AEVariant(TypedDict):
     best_epoch: int  # the epoch whose weights were kept (1-based)
     steps: int
     seconds: float
-    resampled_units: list[int]  # dead units resampled after each early epoch
+    resampled_units: list[int]  # dead units resampled after each early epoch (relu)
     test_mse: float
     code: dict[str, Any]  # the Monitor's statistics of encoder.code on the test split
+    aux_dead_fraction: NotRequired[float]  # topk, batchtopk: latents AuxK counts dead at the end
     probe: dict[str, float]  # linear-probe accuracy on the code: clean, noisy
 
 
@@ -180,7 +217,7 @@ class SparseAEResults(TypedDict):
     """What :func:`run` returns and writes to ``results.json`` (after the config)."""
 
     raw_probe: dict[str, float]  # the same probe on the raw inputs: clean, noisy
-    variants: dict[str, AEVariant]  # the penalized variant first, then "none"
+    variants: dict[str, AEVariant]  # the penalized variant(s) first, then "none"
     pictures: dict[str, str]
     data: dict[str, Any]
     run_dir: str
@@ -206,12 +243,26 @@ def search_metrics(results: SparseAEResults) -> dict[str, float]:
     }
 
 
+def variant_configs(cfg: SparseAEConfig) -> dict[str, tuple[SparseAEConfig, bool]]:
+    """``{label: (config, penalized)}`` of the models a run trains, in order: the configured
+    code (or each of ``variants``), then ``"none"`` (the plain ReLU model) with ``compare``.
+
+    Example:
+        >>> list(variant_configs(SparseAEConfig(l0=40, variants=("relu", "topk"))))
+        ['l1 0.002', 'topk k=40', 'none']
+    """
+    configs = [_ae_codes.variant_config(cfg, v) for v in cfg.variants] or [cfg]
+    out = {_ae_codes.label(c): (c, True) for c in configs}
+    if cfg.compare:
+        out["none"] = (_ae_codes.variant_config(cfg, "relu"), False)
+    return out
+
+
 def run(cfg: SparseAEConfig) -> SparseAEResults:
     """Run the experiment; writes ``results.json`` and pictures into the run folder."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "sparse-ae")
-    label = f"{cfg.penalty} {cfg.coef:g}"
-    variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
+    variants = variant_configs(cfg)
     n_probe = cfg.probe_size or len(data.x_train)
     gen = torch.Generator().manual_seed(cfg.seed)
     noisy = data.x_test + cfg.noise * data.x_train.std() * torch.randn(
@@ -228,8 +279,8 @@ def run(cfg: SparseAEConfig) -> SparseAEResults:
     )
     results: dict[str, Any] = {"raw_probe": raw, "variants": {}}
     models: dict[str, Autoencoder] = {}
-    for name, penalized in variants:
-        model, out = train_variant(cfg, data, penalized, run_dir, name.replace(" ", "_"))
+    for name, (vcfg, penalized) in variants.items():
+        model, out = train_variant(vcfg, data, penalized, run_dir, name.replace(" ", "_"))
         model.eval()
         codes = {
             "train": features(model.encode, data.x_train[:n_probe]),

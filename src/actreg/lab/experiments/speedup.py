@@ -30,8 +30,10 @@ from actreg._errors import ActregError
 from actreg._io import load_checkpoint
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
+from actreg.lab.experiments._ae_codes import build_model
 from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._config import from_dict
+from actreg.lab.experiments.sparse_ae import variant_configs
 from actreg.lab.models import Autoencoder, mlp
 
 __all__ = ["SpeedupConfig", "speedup"]
@@ -59,14 +61,9 @@ def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, lis
     if doc["experiment"] == "sparse-rectifier":
         act = "tanh" if variant == "tanh" else "relu"
         return mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout), None
-    ae = Autoencoder(
-        data.x_train.shape[1],
-        cfg.code,
-        cfg.hidden,
-        act=cfg.act,
-        topk=cfg.topk or None,
-        unit_norm_decoder=cfg.unit_norm_decoder,
-    )
+    configs = variant_configs(cfg)  # the variant's own code type (runs before code types:
+    cfg = configs[variant][0] if variant in configs else cfg  # one label per run's config)
+    ae = build_model(cfg, data.x_train.shape[1])
     return ae, ["decoder.fc1" if cfg.hidden else "decoder.out"]
 
 
