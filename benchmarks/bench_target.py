@@ -25,6 +25,8 @@ per step, so the step count is kept close to MNIST's). Methods:
 * ``global``: the previous default (a): one log-coefficient per layer, dual ascent on the
   layer's zero fraction; ``TargetSparsity(..., per_unit=False, ramp=0, warmup=0)``.
 * ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off.
+* ``default+revive``: the default plus :class:`actreg.Reviver` (5 revivals of dead units
+  over the first 80% of training, on 5,000 training inputs), as the lab's target mode runs.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
   but units below half the wanted rate get no penalty instead of a push up.
@@ -176,6 +178,7 @@ def make_penalty(method: str, target: float, layer: int) -> Any:
         "ramp": {"per_unit": False, "warmup": 0},
         "global": {"per_unit": False, "ramp": 0.0, "warmup": 0},  # the previous default
     }
+    method = method.removesuffix("+revive")
     if method in library:
         return actreg.TargetSparsity(actreg.L1(BASE), target=target, **library[method])
     name = method.split("+")[0]
@@ -211,8 +214,15 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
+    reviver = None
+    if method.endswith("+revive"):
+        until = int(0.8 * total)
+        inputs = d.x_train[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:5000]]
+        reviver = actreg.Reviver(model, list(LAYERS), inputs, every=until // 5, until=until)
+        reviver.optimizer = opt
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
+    step = 0
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=gen).split(batch):
             loss = torch.nn.functional.cross_entropy(model(d.x_train[idx]), d.y_train[idx])
@@ -222,6 +232,9 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if reviver is not None:
+                reviver(step)
     seconds = time.process_time() - start
     if reg is not None:
         reg.remove()
