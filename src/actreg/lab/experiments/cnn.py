@@ -3,10 +3,16 @@
 Usage::
 
     actreg run cnn --set data=mnist --set epochs=10
+    actreg run cnn --set data=mnist --set target_sparsity=0.9   # ask for 90% zeros
 
 Two 3x3 conv blocks (32 and 64 channels) and a 128-unit head; the penalty goes on both
 conv activations (unit axis 1: channels). Test error and feature-map sparsity, with and
 without the penalty.
+
+Target mode (``target_sparsity`` or ``target_l0``) wraps each map's penalty in
+:class:`actreg.TargetSparsity` with ``dim=1``: a unit is a channel, its firing rate the
+share of (example, pixel) positions where it is active, and an ``l0`` target counts active
+channels per pixel. ``coef`` is then the starting coefficient.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.models import CNN
 from actreg.lab.train import seed_everything
 
-__all__ = ["CNNConfig", "CNNResults", "CNNVariant", "run", "search_metrics"]
+__all__ = ["CNNConfig", "CNNResults", "CNNVariant", "penalized_label", "run", "search_metrics"]
 
 MAPS = ["features.act1", "features.act2"]
 
@@ -80,11 +86,26 @@ def search_metrics(results: CNNResults) -> dict[str, float]:
     return {**best_epoch_metrics(out), **layer_means(out["maps"])}
 
 
+def penalized_label(cfg: VisionConfig | Any) -> str:
+    """The penalized variant's name: ``"l1 0.0001"``, or ``"l1 target 0.9"`` in target mode
+    (``"l1 target_l0 12"`` for an active-unit target).
+
+    Example:
+        >>> penalized_label(CNNConfig(target_sparsity=0.9))
+        'l1 target 0.9'
+    """
+    if cfg.target_sparsity is not None:
+        return f"{cfg.penalty} target {cfg.target_sparsity:g}"
+    if cfg.target_l0 is not None:
+        return f"{cfg.penalty} target_l0 {cfg.target_l0:g}"
+    return f"{cfg.penalty} {cfg.coef:g}"
+
+
 def run(cfg: CNNConfig) -> CNNResults:
     """Train with (and without) the penalty; writes ``results.json``."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "cnn")
-    label = f"{cfg.penalty} {cfg.coef:g}"
+    label = penalized_label(cfg)
     variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
     results: dict[str, Any] = {"variants": {}}
     c1, c2 = cfg.channels
@@ -110,11 +131,13 @@ def run(cfg: CNNConfig) -> CNNResults:
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant: test error and zero share per feature map."""
+    """One row per variant: test error, zero share and dead share per feature map."""
     rows = []
     for name, out in results["variants"].items():
         row: dict[str, Any] = {"variant": name, "test_error": out["test_error"]}
         for layer, stats in out["maps"].items():
             row[f"{layer}_zero_fraction"] = stats["zero_fraction"]
+        for layer, stats in out["maps"].items():
+            row[f"{layer}_dead_fraction"] = stats["dead_fraction"]
         rows.append(row)
     return rows
