@@ -42,6 +42,7 @@ __all__ = [
     "linear_probe",
     "load_results",
     "make_run_dir",
+    "penalized_label",
     "save_results",
     "train_classifier",
 ]
@@ -145,6 +146,24 @@ def layer_penalties(
             penalty = actreg.TargetSparsity(penalty, target=target_l0, measure="l0", dim=dim)
         out[name] = penalty
     return out
+
+
+def penalized_label(cfg: Any) -> str:
+    """A penalized variant's name from ``cfg.penalty`` and ``cfg.coef``, or in target mode
+    from the target (``cfg.target_sparsity`` or ``cfg.target_l0``).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=None, target_l0=None))
+        'l1 0.0001'
+        >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=0.9, target_l0=None))
+        'l1 target 0.9'
+    """
+    if cfg.target_sparsity is not None:
+        return f"{cfg.penalty} target {cfg.target_sparsity:g}"
+    if cfg.target_l0 is not None:
+        return f"{cfg.penalty} target_l0 {cfg.target_l0:g}"
+    return f"{cfg.penalty} {cfg.coef:g}"
 
 
 def make_run_dir(config: Any, experiment: str) -> Path:

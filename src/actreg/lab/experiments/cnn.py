@@ -25,6 +25,7 @@ from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
     make_run_dir,
+    penalized_label,
     save_results,
     train_classifier,
 )
@@ -32,7 +33,7 @@ from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.models import CNN
 from actreg.lab.train import seed_everything
 
-__all__ = ["CNNConfig", "CNNResults", "CNNVariant", "penalized_label", "run", "search_metrics"]
+__all__ = ["CNNConfig", "CNNResults", "CNNVariant", "run", "search_metrics"]
 
 MAPS = ["features.act1", "features.act2"]
 
@@ -84,21 +85,6 @@ def search_metrics(results: CNNResults) -> dict[str, float]:
     """
     out = next(iter(results["variants"].values()))
     return {**best_epoch_metrics(out), **layer_means(out["maps"])}
-
-
-def penalized_label(cfg: VisionConfig | Any) -> str:
-    """The penalized variant's name: ``"l1 0.0001"``, or ``"l1 target 0.9"`` in target mode
-    (``"l1 target_l0 12"`` for an active-unit target).
-
-    Example:
-        >>> penalized_label(CNNConfig(target_sparsity=0.9))
-        'l1 target 0.9'
-    """
-    if cfg.target_sparsity is not None:
-        return f"{cfg.penalty} target {cfg.target_sparsity:g}"
-    if cfg.target_l0 is not None:
-        return f"{cfg.penalty} target_l0 {cfg.target_l0:g}"
-    return f"{cfg.penalty} {cfg.coef:g}"
 
 
 def run(cfg: CNNConfig) -> CNNResults:
