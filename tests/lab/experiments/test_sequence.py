@@ -12,7 +12,8 @@ from actreg import ActregError
 from actreg.lab.data.text import batchify, bptt_batches, load_corpus
 from actreg.lab.experiments import get, load_results
 from actreg.lab.experiments._config import apply_overrides
-from actreg.lab.experiments._seq import ReLUFFN, off_target
+from actreg.lab.experiments._seq import ReLUFFN
+from actreg.lab.experiments._targets import target_miss
 from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
 from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
@@ -221,8 +222,8 @@ def test_relu_block_is_residual_and_hooked_where_the_penalty_goes():
     ],
     ids=["below", "within", "l0-above", "no-target"],
 )
-def test_off_target(cfg, stats, gap):
-    assert off_target(type("C", (), {**cfg, "ffn": 100}), stats) == pytest.approx(gap)
+def test_target_miss(cfg, stats, gap):
+    assert target_miss(type("C", (), cfg), stats, 100) == pytest.approx(gap)
 
 
 def test_lstm_lm_relu_variant_reaches_the_target(corpus_dir, tmp_path):

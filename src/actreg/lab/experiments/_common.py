@@ -28,6 +28,7 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab.data import load_vision
 from actreg.lab.experiments._config import to_dict
+from actreg.lab.experiments._targets import at_target
 from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "linear_probe",
     "load_results",
     "make_run_dir",
-    "penalized_label",
     "save_results",
     "train_classifier",
 ]
@@ -148,24 +148,6 @@ def layer_penalties(
     return out
 
 
-def penalized_label(cfg: Any) -> str:
-    """A penalized variant's name from ``cfg.penalty`` and ``cfg.coef``, or in target mode
-    from the target (``cfg.target_sparsity`` or ``cfg.target_l0``).
-
-    Example:
-        >>> from types import SimpleNamespace as NS
-        >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=None, target_l0=None))
-        'l1 0.0001'
-        >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=0.9, target_l0=None))
-        'l1 target 0.9'
-    """
-    if cfg.target_sparsity is not None:
-        return f"{cfg.penalty} target {cfg.target_sparsity:g}"
-    if cfg.target_l0 is not None:
-        return f"{cfg.penalty} target_l0 {cfg.target_l0:g}"
-    return f"{cfg.penalty} {cfg.coef:g}"
-
-
 def make_run_dir(config: Any, experiment: str) -> Path:
     """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
 
@@ -230,17 +212,22 @@ def train_classifier(
     """Train a classifier with the penalties ``spec`` (None: none) and measure ``watch``.
 
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
-    ``layers`` (the Monitor's statistics of the watched layers on the test split).
+    ``layers`` (the Monitor's statistics of the watched layers on the test split). In
+    target mode the penalized model keeps the best epoch on the target (``target_error``,
+    see :mod:`actreg.lab.experiments._targets`).
     """
     monitor = actreg.Monitor(model, watch, dim=dim)
+    metrics_fn, objective = classification_metrics, "error"
+    if spec is not None and (cfg.target_sparsity, cfg.target_l0) != (None, None):
+        metrics_fn, objective = at_target(metrics_fn, cfg, watch, dim), "target_error"
     try:
         out = fit(
             model,
             (data.x_train, data.y_train),
             (data.x_val, data.y_val),
             loss_fn=classification_loss,
-            metrics_fn=classification_metrics,
-            objective="error",
+            metrics_fn=metrics_fn,
+            objective=objective,
             cfg=cfg.train_config(),
             spec=spec,
             monitor=monitor,

@@ -26,12 +26,10 @@ __all__ = [
     "check_rate",
     "check_relu_block",
     "monitored",
-    "off_target",
 ]
 
 OPTIMIZERS = ("adam", "sgd")
 RELU_PENALTIES = ("l1",)
-TARGET_TOL = 0.02  # an active share this close to the target's is on the target
 T = TypeVar("T")
 
 
@@ -74,31 +72,6 @@ def check_relu_block(cfg: Any, default: str) -> None:
             f"ffn=1024 --set penalty={RELU_PENALTIES[0]})"
         )
     actreg.make_penalty("l1", cfg.coef)
-
-
-def off_target(cfg: Any, stats: dict[str, float] | None) -> float:
-    """How far the measured sparsity ``stats`` of a ReLU block lies outside ``TARGET_TOL``
-    of ``cfg``'s target, as a share of its ``cfg.ffn`` units (0: on target, or no target).
-
-    Design: the epoch whose weights a sequence experiment keeps, and whether an epoch
-    improved (learning-rate decay, early stopping), rank ``(off_target, val_loss)``.
-    Ranking by validation loss alone keeps, in target mode, an epoch from before the
-    controller reached the target (sparser is worse for the task), and the decay that
-    follows freezes the weights before they get there.
-
-    Example:
-        >>> from types import SimpleNamespace as NS
-        >>> cfg = NS(target_sparsity=0.9, target_l0=None, ffn=100)
-        >>> off_target(cfg, {"zero_fraction": 0.85}), off_target(cfg, {"zero_fraction": 0.91})
-        (0.030000000000000027, 0.0)
-    """
-    if stats is None or (cfg.target_sparsity, cfg.target_l0) == (None, None):
-        return 0.0
-    if cfg.target_sparsity is not None:
-        gap = stats["zero_fraction"] - cfg.target_sparsity
-    else:
-        gap = (stats["l0"] - cfg.target_l0) / cfg.ffn
-    return max(0.0, abs(gap) - TARGET_TOL)
 
 
 def monitored(

@@ -18,7 +18,7 @@ chunks, detached; gradients are clipped; the learning rate is divided by ``lr_de
 whenever validation perplexity does not improve (in target mode: while the ReLU block's
 validation sparsity is off the target by more than 0.02 and not getting closer, or on it
 and not improving; the weights kept are the best on the target, see
-:func:`~actreg.lab.experiments._seq.off_target`).
+:mod:`~actreg.lab.experiments._targets`).
 
 The ReLU variant (``ffn=N``, ``penalty=l1``): a residual ReLU feed-forward block
 (:class:`~actreg.lab.experiments._seq.ReLUFFN`, ``N`` units) between the last LSTM and its
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 import actreg
 from actreg._errors import ActregError
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
-from actreg.lab.experiments._common import layer_penalties, penalized_label, save_results
+from actreg.lab.experiments._common import layer_penalties, save_results
 from actreg.lab.experiments._seq import (
     LockedDropout,
     ReLUFFN,
@@ -60,8 +60,8 @@ from actreg.lab.experiments._seq import (
     check_rate,
     check_relu_block,
     monitored,
-    off_target,
 )
+from actreg.lab.experiments._targets import penalized_label, target_miss
 from actreg.lab.train import seed_everything
 
 __all__ = [
@@ -322,7 +322,7 @@ def train_variant(
         history.append(row)
         # in target mode an epoch off the target ranks by its distance to it, behind any
         # on it: the weights kept are at the target, and reaching it counts as progress
-        rank = (off_target(cfg, val_ffn.get(FFN_ACT)) if sparse else 0.0, val_loss)
+        rank = (target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse else 0.0, val_loss)
         if best is None or rank < best[0]:
             best = (rank, epoch, copy.deepcopy(model.state_dict()))
             stale = 0
