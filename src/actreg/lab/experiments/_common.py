@@ -28,7 +28,7 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab.data import load_vision
 from actreg.lab.experiments._config import to_dict
-from actreg.lab.experiments._targets import at_target
+from actreg.lab.experiments._targets import MetricsFn, at_target
 from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -217,7 +217,8 @@ def train_classifier(
     see :mod:`actreg.lab.experiments._targets`).
     """
     monitor = actreg.Monitor(model, watch, dim=dim)
-    metrics_fn, objective = classification_metrics, "error"
+    metrics_fn: MetricsFn = classification_metrics
+    objective = "error"
     if spec is not None and (cfg.target_sparsity, cfg.target_l0) != (None, None):
         metrics_fn, objective = at_target(metrics_fn, cfg, watch, dim), "target_error"
     try:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from actreg import metrics
 
-__all__ = ["TARGET_TOL", "at_target", "penalized_label", "target_miss"]
+__all__ = ["TARGET_TOL", "MetricsFn", "at_target", "penalized_label", "target_miss"]
 
 TARGET_TOL = 0.02
 """A layer whose zero fraction (or active share, for ``target_l0``) lies this close to the
@@ -51,7 +51,7 @@ def target_miss(cfg: Any, stats: Mapping[str, float] | None, units: int) -> floa
     if sparsity is not None:
         gap = stats["zero_fraction"] - sparsity
     else:
-        gap = (stats["l0"] - l0) / units
+        gap = (stats["l0"] - float(l0)) / units
     return max(0.0, abs(gap) - TARGET_TOL)
 
 
