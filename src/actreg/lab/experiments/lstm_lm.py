@@ -64,14 +64,7 @@ from actreg.lab.experiments._seq import (
 from actreg.lab.experiments._targets import penalized_label, target_miss
 from actreg.lab.train import seed_everything
 
-__all__ = [
-    "LSTMLM",
-    "LSTMLMConfig",
-    "attach_ar_tar",
-    "evaluate_lm",
-    "run",
-    "summary_rows",
-]
+__all__ = ["LSTMLM", "LSTMLMConfig", "attach_ar_tar", "evaluate_lm", "run", "summary_rows"]
 
 Hidden = list[tuple[Tensor, Tensor]]
 
@@ -264,6 +257,7 @@ def train_variant(
         cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights, cfg.ffn,
     )  # fmt: skip
     reg = attach_ar_tar(model, cfg.alpha, cfg.beta)
+    watch = [FFN_ACT] if model.ffn is not None else []  # measured on validation and test
     sparse = None  # the ReLU block's penalty, attached only where it joins the loss
     if penalized and cfg.penalty != "ar_tar":
         spec = layer_penalties([FFN_ACT], lambda: actreg.L1(cfg.coef, "mean"), cfg)
@@ -312,7 +306,6 @@ def train_variant(
                 trace.append(_point(step, epoch, window))
                 bar.set_postfix(ppl=f"{trace[-1]['train_ppl']:.1f}", ar=f"{trace[-1]['ar']:.3f}")
                 window = dict.fromkeys(sums, 0.0)
-        watch = [FFN_ACT] if model.ffn is not None else []
         val_loss, val_ffn = monitored(model, watch, lambda: evaluate_lm(model, valid, cfg.bptt))
         row = {**_point(step, epoch, sums), "val_ppl": _ppl(val_loss), "lr": lr,
                "seconds": time.perf_counter() - start}  # fmt: skip
@@ -322,7 +315,8 @@ def train_variant(
         history.append(row)
         # in target mode an epoch off the target ranks by its distance to it, behind any
         # on it: the weights kept are at the target, and reaching it counts as progress
-        rank = (target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse else 0.0, val_loss)
+        miss = target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse is not None else 0.0
+        rank = (miss, val_loss)
         if best is None or rank < best[0]:
             best = (rank, epoch, copy.deepcopy(model.state_dict()))
             stale = 0
