@@ -132,5 +132,9 @@ def test_cnn_target_mode_reaches_the_target_in_each_map(tmp_path, target, label)
             assert plain[layer]["zero_fraction"] < 0.6
         else:  # active channels per pixel (of 8 and 16; about 4.5 and 9 without a target)
             assert stats["l0"] < 1.5 < plain[layer]["l0"] - 2
+    out = results["variants"][label]
+    kept = out["history"][out["best_epoch"] - 1]  # the epoch kept is on the target
+    assert kept["val_target_miss"] == 0 and kept["val_target_error"] == kept["val_error"]
+    assert "val_target_error" not in results["variants"]["none"]["history"][0]
     rows = exp.summary(results)
     assert {"features.act1_dead_fraction", "features.act2_zero_fraction"} <= set(rows[0])
