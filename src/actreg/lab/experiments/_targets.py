@@ -46,12 +46,14 @@ def target_miss(cfg: Any, stats: Mapping[str, float] | None, units: int) -> floa
         0.0
     """
     sparsity, l0 = getattr(cfg, "target_sparsity", None), getattr(cfg, "target_l0", None)
-    if stats is None or (sparsity, l0) == (None, None):
+    if stats is None:
         return 0.0
     if sparsity is not None:
         gap = stats["zero_fraction"] - sparsity
+    elif l0 is not None:
+        gap = (stats["l0"] - l0) / units
     else:
-        gap = (stats["l0"] - float(l0)) / units
+        return 0.0
     return max(0.0, abs(gap) - TARGET_TOL)
 
 
