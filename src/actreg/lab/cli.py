@@ -51,6 +51,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``actreg search``'s coarse grid when neither --coef nor --target is given.
+COEFS = "1e-1,1e-2,1e-3,1e-4"
+
 #: ``actreg run`` flags that set a config field (when the experiment has it).
 COMMON = {"out": "out_dir", "data_dir": "data_dir", "seed": "seed", "threads": "threads"}
 
@@ -129,6 +132,7 @@ def _search(args: argparse.Namespace) -> int:
 
     from actreg.lab.report import format_table
     from actreg.lab.search import SearchConfig, check_refine, coarse_grid, run_search
+    from actreg.lab.search.grid import target_grid
 
     refine: int | tuple[float, ...] = 0
     if args.refine:
@@ -139,9 +143,12 @@ def _search(args: argparse.Namespace) -> int:
             msg = f"--refine takes a count or mantissas like 1,2,5, got {text!r}"
             raise ActregError(msg) from None
         refine = check_refine(refine)
+    if args.target is not None and args.coef is not None:
+        raise ActregError("give --coef (a coefficient grid) or --target (targets), not both")
     cfg = SearchConfig(
         args.experiment,
-        coefs=coarse_grid(args.coef),
+        coefs=coarse_grid(COEFS if args.coef is None else args.coef),
+        targets=target_grid(args.target) if args.target is not None else (),
         refine=refine,
         objective=args.objective,
         storage=args.storage,
@@ -257,12 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="coarse-to-fine search of the penalty coefficient (resumable, parallel)",
         description="Coarse pass over --coef, then --refine points inside the best decade.\n"
         "Trials live in --storage (default: a SQLite file); run the same command again to\n"
-        "resume, or on several machines with one --storage URL to share the work.\n\n"
+        "resume, or on several machines with one --storage URL to share the work.\n"
+        "--target 0.8,0.9,0.95 instead: one trial per sparsity target (target mode), and\n"
+        "the objective against the zero fraction reached.\n\n"
         "searchable experiments (the first objective is the default):\n" + _searchable_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("experiment", help="a searchable experiment (listed above)")
-    p.add_argument("--coef", default="1e-1,1e-2,1e-3,1e-4", help="coarse grid, comma-separated")
+    p.add_argument("--coef", help=f"coarse grid, comma-separated (default: {COEFS})")
+    p.add_argument("--target", help="zero-fraction targets instead of --coef, e.g. 0.8,0.9")
     p.add_argument("--refine", help="points inside the best decade: a count, or mantissas 1,2,5")
     p.add_argument("--objective", help="what to minimize (default: the first objective)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")

@@ -31,7 +31,13 @@ from actreg._errors import ActregError
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["activation_histograms", "feature_tiles", "firing_rates", "tradeoff"]
+__all__ = [
+    "activation_histograms",
+    "feature_tiles",
+    "firing_rates",
+    "target_tradeoff",
+    "tradeoff",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -198,6 +204,51 @@ def tradeoff(
     ax.set_xticks(xs, [f"{v:g}" for v in xs], rotation=45 if len(xs) > 6 else 0)
     ax.minorticks_off()
     ax.set_title(title or f"{task_label} and {sparsity_label} vs coefficient")
+    return _save(fig, path)
+
+
+def target_tradeoff(
+    targets: Sequence[float],
+    task: Sequence[float],
+    achieved: Sequence[float],
+    path: PathLike,
+    *,
+    task_label: str = "error",
+    title: str | None = None,
+) -> Path:
+    """The task metric against the zero fraction each target reached (a target search).
+
+    Each point is one target, labelled with it; a grey cross marks the target itself at the
+    same height, joined by a dotted line, so a missed target shows as a gap.
+
+    Args:
+        targets: the zero-fraction targets asked for.
+        task: the task metric at each target (y axis).
+        achieved: the zero fraction reached at each target (x axis).
+        path: where to write the PNG.
+        task_label: label of the y axis.
+        title: the title (by default, the task metric against the zero fraction).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    g, t, a = (_values(v, n) for v, n in ((targets, "targets"), (task, "task"), (achieved, "a")))
+    if not (g.numel() == t.numel() == a.numel()) or g.numel() == 0:
+        raise ActregError(
+            f"target_tradeoff needs targets, task and achieved of one non-zero length, got "
+            f"{g.numel()}, {t.numel()}, {a.numel()}"
+        )
+    order = g.argsort()
+    gs, ys, xs = g[order].numpy(), t[order].numpy(), a[order].numpy()
+    fig = _figure(6.0, 4.0)
+    ax = fig.subplots()
+    ax.plot(xs, ys, "o-", color="tab:blue")
+    for target, x, y in zip(gs, xs, ys, strict=True):
+        ax.plot([target, x], [y, y], "x:", color="tab:gray", markevery=[0])
+        ax.annotate(f"{target:g}", (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("zero fraction reached (labels: target)")
+    ax.set_ylabel(task_label)
+    ax.set_title(title or f"{task_label} against the zero fraction reached")
     return _save(fig, path)
 
 

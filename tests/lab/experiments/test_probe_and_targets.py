@@ -132,3 +132,51 @@ def test_sparse_rectifier_target_mode_moves_toward_the_target(tmp_path):
     revived = results["variants"]["relu-l1"]["revived_units"]
     assert set(revived) == set(target)  # target mode revives the penalized layers
     assert "revived_units" not in results["variants"]["relu"]
+
+
+def test_target_sparsity_on_a_conv_map_counts_channels_as_units():
+    from actreg.lab.experiments.cnn import MAPS
+    from actreg.lab.models import CNN
+
+    model = CNN(1, 10, (8, 8), (4, 8), 16)
+    spec = layer_penalties(MAPS, lambda: actreg.L1(1e-3), Targets(0.9), dim=1)
+    reg = actreg.attach(model, spec)
+    (model(torch.randn(5, 1, 8, 8)).sum() + reg.penalty()).backward()
+    reg.remove()
+    assert [tuple(spec[m]._unit_rate.shape) for m in MAPS] == [(4,), (8,)]  # one per channel
+    too_many = layer_penalties(MAPS, lambda: actreg.L1(1e-3), Targets(None, 6), dim=1)
+    reg = actreg.attach(model, too_many)
+    with pytest.raises(ActregError, match="needs more than 4 units along dim=1"):
+        model(torch.randn(5, 1, 8, 8)).sum().backward()
+        reg.penalty()
+    reg.remove()
+
+
+@pytest.mark.parametrize(
+    ("target", "label"),
+    [("target_sparsity=0.9", "l1 target 0.9"), ("target_l0=1", "l1 target_l0 1")],
+    ids=["target-sparsity", "target-l0"],
+)
+def test_cnn_target_mode_reaches_the_target_in_each_map(tmp_path, target, label):
+    # lr 3e-3 and 30 epochs (1020 steps): at lr 1e-3 the best validation epoch, whose
+    # weights fit keeps, comes before the controller has reached the target
+    common = [
+        "data=digits", "epochs=30", "lr=3e-3", "batch_size=32", "channels=8,16",
+        "hidden=32", "progress=false", f"out_dir={tmp_path}", "threads=1",
+    ]  # fmt: skip
+    exp = get("cnn")
+    results = exp.run(apply_overrides(exp.config(), [*common, target]))
+    assert list(results["variants"]) == [label, "none"]
+    maps, plain = (results["variants"][v]["maps"] for v in (label, "none"))
+    for layer, stats in maps.items():
+        if target.startswith("target_sparsity"):
+            assert abs(stats["zero_fraction"] - 0.9) < 0.03
+            assert plain[layer]["zero_fraction"] < 0.6
+        else:  # active channels per pixel (of 8 and 16; about 4.5 and 9 without a target)
+            assert stats["l0"] < 1.5 < plain[layer]["l0"] - 2
+    out = results["variants"][label]
+    kept = out["history"][out["best_epoch"] - 1]  # the epoch kept is on the target
+    assert kept["val_target_miss"] == 0 and kept["val_target_error"] == kept["val_error"]
+    assert "val_target_error" not in results["variants"]["none"]["history"][0]
+    rows = exp.summary(results)
+    assert {"features.act1_dead_fraction", "features.act2_zero_fraction"} <= set(rows[0])

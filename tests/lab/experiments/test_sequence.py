@@ -12,6 +12,8 @@ from actreg import ActregError
 from actreg.lab.data.text import batchify, bptt_batches, load_corpus
 from actreg.lab.experiments import get, load_results
 from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments._seq import ReLUFFN
+from actreg.lab.experiments._targets import target_miss
 from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
 from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
@@ -151,6 +153,11 @@ def test_hidden_state_carried_and_detached_between_chunks():
         (LSTMLMConfig, "lr_decay=0.5", "lr_decay must be >= 1"),
         (LSTMLMConfig, "alpha=-1", "alpha and beta must be >= 0"),
         (LSTMLMConfig, "bptt_typo=3", "unknown key 'bptt_typo'"),
+        (LSTMLMConfig, "penalty=l1", "ffn=0 leaves out: set ffn=N"),
+        (LSTMLMConfig, "penalty=hoyer", "unknown penalty 'hoyer'"),
+        (LSTMLMConfig, "ffn=-1", "ffn must be >= 0"),
+        (LSTMLMConfig, "target_sparsity=0.9", "set ffn=N and penalty=l1"),
+        (LSTMLMConfig, "target_l0=-2", "active units > 0"),
         (Seq2SeqConfig, "max_len=1", "max_len must be >= 2"),
         (Seq2SeqConfig, "coef=-0.1", "coef must be >= 0"),
         (Seq2SeqConfig, "code=0", "code must be an int >= 1"),
@@ -183,3 +190,62 @@ def test_too_few_training_tokens_is_a_clear_error(corpus_dir, tmp_path):
 def test_vocab_of_tiny_corpus(corpus_dir):
     corpus = load_corpus(corpus_dir, vocab_size=12)
     assert corpus.vocab[:2] == ["<unk>", "<eos>"] and len(corpus.vocab) == 12
+
+
+RELU = [
+    "layers=1", "emb_size=8", "bptt=5", "ffn=32", "penalty=l1", "epochs=15", "lr_decay=1",
+    "patience=0",
+]  # fmt: skip
+
+
+def test_relu_block_is_residual_and_hooked_where_the_penalty_goes():
+    block = ReLUFFN(6, 16)
+    for p in block.down.parameters():
+        nn.init.zeros_(p)
+    x = torch.randn(5, 3, 6)
+    torch.testing.assert_close(block(x), x)  # a block that adds nothing leaves x
+    model = LSTMLM(20, emb_size=6, hidden=6, layers=1, ffn=16)
+    seen = {}
+    model.get_submodule("ffn.act").register_forward_hook(lambda m, a, out: seen.update(o=out))
+    model(torch.zeros(7, 3, dtype=torch.long), model.init_hidden(3))
+    assert seen["o"].shape == (7, 3, 16) and bool((seen["o"] == 0).any())  # (T, B, units)
+    assert LSTMLM(20, emb_size=6, hidden=6, layers=1).ffn is None  # AR/TAR model unchanged
+
+
+@pytest.mark.parametrize(
+    ("cfg", "stats", "gap"),
+    [
+        ({"target_sparsity": 0.9, "target_l0": None}, {"zero_fraction": 0.8}, 0.08),
+        ({"target_sparsity": 0.9, "target_l0": None}, {"zero_fraction": 0.915}, 0.0),
+        ({"target_sparsity": None, "target_l0": 10}, {"l0": 30}, 0.18),
+        ({"target_sparsity": None, "target_l0": None}, {"l0": 30}, 0.0),
+    ],
+    ids=["below", "within", "l0-above", "no-target"],
+)
+def test_target_miss(cfg, stats, gap):
+    assert target_miss(type("C", (), cfg), stats, 100) == pytest.approx(gap)
+
+
+def test_lstm_lm_relu_variant_reaches_the_target(corpus_dir, tmp_path):
+    exp = get("lstm-lm")
+    sets = [*COMMON, *RELU, f"data={corpus_dir}", f"out_dir={tmp_path}", "target_sparsity=0.9"]
+    results = exp.run(apply_overrides(exp.config(), sets))
+    target, plain = (results["variants"][v] for v in ("l1 target 0.9", "none"))
+    assert abs(target["ffn"]["zero_fraction"] - 0.9) < 0.05  # test split
+    assert plain["ffn"]["zero_fraction"] < 0.7
+    assert target["history"][-1]["ffn_coef"] > 0 and "ffn_coef" not in plain["history"][-1]
+    assert target["trace"][0]["ar"] > 0  # AR/TAR still measured
+    rows = exp.summary(results)
+    assert rows[0]["ffn_zero_fraction"] == target["ffn"]["zero_fraction"]
+
+
+@pytest.mark.parametrize(
+    ("target", "check"),
+    [("target_l0=4", lambda s: s["l0"] < 8), ("coef=1", lambda s: s["zero_fraction"] > 0.7)],
+    ids=["target-l0", "coefficient"],
+)
+def test_lstm_lm_relu_variant_other_modes(corpus_dir, tmp_path, target, check):
+    exp = get("lstm-lm")
+    sets = [*COMMON, *RELU, f"data={corpus_dir}", f"out_dir={tmp_path}", target, "compare=false"]
+    out = next(iter(exp.run(apply_overrides(exp.config(), sets))["variants"].values()))
+    assert check(out["ffn"]), out["ffn"]  # about 15 active units and 55% zeros unpenalized

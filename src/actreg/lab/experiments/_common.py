@@ -29,6 +29,7 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab.data import load_vision
 from actreg.lab.experiments._config import to_dict
+from actreg.lab.experiments._targets import MetricsFn, at_target
 from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -288,18 +289,24 @@ def train_classifier(
     """Train a classifier with the penalties ``spec`` (None: none) and measure ``watch``.
 
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
-    ``layers`` (the Monitor's statistics of the watched layers on the test split).
+    ``layers`` (the Monitor's statistics of the watched layers on the test split). In
+    target mode the penalized model keeps the best epoch on the target (``target_error``,
+    see :mod:`actreg.lab.experiments._targets`).
     """
     monitor = actreg.Monitor(model, watch, dim=dim)
     reviver = make_reviver(model, spec, data.x_train, cfg)
+    metrics_fn: MetricsFn = classification_metrics
+    objective = "error"
+    if spec is not None and (cfg.target_sparsity, cfg.target_l0) != (None, None):
+        metrics_fn, objective = at_target(metrics_fn, cfg, watch, dim), "target_error"
     try:
         out = fit(
             model,
             (data.x_train, data.y_train),
             (data.x_val, data.y_val),
             loss_fn=classification_loss,
-            metrics_fn=classification_metrics,
-            objective="error",
+            metrics_fn=metrics_fn,
+            objective=objective,
             cfg=cfg.train_config(),
             spec=spec,
             monitor=monitor,

@@ -1,22 +1,36 @@
-"""What the sequence experiments share: the base config, locked dropout, corpus loading."""
+"""What the sequence experiments share: the base config, locked dropout, corpus loading,
+and a residual ReLU feed-forward block (:class:`ReLUFFN`) whose activations give exact zeros."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
+import actreg
 from actreg._errors import ActregError
 from actreg.lab.data.text import Corpus, load_corpus
-from actreg.lab.experiments._common import make_run_dir
+from actreg.lab.experiments._common import check_targets, make_run_dir
+from actreg.lab.experiments._contract import SPARSITY
 
-__all__ = ["LockedDropout", "SeqConfig", "check_positive", "check_rate"]
+__all__ = [
+    "LockedDropout",
+    "ReLUFFN",
+    "SeqConfig",
+    "check_positive",
+    "check_rate",
+    "check_relu_block",
+    "monitored",
+]
 
 OPTIMIZERS = ("adam", "sgd")
+RELU_PENALTIES = ("l1",)
+T = TypeVar("T")
 
 
 def check_positive(cfg: Any, *names: str) -> None:
@@ -33,6 +47,54 @@ def check_rate(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
             raise ActregError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_relu_block(cfg: Any, default: str) -> None:
+    """The settings of a ReLU block and its penalty: ``ffn`` (units, 0 = no block),
+    ``penalty`` (``default`` or one of :data:`RELU_PENALTIES`, which needs a block),
+    ``coef``, and the targets, which steer the block's penalty only."""
+    if cfg.penalty not in (default, *RELU_PENALTIES):
+        raise ActregError(
+            f"unknown penalty {cfg.penalty!r}; use one of {(default, *RELU_PENALTIES)}"
+        )
+    if isinstance(cfg.ffn, bool) or not isinstance(cfg.ffn, int) or cfg.ffn < 0:
+        raise ActregError(f"ffn must be >= 0 units (0 = no ReLU block), got {cfg.ffn!r}")
+    if cfg.penalty != default and not cfg.ffn:
+        raise ActregError(
+            f"penalty={cfg.penalty} goes on the ReLU block, which ffn=0 leaves out: "
+            "set ffn=N (e.g. ffn=1024)"
+        )
+    check_targets(cfg.target_sparsity, cfg.target_l0)
+    if (cfg.target_sparsity, cfg.target_l0) != (None, None) and cfg.penalty == default:
+        raise ActregError(
+            "a sparsity target steers the penalty on the ReLU block (an LSTM's output is "
+            f"never exactly 0): set ffn=N and penalty={RELU_PENALTIES[0]} (e.g. --set "
+            f"ffn=1024 --set penalty={RELU_PENALTIES[0]})"
+        )
+    actreg.make_penalty("l1", cfg.coef)
+
+
+def monitored(
+    model: nn.Module, watch: list[str], fn: Callable[[], T]
+) -> tuple[T, dict[str, dict[str, float]]]:
+    """``fn()`` and the sparsity statistics (:data:`SPARSITY`) of the modules ``watch``
+    over what ``fn`` ran, per module (none for an empty ``watch``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+        >>> out, stats = monitored(model, ["1"], lambda: model(torch.randn(3, 4)))
+        >>> sorted(stats["1"])
+        ['dead_fraction', 'l0', 'zero_fraction']
+    """
+    if not watch:
+        return fn(), {}
+    monitor = actreg.Monitor(model, watch)
+    try:
+        out = fn()
+        stats = monitor.compute()
+    finally:
+        monitor.remove()
+    return out, {n: {k: float(v) for k, v in s.items() if k in SPARSITY} for n, s in stats.items()}
 
 
 @dataclass
@@ -118,3 +180,28 @@ class LockedDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ReLUFFN(nn.Module):
+    """``x + down(relu(up(x)))``: a residual feed-forward block with a ReLU (``act``) inside.
+
+    The ReLU's output, ``(..., width)`` with the units last, is where zeros make sense in a
+    recurrent model (an LSTM's output lies in (-1, 1) and is almost never exactly 0): the
+    place of an L1 penalty or a sparsity target, as on the FFN activations of ProSparse
+    (Song et al. 2024). The residual keeps the block's input width, so a decoder tied to
+    the embedding still fits, and a block whose units all die leaves the model as it was.
+
+    Example:
+        >>> block = ReLUFFN(8, 32)
+        >>> block(torch.randn(5, 3, 8)).shape, type(block.act).__name__
+        (torch.Size([5, 3, 8]), 'ReLU')
+    """
+
+    def __init__(self, size: int, width: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(size, width)
+        self.act = nn.ReLU()
+        self.down = nn.Linear(width, size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.down(self.act(self.up(x)))

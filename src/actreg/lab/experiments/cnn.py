@@ -3,10 +3,16 @@
 Usage::
 
     actreg run cnn --set data=mnist --set epochs=10
+    actreg run cnn --set data=mnist --set target_sparsity=0.9   # ask for 90% zeros
 
 Two 3x3 conv blocks (32 and 64 channels) and a 128-unit head; the penalty goes on both
 conv activations (unit axis 1: channels). Test error and feature-map sparsity, with and
 without the penalty.
+
+Target mode (``target_sparsity`` or ``target_l0``) wraps each map's penalty in
+:class:`actreg.TargetSparsity` with ``dim=1``: a unit is a channel, its firing rate the
+share of (example, pixel) positions where it is active, and an ``l0`` target counts active
+channels per pixel. ``coef`` is then the starting coefficient.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
     make_run_dir,
+    planned_steps,
     save_results,
     train_classifier,
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
+from actreg.lab.experiments._targets import penalized_label
 from actreg.lab.models import CNN
 from actreg.lab.train import seed_everything
 
@@ -84,14 +92,20 @@ def run(cfg: CNNConfig) -> CNNResults:
     """Train with (and without) the penalty; writes ``results.json``."""
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "cnn")
-    label = f"{cfg.penalty} {cfg.coef:g}"
+    label = penalized_label(cfg)
     variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
     results: dict[str, Any] = {"variants": {}}
     c1, c2 = cfg.channels
     for name, penalized in variants:
         seed_everything(cfg.seed)
         model = CNN(1, data.n_classes, data.image_shape, (c1, c2), cfg.hidden)
-        spec = layer_penalties(MAPS, lambda: actreg.make_penalty(cfg.penalty, cfg.coef), cfg, dim=1)
+        spec = layer_penalties(
+            MAPS,
+            lambda: actreg.make_penalty(cfg.penalty, cfg.coef),
+            cfg,
+            dim=1,
+            steps=planned_steps(len(data.x_train), cfg),
+        )
         out = train_classifier(
             model,
             data,
@@ -110,11 +124,13 @@ def run(cfg: CNNConfig) -> CNNResults:
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant: test error and zero share per feature map."""
+    """One row per variant: test error, zero share and dead share per feature map."""
     rows = []
     for name, out in results["variants"].items():
         row: dict[str, Any] = {"variant": name, "test_error": out["test_error"]}
         for layer, stats in out["maps"].items():
             row[f"{layer}_zero_fraction"] = stats["zero_fraction"]
+        for layer, stats in out["maps"].items():
+            row[f"{layer}_dead_fraction"] = stats["dead_fraction"]
         rows.append(row)
     return rows

@@ -4,6 +4,7 @@ Usage::
 
     actreg data fetch austen
     actreg run lstm-lm --set layers=1 --set limit_tokens=120000 --set epochs=10
+    actreg run lstm-lm --set ffn=1024 --set penalty=l1 --set target_sparsity=0.9  # ReLU variant
 
 Trains the same model twice on the same data and budget: once with AR (``alpha *
 mean(dropped_output**2)`` on the last layer's output after its dropout) and TAR (``beta *
@@ -14,7 +15,25 @@ attached with :func:`actreg.attach` to the modules ``drop_out`` (AR) and the las
 same penalties are attached and measured (``reg.last``) but not added to the loss.
 Perplexities are of the task loss only. Truncated BPTT carries the hidden state across
 chunks, detached; gradients are clipped; the learning rate is divided by ``lr_decay``
-whenever validation perplexity does not improve.
+whenever validation perplexity does not improve (in target mode: while the ReLU block's
+validation sparsity is off the target by more than 0.02 and not getting closer, or on it
+and not improving; the weights kept are the best on the target, see
+:mod:`~actreg.lab.experiments._targets`).
+
+The ReLU variant (``ffn=N``, ``penalty=l1``): a residual ReLU feed-forward block
+(:class:`~actreg.lab.experiments._seq.ReLUFFN`, ``N`` units) between the last LSTM and its
+output dropout, and an L1 penalty (mean over the block's values) on its ReLU, ``ffn.act``,
+instead of AR/TAR; ``target_sparsity`` or ``target_l0`` wrap it in
+:class:`actreg.TargetSparsity` (units: the last axis of the time-first ``(T, B, N)``
+activations; ``coef`` is then the starting coefficient). AR/TAR are still measured, not
+added. The zero share, dead share and active units of ``ffn.act`` are measured on the
+validation split every epoch and on the test split at the end.
+
+Design: a residual block rather than a ReLU bottleneck before the decoder. A bottleneck
+changes the decoder's input width (no weight tying) and makes every token's prediction
+pass through the sparse code, so dead units cost perplexity directly; the residual block
+keeps the tied decoder and is where activation sparsity is studied in language models
+(the FFN of ProSparse).
 """
 
 from __future__ import annotations
@@ -32,13 +51,24 @@ from torch import Tensor, nn
 import actreg
 from actreg._errors import ActregError
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
-from actreg.lab.experiments._common import save_results
-from actreg.lab.experiments._seq import LockedDropout, SeqConfig, check_positive, check_rate
+from actreg.lab.experiments._common import layer_penalties, save_results
+from actreg.lab.experiments._seq import (
+    LockedDropout,
+    ReLUFFN,
+    SeqConfig,
+    check_positive,
+    check_rate,
+    check_relu_block,
+    monitored,
+)
+from actreg.lab.experiments._targets import penalized_label, target_miss
 from actreg.lab.train import seed_everything
 
 __all__ = ["LSTMLM", "LSTMLMConfig", "attach_ar_tar", "evaluate_lm", "run", "summary_rows"]
 
 Hidden = list[tuple[Tensor, Tensor]]
+
+FFN_ACT = "ffn.act"  # the ReLU of the feed-forward block: where the sparse penalty goes
 
 
 @dataclass
@@ -65,9 +95,15 @@ class LSTMLMConfig(SeqConfig):
     limit_tokens: int | None = None  # train on the first N training tokens only (None: all)
     log_every: int = 100  # record training loss and AR/TAR every this many chunks
     compare: bool = True  # also train the same model without AR/TAR
+    ffn: int = 0  # units of a residual ReLU block after the last LSTM (0 = none)
+    penalty: str = "ar_tar"  # ar_tar: AR + TAR | l1: L1 on the ReLU block (needs ffn > 0)
+    coef: float = 0.01  # the l1 coefficient (mean over values; the start in target mode)
+    target_sparsity: float | None = None  # ask for this zero fraction in the ReLU block
+    target_l0: float | None = None  # or for this many active ReLU units per token
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_relu_block(self, "ar_tar")
         check_positive(self, "emb_size", "hidden", "eval_batch_size", "log_every")
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
@@ -92,6 +128,8 @@ class LSTMLM(nn.Module):
 
     Time-first: ``forward(x (T, B), hidden) -> (logits (T, B, V), hidden)``. The modules
     ``rnns.K`` (the last LSTM) and ``drop_out`` (its dropout) are where TAR and AR attach.
+    With ``ffn > 0`` a residual ReLU block ``ffn`` (its ReLU: ``ffn.act``) follows the last
+    LSTM, before ``drop_out``.
 
     Example:
         >>> model = LSTMLM(50, emb_size=8, hidden=16, layers=2)
@@ -110,6 +148,7 @@ class LSTMLM(nn.Module):
         dropout_h: float = 0.25,
         dropout_i: float = 0.4,
         tie_weights: bool = True,
+        ffn: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = nn.Embedding(vocab, emb_size)
@@ -118,6 +157,7 @@ class LSTMLM(nn.Module):
         self.sizes = sizes
         self.rnns = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1]) for i in range(layers))
         self.drop_h = nn.ModuleList(LockedDropout(dropout_h) for _ in range(layers - 1))
+        self.ffn = ReLUFFN(sizes[-1], ffn) if ffn else None
         self.drop_out = LockedDropout(dropout)
         self.decoder = nn.Linear(sizes[-1], vocab)
         nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
@@ -148,6 +188,8 @@ class LSTMLM(nn.Module):
             new.append(state)
             if i < len(self.drop_h):
                 out = self.drop_h[i](out)
+        if self.ffn is not None:
+            out = self.ffn(out)
         return self.decoder(self.drop_out(out)), new
 
 
@@ -196,7 +238,8 @@ def _ppl(loss: float) -> float:
 def train_variant(
     cfg: LSTMLMConfig, corpus: Corpus, penalized: bool, run_dir: Path, name: str
 ) -> dict[str, Any]:
-    """Train one model; AR/TAR join the loss only when ``penalized`` (always measured)."""
+    """Train one model; its penalty (AR/TAR, or the ReLU block's) joins the loss only when
+    ``penalized``; AR/TAR are always measured."""
     from tqdm.auto import tqdm
 
     seed_everything(cfg.seed)
@@ -211,16 +254,21 @@ def train_variant(
     test = batchify(corpus.test, min(cfg.eval_batch_size, len(corpus.test)))
     model = LSTMLM(
         len(corpus.vocab), cfg.emb_size, cfg.hidden, cfg.layers,
-        cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights,
+        cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights, cfg.ffn,
     )  # fmt: skip
     reg = attach_ar_tar(model, cfg.alpha, cfg.beta)
+    watch = [FFN_ACT] if model.ffn is not None else []  # measured on validation and test
+    sparse = None  # the ReLU block's penalty, attached only where it joins the loss
+    if penalized and cfg.penalty != "ar_tar":
+        spec = layer_penalties([FFN_ACT], lambda: actreg.L1(cfg.coef, "mean"), cfg)
+        sparse = actreg.attach(model, spec)
     ar_name, tar_name = "drop_out", model.last_rnn
     opt = cfg.optimizer_for(model)
     lr = cfg.lr
     chunks = math.ceil((train.size(0) - 1) / cfg.bptt)
     history: list[dict[str, Any]] = []
     trace: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, Tensor]] | None = None
+    best: tuple[tuple[float, float], int, dict[str, Tensor]] | None = None
     step, stale, start = 0, 0, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -238,7 +286,10 @@ def train_variant(
             logits, hidden = model(x, hidden)
             task = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
             penalty = reg.penalty()
-            loss = task + penalty if penalized else task
+            if sparse is not None:
+                loss = task + sparse.penalty()
+            else:
+                loss = task + penalty if penalized else task
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip:
@@ -255,12 +306,19 @@ def train_variant(
                 trace.append(_point(step, epoch, window))
                 bar.set_postfix(ppl=f"{trace[-1]['train_ppl']:.1f}", ar=f"{trace[-1]['ar']:.3f}")
                 window = dict.fromkeys(sums, 0.0)
-        val_loss = evaluate_lm(model, valid, cfg.bptt)
+        val_loss, val_ffn = monitored(model, watch, lambda: evaluate_lm(model, valid, cfg.bptt))
         row = {**_point(step, epoch, sums), "val_ppl": _ppl(val_loss), "lr": lr,
                "seconds": time.perf_counter() - start}  # fmt: skip
+        row.update({f"val_ffn_{k}": v for k, v in val_ffn.get(FFN_ACT, {}).items()})
+        if sparse is not None:
+            row["ffn_coef"] = float(spec[FFN_ACT].coef)
         history.append(row)
-        if best is None or val_loss < best[0]:
-            best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
+        # in target mode an epoch off the target ranks by its distance to it, behind any
+        # on it: the weights kept are at the target, and reaching it counts as progress
+        miss = target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse is not None else 0.0
+        rank = (miss, val_loss)
+        if best is None or rank < best[0]:
+            best = (rank, epoch, copy.deepcopy(model.state_dict()))
             stale = 0
             torch.save({"model": best[2], "epoch": epoch}, run_dir / f"{name}.pt")
         else:
@@ -272,14 +330,18 @@ def train_variant(
                 break
     assert best is not None
     reg.remove()
+    if sparse is not None:
+        sparse.remove()
     model.load_state_dict(best[2])
+    test_loss, test_ffn = monitored(model, watch, lambda: evaluate_lm(model, test, cfg.bptt))
     return {
         "penalized": penalized,
         "history": history,
         "trace": trace,
         "best_epoch": best[1],
-        "val_ppl": _ppl(best[0]),
-        "test_ppl": _ppl(evaluate_lm(model, test, cfg.bptt)),
+        "val_ppl": _ppl(best[0][1]),
+        "test_ppl": _ppl(test_loss),
+        "ffn": test_ffn.get(FFN_ACT, {}),  # the ReLU block's sparsity (test split)
         "steps": step,
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
@@ -301,12 +363,13 @@ def run(cfg: LSTMLMConfig) -> dict[str, Any]:
     """Run the experiment; writes ``results.json`` (and the best weights) into the run folder."""
     corpus = cfg.load()
     run_dir = cfg.run_dir("lstm-lm")
-    variants = [("ar_tar", True)] + ([("none", False)] if cfg.compare else [])
+    label = "ar_tar" if cfg.penalty == "ar_tar" else penalized_label(cfg)
+    variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
     results: dict[str, Any] = {"variants": {}}
     for name, penalized in variants:
         results["variants"][name] = train_variant(cfg, corpus, penalized, run_dir, name)
     if cfg.compare:
-        with_, without = (results["variants"][k] for k in ("ar_tar", "none"))
+        with_, without = (results["variants"][k] for k in (label, "none"))
         results["val_ppl_gain"] = 1.0 - with_["val_ppl"] / without["val_ppl"]
         results["test_ppl_gain"] = 1.0 - with_["test_ppl"] / without["test_ppl"]
     results["data"] = corpus.info
@@ -315,20 +378,20 @@ def run(cfg: LSTMLMConfig) -> dict[str, Any]:
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per variant: best-epoch validation and test perplexity, final AR/TAR values."""
+    """One row per variant: best-epoch validation and test perplexity, final AR/TAR values,
+    and with a ReLU block its test zero share, dead share and active units."""
     rows = []
     for name, out in results["variants"].items():
         final = out["history"][-1]
-        rows.append(
-            {
-                "variant": name,
-                "val_ppl": out["val_ppl"],
-                "test_ppl": out["test_ppl"],
-                "best_epoch": out["best_epoch"],
-                "epochs": len(out["history"]),
-                "ar_last_epoch": final["ar"],
-                "tar_last_epoch": final["tar"],
-                "minutes": out["seconds"] / 60,
-            }
-        )
+        row = {
+            "variant": name,
+            "val_ppl": out["val_ppl"],
+            "test_ppl": out["test_ppl"],
+            "best_epoch": out["best_epoch"],
+            "epochs": len(out["history"]),
+            "ar_last_epoch": final["ar"],
+            "tar_last_epoch": final["tar"],
+        }
+        row.update({f"ffn_{k}": v for k, v in out.get("ffn", {}).items()})
+        rows.append({**row, "minutes": out["seconds"] / 60})
     return rows

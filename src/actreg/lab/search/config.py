@@ -6,6 +6,17 @@ experiment config from the experiment's :class:`~actreg.lab.experiments.SearchSp
 its settings, then the user's overrides, then the coefficient in the field the spec names
 and the trial's folder. Nothing here names an experiment.
 
+A target search (``targets=(0.8, 0.9, 0.95)``) is the alternative to a coefficient grid:
+each trial runs the experiment in target mode, its ``target_sparsity`` setting at one
+target (the coefficient stays the experiment's, as the controller's start), and the report
+shows the achieved zero fraction against the objective. Any experiment whose config has a
+``target_sparsity`` field can be searched so.
+
+Design: a target search reuses the coefficient search's machinery whole: the targets are
+the grid (``coefs`` holds them, each a trial's ``coef`` attribute in the storage), so the
+worker, the storage and resuming need no second path; only the field a trial's value goes
+into (:attr:`SearchConfig.grid_key`), the checks, and the report's labels differ.
+
 Design: the config holds the experiment's *name*, not the :class:`Experiment` object, and
 looks it up in the registry when needed. Worker processes are spawned, and a name crosses
 a process boundary (and sits in the study's saved settings) where functions would not.
@@ -24,12 +35,17 @@ from actreg._errors import ActregError
 from actreg.lab.experiments import EXPERIMENTS, SearchSpec, get
 from actreg.lab.experiments._config import apply_overrides
 from actreg.lab.search._db import check_storage_url, safe_url
-from actreg.lab.search.grid import check_refine, coarse_grid
+from actreg.lab.search.grid import check_refine, coarse_grid, target_grid
 
-__all__ = ["SearchConfig", "search_spec"]
+__all__ = ["TARGET_FIELD", "SearchConfig", "search_spec"]
 
 TRIAL_FIELDS = ("out_dir", "run_name")
 """Config fields every trial sets itself (besides the spec's coefficient field)."""
+
+TARGET_FIELD = "target_sparsity"
+"""The config field a target search's trial sets (besides :data:`TRIAL_FIELDS`)."""
+TARGET_FIELDS = (TARGET_FIELD, "target_l0")
+"""Config fields a target search refuses in the overrides (it sets the target itself)."""
 
 
 def search_spec(experiment: str) -> SearchSpec[Any]:
@@ -68,11 +84,15 @@ class SearchConfig:
         heartbeat: seconds between heartbeats of a running trial.
         grace: seconds without a heartbeat after which a running trial is retried.
         max_attempts: how often a grid point is tried before it is given up.
+        targets: zero-fraction targets: search over these instead of coefficients (each
+            trial in target mode); ``coefs`` then holds them and ``refine`` must be 0.
 
     Example:
         >>> cfg = SearchConfig("cnn", coefs=(1e-3, 1e-4), out_dir="/tmp/runs")
-        >>> cfg.objective, cfg.study.startswith("cnn-")
-        ('val_error', True)
+        >>> cfg.objective, cfg.study.startswith("cnn-"), cfg.grid_key
+        ('val_error', True, 'coef')
+        >>> SearchConfig("cnn", targets=(0.9, 0.8), out_dir="/tmp/runs").coefs
+        (0.8, 0.9)
     """
 
     experiment: str
@@ -87,10 +107,20 @@ class SearchConfig:
     heartbeat: int = 5
     grace: int = 20
     max_attempts: int = 3
+    targets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        self.coefs = coarse_grid(self.coefs)
         self.refine = check_refine(self.refine)
+        self.targets = tuple(self.targets)
+        if self.targets:
+            self.targets = self.coefs = target_grid(self.targets)
+            if self.refine:
+                raise ActregError(
+                    "a target search runs the targets it is given; --refine refines a "
+                    "coefficient grid: leave it out, or list more targets"
+                )
+        else:
+            self.coefs = coarse_grid(self.coefs)
         self.overrides = tuple(self.overrides)
         spec = search_spec(self.experiment)
         if self.objective is None:
@@ -99,7 +129,8 @@ class SearchConfig:
             spec.objective(self.objective)
         except ActregError as err:
             raise ActregError(f"{err} (experiment {self.experiment})") from None
-        reserved = (spec.coef_field, *TRIAL_FIELDS)
+        own = TARGET_FIELDS if self.targets else (spec.coef_field,)
+        reserved = (*own, *TRIAL_FIELDS)
         for item in self.overrides:
             if item.split("=", 1)[0].strip().replace("-", "_") in reserved:
                 raise ActregError(f"--set {item!r}: the search sets {', '.join(reserved)} itself")
@@ -121,6 +152,11 @@ class SearchConfig:
         return search_spec(self.experiment)
 
     @property
+    def grid_key(self) -> str:
+        """What a grid point is: ``"coef"``, or ``"target"`` in a target search."""
+        return "target" if self.targets else "coef"
+
+    @property
     def metric(self) -> str:
         """The metric the objective names (an alias resolved)."""
         return self.spec.objective(self.objective)
@@ -128,6 +164,8 @@ class SearchConfig:
     def fingerprint(self) -> str:
         """A hash of what defines the search (not the workers, storage or study name)."""
         key = [self.experiment, self.coefs, self.refine, self.objective, sorted(self.overrides)]
+        if self.targets:  # a coefficient search's key is unchanged
+            key.append("targets")
         return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
     def describe(self) -> dict[str, Any]:
@@ -135,6 +173,7 @@ class SearchConfig:
         out = dataclasses.asdict(self)
         out["storage"] = safe_url(str(self.storage))
         out["coefs"], out["overrides"] = list(self.coefs), list(self.overrides)
+        out["targets"] = list(self.targets)
         return out
 
     @property
@@ -144,10 +183,17 @@ class SearchConfig:
 
     def experiment_config(self, coef: float, run_name: str) -> Any:
         """The experiment's config for one trial: the spec's settings, the user's
-        overrides, then the coefficient and the trial's folder."""
+        overrides, then the coefficient (in a target search: the target) and the trial's
+        folder."""
         spec = self.spec
         cfg = apply_overrides(get(self.experiment).config(), [*spec.settings, *self.overrides])
         fields = {f.name for f in dataclasses.fields(cfg)}
+        field = TARGET_FIELD if self.targets else spec.coef_field
+        if self.targets and field not in fields:
+            raise ActregError(
+                f"{self.experiment} has no target mode (its config has no {field} setting); "
+                "search its coefficient with --coef instead"
+            )
         missing = [f for f in (spec.coef_field, *TRIAL_FIELDS) if f not in fields]
         if missing:
             raise ActregError(
@@ -158,5 +204,5 @@ class SearchConfig:
             if not any(s.startswith("threads=") for s in self.overrides):
                 threads = max(1, (os.cpu_count() or 1) // self.workers)
                 cfg = dataclasses.replace(cfg, threads=threads)
-        changes = {spec.coef_field: coef, "out_dir": str(self.search_dir / "trials")}
+        changes = {field: coef, "out_dir": str(self.search_dir / "trials")}
         return dataclasses.replace(cfg, **changes, run_name=run_name)

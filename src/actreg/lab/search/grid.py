@@ -2,7 +2,9 @@
 
 ``refine=3`` puts 3 log-spaced points strictly inside the decade between the best coarse
 value and its better neighbour; ``refine=(2, 5)`` puts ``2 * lo`` and ``5 * lo`` there
-(1-2-5 steps). Pure functions of numbers: no experiment, no storage.
+(1-2-5 steps). A target search (``--target 0.8,0.9,0.95``) runs the targets it is given,
+one trial each (:func:`target_grid`), and is not refined. Pure functions of numbers: no
+experiment, no storage.
 
 Example:
     >>> coarse_grid("1e-1,1e-2,1e-3")
@@ -11,6 +13,8 @@ Example:
     [0.002, 0.005]
     >>> refine_grid((0.1, 0.01, 0.001), [0.5, 0.2, 0.3], 1)
     [0.00316228]
+    >>> target_grid("0.95,0.8,0.9")
+    (0.8, 0.9, 0.95)
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 
 from actreg._errors import ActregError
 
-__all__ = ["check_refine", "coarse_grid", "refine_grid"]
+__all__ = ["check_refine", "coarse_grid", "refine_grid", "target_grid"]
 
 
 def _sig(value: float) -> float:
@@ -48,6 +52,34 @@ def coarse_grid(coefs: str | Sequence[float]) -> tuple[float, ...]:
     if not grid:
         raise ActregError("the coefficient grid is empty; e.g. --coef 1e-1,1e-2,1e-3,1e-4")
     return tuple(grid)
+
+
+def target_grid(targets: str | Sequence[float]) -> tuple[float, ...]:
+    """Parse and check the zero-fraction targets of a target search: each strictly between
+    0 and 1, duplicates dropped, ascending.
+
+    Raises:
+        ActregError: for an empty grid or a value that is not a zero fraction.
+    """
+    items = (
+        [t for t in targets.replace(" ", "").split(",") if t]
+        if isinstance(targets, str)
+        else targets
+    )
+    grid: set[float] = set()
+    for item in items:
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ActregError(f"target {item!r} is not a number; e.g. --target 0.8,0.9") from None
+        if not 0 < value < 1:
+            raise ActregError(
+                f"a target is a zero fraction strictly between 0 and 1 (e.g. 0.9), got {item!r}"
+            )
+        grid.add(_sig(value))
+    if not grid:
+        raise ActregError("the target grid is empty; e.g. --target 0.8,0.9,0.95")
+    return tuple(sorted(grid))
 
 
 def check_refine(refine: int | Sequence[float]) -> int | tuple[float, ...]:

@@ -71,7 +71,7 @@ def search_rows(config: SearchConfig) -> list[dict[str, Any]]:
         attrs = best.user_attrs
         metrics: dict[str, float] = attrs.get("metrics", {})
         row: dict[str, Any] = {
-            "coef": coef,
+            config.grid_key: coef,  # "target" in a target search
             "stage": attrs.get("stage"),
             "state": best.state.name.lower(),
             "trial": best.number,
@@ -98,7 +98,7 @@ def write_search_report(config: SearchConfig, rows: list[dict[str, Any]] | None 
     objective = str(config.objective)
     done = [r for r in rows if r.get(objective) is not None]
     lines = [
-        f"# Coefficient search: {config.experiment}",
+        f"# {'Target' if config.targets else 'Coefficient'} search: {config.experiment}",
         "",
         f"Study `{config.study}` in `{safe_url(str(config.storage))}`, objective "
         f"`{config.objective}` (lower is better).",
@@ -106,7 +106,17 @@ def write_search_report(config: SearchConfig, rows: list[dict[str, Any]] | None 
         format_table([{k: v for k, v in r.items() if k != "run_dir"} for r in rows]),
         "",
     ]
-    if done:
+    if done and config.targets:  # the task metric against the zero fraction reached
+        png = plots.target_tradeoff(
+            [r["target"] for r in done],
+            [r[objective] for r in done],
+            [r.get("zero_fraction") or 0.0 for r in done],
+            out / "tradeoff.png",
+            task_label=objective,
+            title=f"{config.experiment}: {objective} against the zero fraction reached",
+        )
+        lines += [f"![trade-off]({png.name})", ""]
+    elif done:
         png = plots.tradeoff(
             [r["coef"] for r in done],
             [r[objective] for r in done],
@@ -116,7 +126,7 @@ def write_search_report(config: SearchConfig, rows: list[dict[str, Any]] | None 
             title=f"{config.experiment}: {config.objective} and zero fraction vs coefficient",
         )
         lines += [f"![trade-off]({png.name})", ""]
-    lines += ["Run folders:", ""] + [f"- {r['coef']:g}: `{r['run_dir']}`" for r in rows]
+    lines += ["Run folders:", ""] + [f"- {r[config.grid_key]:g}: `{r['run_dir']}`" for r in rows]
     (out / "search.json").write_text(
         json.dumps({"search": config.describe(), "rows": rows}, indent=2) + "\n"
     )
