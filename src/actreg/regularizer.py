@@ -65,8 +65,10 @@ class _Hook(Hook):
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         reg = self.reg
         grad = torch.is_grad_enabled()
+        reg._hooks_ran = True
         if module.training and not grad:
             self.no_grad_forward = True
+            reg._no_grad_train = True
         if reg.when == "train" and not (module.training and grad):
             return
         # Gradient checkpointing re-runs the forward during backward. The value is still
@@ -125,6 +127,8 @@ class Regularizer(HookSet):
         self._recorded_once = False
         self._warned_empty = False
         self._warned_reentrant = False
+        self._hooks_ran = False  # any hook called at all (what the empty warning names)
+        self._no_grad_train = False  # a hooked module ran in training mode without grad
 
     def _add(self, name: str, module: nn.Module, penalty: Penalty, select: Select) -> None:
         if not isinstance(penalty, Penalty):
@@ -166,13 +170,34 @@ class Regularizer(HookSet):
             return
         self._warned_empty = True
         names = ", ".join(repr(name) for name, _ in self.entries[:5])
+        if self._no_grad_train:
+            cause = (
+                "they ran in training mode under torch.no_grad() (or inference_mode), where "
+                "when='train' records nothing: run the training forward with grad enabled "
+                "(evaluate under model.eval()), or attach with when='always'"
+            )
+        elif self._hooks_ran:
+            cause = (
+                "they ran only in evaluation mode: call model.train() before the training "
+                "forward, or attach with when='always'"
+            )
+        elif _compiled_anything():
+            cause = (
+                "the hooks never ran. torch.compile has compiled code in this process: if "
+                "the model (or another instance of its class) was compiled before "
+                "actreg.attach, compiled code ignores hooks added later: attach before "
+                "compiling, in a fresh process. Otherwise check that these modules are "
+                "called in forward"
+            )
+        else:
+            cause = (
+                "the hooks never ran: check that these modules are called in the model's "
+                "forward (not only inside reentrant gradient checkpointing), and that the "
+                "forward ran between attach and reg.penalty()"
+            )
         warnings.warn(
             f"actreg: reg.penalty() found nothing recorded since attach ({names}) although "
-            "the model is in training mode: the hooks did not run. If the model (or another "
-            "instance of its class) was compiled with torch.compile before actreg.attach, "
-            "compiled code ignores hooks added later: attach before compiling, in a fresh "
-            "process. Otherwise check that these modules are called in forward (and not only "
-            "inside reentrant gradient checkpointing).",
+            f"the model is in training mode: {cause}.",
             stacklevel=3,
         )
 
@@ -257,6 +282,13 @@ class Regularizer(HookSet):
         body = ", ".join(f"{name!r}: {penalty!r}" for name, penalty in self.entries)
         state = "" if self.hooked else ", removed"
         return f"Regularizer({{{body}}}, when={self.when!r}{state})"
+
+
+def _compiled_anything() -> bool:
+    """Whether torch.compile (dynamo) has compiled a frame in this process."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(dynamo, "counters", None)
+    return bool(counters is not None and counters["frames"].get("ok", 0))
 
 
 def _device(model: nn.Module) -> torch.device:
