@@ -66,7 +66,7 @@ def jumprelu_wrong_width() -> None:
 
 def monitor_units_change() -> None:
     model = nn.Sequential(nn.ReLU())
-    with actreg.Monitor(model, "0") as mon:
+    with actreg.Monitor(model, "0"):
         model(torch.randn(2, 4))
         model(torch.randn(2, 5))
 
@@ -114,7 +114,11 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     ("type-attach-penalty-float", lambda: actreg.attach(mlp(), {"1": 1e-3}), ("actreg.L1",)),
     ("type-attach-penalty-none", lambda: actreg.attach(mlp(), {"1": None}), ("actreg.L1",)),
     ("type-attach-key-int", lambda: actreg.attach(mlp(), {1: L1()}), ("strings",)),
-    ("unknown-attach-name", lambda: actreg.attach(mlp(), {"2x": L1()}), ("2x", "closest names: '2'")),
+    (
+        "unknown-attach-name",
+        lambda: actreg.attach(mlp(), {"2x": L1()}),
+        ("2x", "closest names: '2'"),
+    ),
     ("unknown-attach-pattern", lambda: actreg.attach(mlp(), {"act*": L1()}), ("act*",)),
     ("unknown-attach-when", lambda: actreg.attach(mlp(), {"1": L1()}, when="eval"), ("when",)),
     (
@@ -154,8 +158,16 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
         ("l2",),
     ),
     ("type-penalty-call-list", lambda: L1(1e-3)([1.0, 2.0]), ("tensor",)),
-    ("type-penalty-call-int-tensor", lambda: L1(1e-3)(torch.ones(2, 2, dtype=torch.long)), ("float",)),
-    ("range-penalty-dim-out-of-range", lambda: actreg.Hoyer(1e-3, dim=5)(torch.ones(2, 3)), ("dim",)),
+    (
+        "type-penalty-call-int-tensor",
+        lambda: L1(1e-3)(torch.ones(2, 2, dtype=torch.long)),
+        ("float",),
+    ),
+    (
+        "range-penalty-dim-out-of-range",
+        lambda: actreg.Hoyer(1e-3, dim=5)(torch.ones(2, 3)),
+        ("dim",),
+    ),
     ("type-scheduled-not-penalty", lambda: actreg.Scheduled(0.1, warmup=5), ("penalty",)),
     ("range-scheduled-warmup-negative", lambda: actreg.Scheduled(L1(), warmup=-1), ("warmup",)),
     ("type-activity-layer-penalty", lambda: actreg.ActivityRegularization("l1"), ("penalty",)),
@@ -179,7 +191,11 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     ("unknown-target-measure", lambda: actreg.TargetSparsity(L1(), 0.9, "l1"), ("measure",)),
     ("range-target-l0-zero", lambda: actreg.TargetSparsity(L1(), 0.0, "l0"), ("> 0",)),
     ("range-target-zero-coef", lambda: actreg.TargetSparsity(L1(0.0), 0.9), ("positive",)),
-    ("range-target-smoothing", lambda: actreg.TargetSparsity(L1(), 0.9, smoothing=1.0), ("smoothing",)),
+    (
+        "range-target-smoothing",
+        lambda: actreg.TargetSparsity(L1(), 0.9, smoothing=1.0),
+        ("smoothing",),
+    ),
     ("type-target-warmup-float", lambda: actreg.TargetSparsity(L1(), 0.9, warmup=2.5), ("warmup",)),
     (
         "range-target-coef-bounds",
@@ -210,10 +226,22 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     ("shape-revive-no-producer", revive_without_producer, ("producer", "nn.Linear")),
     ("empty-revive-inputs", lambda: actreg.revive(mlp(), "1", torch.zeros(0, 4)), ("inputs",)),
     ("type-revive-inputs-list", lambda: actreg.revive(mlp(), "1", [[1.0] * 4]), ("tensor",)),
-    ("unknown-revive-init", lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), init="zero"), ("init",)),
-    ("range-revive-scale", lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), scale=0), ("scale",)),
+    (
+        "unknown-revive-init",
+        lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), init="zero"),
+        ("init",),
+    ),
+    (
+        "range-revive-scale",
+        lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), scale=0),
+        ("scale",),
+    ),
     ("unknown-revive-layer", lambda: actreg.revive(mlp(), "relu", torch.randn(4, 4)), ("relu",)),
-    ("type-revive-scale-string", lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), scale="x"), ("scale",)),
+    (
+        "type-revive-scale-string",
+        lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), scale="x"),
+        ("scale",),
+    ),
     (
         "shape-revive-targets-rows",
         lambda: actreg.revive(mlp(), "1", torch.randn(4, 4), targets=torch.randn(3, 4)),
@@ -227,19 +255,43 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     # sparse.convert
     ("type-convert-model", lambda: actreg.sparse.convert("net", threshold=0.5), ("nn.Module",)),
     ("unknown-convert-name", lambda: actreg.sparse.convert(mlp(), ["5"], threshold=0.5), ("'5'",)),
-    ("type-convert-not-linear", lambda: actreg.sparse.convert(mlp(), ["1"], threshold=0.5), ("Linear",)),
-    ("range-convert-threshold", lambda: actreg.sparse.convert(mlp(), threshold=1.5), ("threshold",)),
-    ("unknown-convert-threshold-word", lambda: actreg.sparse.convert(mlp(), threshold="fast"), ("auto",)),
-    ("unknown-convert-kernels", lambda: actreg.sparse.convert(mlp(), threshold=0.5, kernels="gpu"), ("kernels",)),
+    (
+        "type-convert-not-linear",
+        lambda: actreg.sparse.convert(mlp(), ["1"], threshold=0.5),
+        ("Linear",),
+    ),
+    (
+        "range-convert-threshold",
+        lambda: actreg.sparse.convert(mlp(), threshold=1.5),
+        ("threshold",),
+    ),
+    (
+        "unknown-convert-threshold-word",
+        lambda: actreg.sparse.convert(mlp(), threshold="fast"),
+        ("auto",),
+    ),
+    (
+        "unknown-convert-kernels",
+        lambda: actreg.sparse.convert(mlp(), threshold=0.5, kernels="gpu"),
+        ("kernels",),
+    ),
     # metrics
     ("type-metrics-list", lambda: metrics.zero_fraction([0.0, 1.0]), ("tensor",)),
     ("type-metrics-int-tensor", lambda: metrics.l0(torch.ones(2, 3, dtype=torch.long)), ("float",)),
-    ("range-metrics-eps-negative", lambda: metrics.zero_fraction(torch.ones(3), eps=-1.0), ("eps",)),
+    (
+        "range-metrics-eps-negative",
+        lambda: metrics.zero_fraction(torch.ones(3), eps=-1.0),
+        ("eps",),
+    ),
     ("range-metrics-dim", lambda: metrics.l0(torch.ones(2, 3), dim=2), ("dim",)),
     ("shape-metrics-zero-dim", lambda: metrics.firing_rate(torch.tensor(1.0)), ("0-dim",)),
     ("type-metrics-hoyer-dim-string", lambda: metrics.hoyer(torch.ones(2, 3), dim="-1"), ("dim",)),
     # checkpoints
-    ("unknown-load-checkpoint-missing", lambda: actreg.load_checkpoint("/nonexistent/ckpt.pt"), ("/nonexistent/ckpt.pt",)),
+    (
+        "unknown-load-checkpoint-missing",
+        lambda: actreg.load_checkpoint("/nonexistent/ckpt.pt"),
+        ("/nonexistent/ckpt.pt",),
+    ),
 ]
 
 
@@ -275,7 +327,9 @@ EMPTY_STEPS = [
 ]
 
 
-@pytest.mark.parametrize(("run", "cause"), [c[1:] for c in EMPTY_STEPS], ids=[c[0] for c in EMPTY_STEPS])
+@pytest.mark.parametrize(
+    ("run", "cause"), [c[1:] for c in EMPTY_STEPS], ids=[c[0] for c in EMPTY_STEPS]
+)
 def test_an_empty_penalty_warns_with_its_cause_and_does_not_blame_compile(run, cause):
     model = mlp()
     reg = actreg.attach(model, {"1": L1()})

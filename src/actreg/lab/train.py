@@ -59,6 +59,7 @@ from actreg import (
     attach,
 )
 from actreg.lab._checkpoint import resume_state, save_checkpoint
+from actreg.lab._checks import check_choice, check_fields, check_positive
 
 __all__ = [
     "TrainConfig",
@@ -98,16 +99,10 @@ class TrainConfig:
     threads: int = 0  # torch threads (the process's, kept after fit); 0 = from the first step
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ActregError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ActregError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ActregError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "penalty_warmup_steps", "threads"):
-            if int(getattr(self, name)) < 0:
-                raise ActregError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        check_fields(self)  # types; counts and rates >= 0
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_positive(self, "epochs", "batch_size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
 

@@ -26,7 +26,9 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_fields
 from actreg.lab.data import load_vision
+from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._config import to_dict
 from actreg.lab.train import TrainConfig, evaluate, fit
 
@@ -34,6 +36,7 @@ __all__ = [
     "PROBE_SCALINGS",
     "VisionConfig",
     "atomic_write_text",
+    "check_out_dir",
     "check_targets",
     "classification_loss",
     "classification_metrics",
@@ -53,7 +56,7 @@ class VisionConfig:
 
     data: str = "mnist"  # digits | mnist | a folder of IDX files
     data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
-    limit: int | None = None  # use only this many training examples (tiny runs)
+    limit: int | None = None  # training examples to use (tiny runs); val and test cut in proportion
     scaling: str = "standard"  # standard | feature | minmax | none (see actreg.lab.data)
     val_size: float | None = None  # validation size (default per data set)
     seed: int = 0  # seeds data split, init and batch order
@@ -74,9 +77,18 @@ class VisionConfig:
     target_l0: float | None = None  # or for this many active units per example and layer
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types; numbers finite and >= 0; strings not empty
         self.train_config()  # validates the training fields
+        check_choice("scaling", self.scaling, SCALINGS)
         if self.limit is not None and self.limit < 10:
             raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
+        if self.val_size is not None and not (
+            0 < self.val_size < 1 or (self.val_size >= 1 and float(self.val_size).is_integer())
+        ):
+            raise ActregError(
+                f"val_size is a fraction in (0, 1) or a whole count of examples, got "
+                f"{self.val_size!r}; e.g. val_size=0.2 or val_size=5000"
+            )
         check_targets(self.target_sparsity, self.target_l0)
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
@@ -96,7 +108,9 @@ class VisionConfig:
         )
 
     def load_data(self) -> Any:
-        """Load the configured data set (see :func:`actreg.lab.data.load_vision`)."""
+        """Check ``out_dir``, then load the configured data set (see
+        :func:`actreg.lab.data.load_vision`)."""
+        check_out_dir(self.out_dir)
         if self.threads:
             torch.set_num_threads(self.threads)
         return load_vision(
@@ -106,6 +120,29 @@ class VisionConfig:
             seed=self.seed,
             scaling=self.scaling,
             limit=self.limit,
+        )
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Refuse an ``out_dir`` that cannot hold run folders, before any data loads.
+
+    The nearest existing folder on the way to ``out_dir`` must be a folder we may write in
+    (a read-only file system counts as not writable). :func:`make_run_dir` still handles
+    what changes in between (a full disk, a race).
+    """
+    path = Path(out_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ActregError(
+            f"out_dir {out_dir}: {existing} exists and is not a folder; choose another "
+            "out_dir (--out PATH or --set out_dir=PATH)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ActregError(
+            f"out_dir {out_dir}: cannot write in {existing} (read-only or no permission); "
+            "choose a writable out_dir (--out PATH or --set out_dir=PATH)"
         )
 
 

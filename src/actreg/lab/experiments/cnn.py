@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 import actreg
+from actreg._errors import ActregError
+from actreg.lab._checks import check_positive
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
@@ -43,6 +45,12 @@ class CNNConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if len(self.channels) != 2:
+            raise ActregError(
+                f"channels takes the widths of the two conv blocks, e.g. channels=32,64, "
+                f"got {self.channels!r}"
+            )
+        check_positive(self, "channels", "hidden")
         actreg.make_penalty(self.penalty, self.coef)
 
 

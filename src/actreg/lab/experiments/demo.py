@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from actreg.lab._checks import check_fields, check_positive
 from actreg.lab.experiments.sparse_ae import SparseAEConfig, run, summary_rows
 
 __all__ = ["DemoConfig", "demo"]
@@ -26,6 +27,10 @@ class DemoConfig:
     coef: float = 0.01  # L1 coefficient on the code (Keras scaling: sum / batch)
     code: int = 256  # code width (4x overcomplete)
     progress: bool = False  # progress bars
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_positive(self, "epochs", "code")
 
     def experiment_config(self) -> SparseAEConfig:
         """The :class:`SparseAEConfig` the demo runs."""

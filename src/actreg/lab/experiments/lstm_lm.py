@@ -31,9 +31,10 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction, check_positive
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
 from actreg.lab.experiments._common import save_results
-from actreg.lab.experiments._seq import LockedDropout, SeqConfig, check_positive, check_rate
+from actreg.lab.experiments._seq import LockedDropout, SeqConfig
 from actreg.lab.train import seed_everything
 
 __all__ = ["LSTMLM", "LSTMLMConfig", "attach_ar_tar", "evaluate_lm", "run", "summary_rows"]
@@ -71,7 +72,8 @@ class LSTMLMConfig(SeqConfig):
         check_positive(self, "emb_size", "hidden", "eval_batch_size", "log_every")
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
-        check_rate(self, "dropout", "dropout_h", "dropout_i")
+        for name in ("dropout", "dropout_h", "dropout_i"):
+            check_fraction(self, name)
         if isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt < 2:
             raise ActregError(
                 f"bptt must be >= 2: TAR differences consecutive steps, got {self.bptt!r}"
@@ -213,6 +215,7 @@ def train_variant(
         len(corpus.vocab), cfg.emb_size, cfg.hidden, cfg.layers,
         cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights,
     )  # fmt: skip
+    cfg.set_threads(model, cfg.batch_size * cfg.bptt)
     reg = attach_ar_tar(model, cfg.alpha, cfg.beta)
     ar_name, tar_name = "drop_out", model.last_rnn
     opt = cfg.optimizer_for(model)

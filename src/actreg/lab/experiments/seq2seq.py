@@ -29,9 +29,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction, check_positive
 from actreg.lab.data.text import EOS, Corpus, sentences
 from actreg.lab.experiments._common import save_results
-from actreg.lab.experiments._seq import SeqConfig, check_positive, check_rate
+from actreg.lab.experiments._seq import SeqConfig
 from actreg.lab.train import batches, seed_everything
 
 __all__ = ["Seq2SeqConfig", "SeqAutoencoder", "run", "summary_rows"]
@@ -61,11 +62,9 @@ class Seq2SeqConfig(SeqConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "emb_size", "hidden", "code", "log_every")
-        check_rate(self, "dropout")
+        check_fraction(self, "dropout")
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 2:
             raise ActregError(f"max_len must be >= 2 tokens, got {self.max_len!r}")
-        if not (self.coef >= 0 and math.isfinite(self.coef)):
-            raise ActregError(f"coef must be >= 0, got {self.coef!r}")
         for name in ("limit_sentences", "eval_sentences"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -194,6 +193,7 @@ def train_variant(
 
     seed_everything(cfg.seed)
     model = SeqAutoencoder(vocab, cfg.emb_size, cfg.hidden, cfg.code, cfg.dropout, bos=eos)
+    cfg.set_threads(model, cfg.batch_size * (cfg.max_len + 1))
     reg = actreg.attach(model, {"code": actreg.L1(cfg.coef)}) if penalized else None
     opt = cfg.optimizer_for(model)
     gen = torch.Generator().manual_seed(cfg.seed)

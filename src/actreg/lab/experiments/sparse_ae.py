@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_fraction, check_positive
 from actreg.lab.experiments._common import (
     PROBE_SCALINGS,
     VisionConfig,
@@ -32,7 +33,7 @@ from actreg.lab.experiments._common import (
     save_results,
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
-from actreg.lab.models import Autoencoder
+from actreg.lab.models import ACTIVATIONS, Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
 __all__ = [
@@ -75,11 +76,15 @@ class SparseAEConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.where not in WHERE:
-            raise ActregError(f"unknown where={self.where!r}; use one of {WHERE}")
-        if self.probe_scaling not in PROBE_SCALINGS:
+        check_positive(self, "code", "hidden")
+        check_choice("act", self.act, ACTIVATIONS)
+        check_choice("where", self.where, WHERE)
+        check_choice("probe_scaling", self.probe_scaling, PROBE_SCALINGS)
+        check_fraction(self, "resample_dead", high_open=False)
+        if self.topk > self.code:
             raise ActregError(
-                f"unknown probe_scaling={self.probe_scaling!r}; use one of {PROBE_SCALINGS}"
+                f"topk={self.topk} keeps more units than the code has (code={self.code}); "
+                f"use topk <= {self.code}, or 0 for no TopK"
             )
         build_penalty(self)
 

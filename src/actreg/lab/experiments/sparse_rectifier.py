@@ -16,6 +16,7 @@ from typing import Any, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction, check_positive
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
@@ -51,6 +52,10 @@ class SparseRectifierConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.hidden:
+            raise ActregError("hidden needs at least one width, e.g. hidden=1000,1000,1000")
+        check_positive(self, "hidden")
+        check_fraction(self, "dropout")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ActregError(f"unknown variants {unknown}; choose from {VARIANTS}")

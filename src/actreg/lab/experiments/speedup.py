@@ -28,6 +28,7 @@ from torch import nn
 from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
+from actreg.lab._checks import check_fields, check_positive
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._common import load_results
@@ -49,6 +50,10 @@ class SpeedupConfig:
     data_dir: str | None = None  # where the data lives (default as the run)
     extension: bool = True  # the C++ kernels where they build (False: the pure-PyTorch kernel)
     fold_input: bool = True  # MLP: fold the input scaling into the first layer, feed raw pixels
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_positive(self, "examples", "batch_size", "threads")
 
 
 def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, list[str] | None]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_positive
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._common import VisionConfig, jsonable, save_results
 from actreg.lab.experiments._config import to_dict
@@ -94,8 +95,8 @@ class AblationConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.question not in QUESTIONS:
-            raise ActregError(f"unknown question {self.question!r}; use one of {QUESTIONS}")
+        check_choice("question", self.question, QUESTIONS)
+        check_positive(self, "code", "hidden", "widths", "binary_hidden", "probe_size")
         if self.seeds < 2:
             raise ActregError(f"seeds must be >= 2 (a spread needs two), got {self.seeds}")
         for name in ("norms", "grid", "widths", "activations", "scalings", "binary_coefs"):
