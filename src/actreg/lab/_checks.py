@@ -4,11 +4,13 @@ Each config's ``__post_init__`` calls them, so a bad setting is refused when the
 built (``--set`` parsing included), before any data loads or any folder is made.
 
 Design: one generic pass over the annotated types (:func:`check_fields`: the right type,
-numbers finite and >= 0, strings not empty) plus a few named checks for what types cannot
-say (:func:`check_positive`, :func:`check_choice`, :func:`check_fraction`). The
+numbers finite and not negative, the counts and widths a config lists in its ``POSITIVE``
+class attribute >= 1, strings not empty) plus a few named checks for what types cannot
+say (:func:`check_choice`, :func:`check_fraction`, and each config's own rules). The
 alternative, a hand-written check per field, is what let ``code=0`` and negative widths
 through to a crash deep inside PyTorch: a new field is covered by the generic pass the day
-it is added.
+it is added. A negative number is reported as negative, not with a bound such as ">= 0"
+that a stricter rule of the field (``target_l0 > 0``) would contradict.
 
 Example:
     >>> from dataclasses import dataclass
@@ -33,7 +35,7 @@ from typing import Any
 
 from actreg._errors import ActregError
 
-__all__ = ["check_choice", "check_fields", "check_fraction", "check_positive", "suggest"]
+__all__ = ["check_choice", "check_fields", "check_fraction", "suggest"]
 
 
 def suggest(value: str, choices: Iterable[str]) -> str:
@@ -51,7 +53,7 @@ def _kind(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _check_value(name: str, value: Any, hint: Any) -> None:
+def _check_value(name: str, value: Any, hint: Any, positive: bool) -> None:
     if hint is bool:
         if not isinstance(value, bool):
             raise ActregError(f"{name} must be true or false, got {value!r}")
@@ -60,13 +62,17 @@ def _check_value(name: str, value: Any, hint: Any) -> None:
             raise ActregError(
                 f"{name} must be a whole number, got {value!r} ({type(value).__name__})"
             )
+        if positive and value < 1:
+            raise ActregError(f"{name} must be >= 1, got {value!r}")
         if value < 0:
-            raise ActregError(f"{name} must be >= 0, got {value!r}")
+            raise ActregError(f"{name} must not be negative, got {value!r}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ActregError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-        if not math.isfinite(value) or value < 0:
-            raise ActregError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not math.isfinite(value):
+            raise ActregError(f"{name} must be a finite number, got {value!r}")
+        if value < 0:
+            raise ActregError(f"{name} must not be negative, got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise ActregError(f"{name} must be a string, got {value!r} ({type(value).__name__})")
@@ -75,8 +81,9 @@ def _check_value(name: str, value: Any, hint: Any) -> None:
 
 
 def check_fields(config: Any) -> None:
-    """Every field of dataclass ``config`` has its annotated type; numbers are finite and
-    >= 0 (no setting of the lab is negative); strings are not empty.
+    """Every field of dataclass ``config`` has its annotated type; numbers are finite and not
+    negative (no setting of the lab is); strings are not empty; the fields named in the
+    ``POSITIVE`` class attributes of its class and bases (counts, widths) are >= 1.
 
     ``X | None`` fields may be None; ``tuple[X, ...]`` fields are tuples of ``X``.
 
@@ -84,6 +91,7 @@ def check_fields(config: Any) -> None:
         ActregError: naming the first field that is wrong.
     """
     hints = typing.get_type_hints(type(config))
+    positive = {n for k in type(config).__mro__ for n in vars(k).get("POSITIVE", ())}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         hint, optional = _kind(hints[f.name])
@@ -98,19 +106,9 @@ def check_fields(config: Any) -> None:
                 )
             item = (typing.get_args(hint) or (str,))[0]
             for v in value:
-                _check_value(f"{f.name} (each item)", v, item)
+                _check_value(f"{f.name} (each item)", v, item, f.name in positive)
         else:
-            _check_value(f.name, value, hint)
-
-
-def check_positive(config: Any, *names: str) -> None:
-    """Each of ``names`` (an int, or every int of a tuple) is >= 1."""
-    for name in names:
-        value = getattr(config, name)
-        values = value if isinstance(value, tuple) else (value,)
-        bad = [v for v in values if v is not None and not (isinstance(v, int) and v >= 1)]
-        if bad:
-            raise ActregError(f"{name} must be >= 1, got {value!r}")
+            _check_value(f.name, value, hint, f.name in positive)
 
 
 def check_fraction(

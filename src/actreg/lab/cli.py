@@ -9,6 +9,7 @@ the system, such as a full disk); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import traceback
@@ -67,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     from actreg.lab.report import format_table
 
     exp = get(args.experiment)
-    fields = set(exp.config.__dataclass_fields__)
+    fields = {f.name for f in dataclasses.fields(exp.config)}
     flags = []
     for flag, key in COMMON.items():
         value = getattr(args, flag)

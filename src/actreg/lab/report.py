@@ -75,13 +75,13 @@ def write_report(
         parts += [text.replace("# Coefficient search", "## Coefficient search", 1), ""]
     docs = [load_results(d) for d in run_dirs if Path(d) not in searches]
     for doc in docs:
+        exp = get(doc["experiment"])
         missing = [k for k in ("config", "version") if k not in doc]
         if missing:
             raise ActregError(
                 f"{doc['_path']} has no {' or '.join(map(repr, missing))}: not a whole "
                 "results file (one `actreg run` writes it at its end); rerun that run"
             )
-        exp = get(doc["experiment"])
         defaults = asdict(exp.config())
         run_dir = Path(doc["_path"]).parent
         sets = " ".join(

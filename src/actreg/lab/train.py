@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ from actreg import (
     attach,
 )
 from actreg.lab._checkpoint import resume_state, save_checkpoint
-from actreg.lab._checks import check_choice, check_fields, check_positive
+from actreg.lab._checks import check_choice, check_fields
 
 __all__ = [
     "TrainConfig",
@@ -85,6 +85,11 @@ MetricsFn = Callable[[nn.Module, Tensor, Tensor], dict[str, float]]
 class TrainConfig:
     """How to train. Every field is a plain value so configs save to JSON whole."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
+
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per step
     lr: float = 1e-3  # peak learning rate
@@ -102,7 +107,6 @@ class TrainConfig:
         check_fields(self)  # types; counts and rates >= 0
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_choice("schedule", self.schedule, SCHEDULES)
-        check_positive(self, "epochs", "batch_size")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
 

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -54,6 +54,11 @@ __all__ = [
 class VisionConfig:
     """Settings every vision experiment has. Subclasses add the model and the penalty."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
+
     data: str = "mnist"  # digits | mnist | a folder of IDX files
     data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
     limit: int | None = None  # training examples to use (tiny runs); val and test cut in proportion
@@ -77,19 +82,19 @@ class VisionConfig:
     target_l0: float | None = None  # or for this many active units per example and layer
 
     def __post_init__(self) -> None:
-        check_fields(self)  # types; numbers finite and >= 0; strings not empty
+        check_targets(self.target_sparsity, self.target_l0)  # its own ranges come first
+        if isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit < 10:
+            raise ActregError(f"limit must be >= 10 examples (or none for all), got {self.limit}")
+        check_fields(self)  # types; numbers finite, not negative; POSITIVE >= 1
         self.train_config()  # validates the training fields
         check_choice("scaling", self.scaling, SCALINGS)
-        if self.limit is not None and self.limit < 10:
-            raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
         if self.val_size is not None and not (
-            0 < self.val_size < 1 or (self.val_size >= 1 and float(self.val_size).is_integer())
+            0 < self.val_size < 1 or (self.val_size > 1 and float(self.val_size).is_integer())
         ):
             raise ActregError(
-                f"val_size is a fraction in (0, 1) or a whole count of examples, got "
+                f"val_size is a fraction in (0, 1) or a whole count of examples (> 1), got "
                 f"{self.val_size!r}; e.g. val_size=0.2 or val_size=5000"
             )
-        check_targets(self.target_sparsity, self.target_l0)
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
         """The :class:`TrainConfig` these settings describe."""
@@ -148,6 +153,9 @@ def check_out_dir(out_dir: str) -> None:
 
 def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
     """The two target settings: at most one, each in its range."""
+    for name, value in (("target_sparsity", target_sparsity), ("target_l0", target_l0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ActregError(f"{name} must be a number or none, got {value!r}")
     if target_sparsity is not None and target_l0 is not None:
         raise ActregError(
             "set target_sparsity (a zero fraction) or target_l0 (active units), not both"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
-from actreg.lab._checks import check_choice, check_fields, check_positive
+from actreg.lab._checks import check_choice, check_fields
 from actreg.lab.data.text import Corpus, load_corpus
 from actreg.lab.experiments._common import check_out_dir, make_run_dir
 from actreg.lab.train import choose_threads
@@ -23,6 +23,12 @@ OPTIMIZERS = ("adam", "sgd")
 @dataclass
 class SeqConfig:
     """Settings every sequence experiment has. Subclasses add the model and the penalty."""
+
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "vocab_size",
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
 
     data: str = "austen"  # a corpus folder (train.txt, valid.txt, test.txt) or a name in data_dir
     data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
@@ -43,8 +49,7 @@ class SeqConfig:
     )
 
     def __post_init__(self) -> None:
-        check_fields(self)  # types; numbers finite and >= 0 (clip, patience, threads)
-        check_positive(self, "vocab_size", "epochs", "batch_size")
+        check_fields(self)  # types; numbers finite, not negative; POSITIVE >= 1
         if self.vocab_size < 3:
             raise ActregError(
                 f"vocab_size must be >= 3 (<unk>, <eos> and a word), got {self.vocab_size}"

@@ -12,11 +12,10 @@ without the penalty.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, ClassVar, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_positive
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
@@ -37,6 +36,8 @@ MAPS = ["features.act1", "features.act2"]
 class CNNConfig(VisionConfig):
     """The CNN experiment."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("channels", "hidden")  # >= 1, besides the base class's
+
     channels: tuple[int, ...] = (32, 64)  # channels of the two conv blocks
     hidden: int = 128  # width of the dense head
     penalty: str = "l1"  # penalty on both conv feature maps
@@ -50,7 +51,6 @@ class CNNConfig(VisionConfig):
                 f"channels takes the widths of the two conv blocks, e.g. channels=32,64, "
                 f"got {self.channels!r}"
             )
-        check_positive(self, "channels", "hidden")
         actreg.make_penalty(self.penalty, self.coef)
 
 

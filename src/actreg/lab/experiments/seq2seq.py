@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_fraction, check_positive
+from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import EOS, Corpus, sentences
 from actreg.lab.experiments._common import save_results
 from actreg.lab.experiments._seq import SeqConfig
@@ -44,6 +44,12 @@ IGNORE = -100
 class Seq2SeqConfig(SeqConfig):
     """The sequence autoencoder experiment (defaults: the CPU run of docs/RESULTS_SEQUENCE.md)."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "emb_size",
+        "hidden",
+        "code",
+        "log_every",
+    )  # >= 1, besides the base class's
     vocab_size: int = 5000  # words kept (<unk> and <eos> included)
     epochs: int = 6  # passes over the training sentences (at most; see patience)
     batch_size: int = 64  # sentences per step
@@ -61,7 +67,6 @@ class Seq2SeqConfig(SeqConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "emb_size", "hidden", "code", "log_every")
         check_fraction(self, "dropout")
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 2:
             raise ActregError(f"max_len must be >= 2 tokens, got {self.max_len!r}")

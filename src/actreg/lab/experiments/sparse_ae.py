@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, ClassVar, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_choice, check_fraction, check_positive
+from actreg.lab._checks import check_choice, check_fraction
 from actreg.lab.experiments._common import (
     PROBE_SCALINGS,
     VisionConfig,
@@ -56,6 +56,7 @@ class SparseAEConfig(VisionConfig):
     units resampled after each epoch of the first 95% of training, a probe on 20,000 codes.
     """
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("code", "hidden")  # >= 1, besides the base class's
     epochs: int = 14  # passes over the training split
     lr: float = 3e-4  # peak learning rate (cosine decay); 1e-3 kills most code units
 
@@ -76,7 +77,6 @@ class SparseAEConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "code", "hidden")
         check_choice("act", self.act, ACTIVATIONS)
         check_choice("where", self.where, WHERE)
         check_choice("probe_scaling", self.probe_scaling, PROBE_SCALINGS)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
-from actreg.lab._checks import check_fields, check_positive
+from actreg.lab._checks import check_fields
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._common import load_results
@@ -42,6 +42,12 @@ __all__ = ["SpeedupConfig", "speedup"]
 class SpeedupConfig:
     """What to measure."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "examples",
+        "batch_size",
+        "threads",
+    )  # settings that must be >= 1 (counts, widths)
+
     run_dir: str  # a folder written by `actreg run sparse-rectifier|sparse-ae`
     variant: str | None = None  # which trained variant (default: the penalized one)
     examples: int = 500  # test images to time
@@ -53,7 +59,6 @@ class SpeedupConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        check_positive(self, "examples", "batch_size", "threads")
 
 
 def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, list[str] | None]:
