@@ -289,6 +289,24 @@ def test_bad_input_gets_one_clear_error_line(argv, code, words, request, capsys,
     assert not missing and not wrong, f"missing {missing}, should not say {wrong}: {lines[0]}"
 
 
+CONFIG_KINDS = ("syntax", "unknown", "type", "float", "range", "width", "empty")
+CONFIG_CASES = [c for c in CASES if c[1].startswith("run ") and c[0].split("-")[0] in CONFIG_KINDS]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"), [(c[1], c[3]) for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
+def test_bad_settings_are_refused_before_any_data_loads(argv, words, request, capsys, monkeypatch):
+    def load(*args, **kwargs):
+        raise AssertionError("data loaded before the settings were checked")
+
+    monkeypatch.setattr("actreg.lab.experiments._common.load_vision", load)
+    monkeypatch.setattr("actreg.lab.experiments._seq.load_corpus", load)
+    assert main(_argv(argv, request)) == 2
+    err = capsys.readouterr().err
+    assert "data loaded" not in err and words.split(" | ")[0].lower() in err.lower()
+
+
 def test_debug_shows_the_traceback(request, capsys):
     argv = _argv("run lstm-lm --set=data={tmp}/binary", request)
     assert main(["--debug", *argv]) == 2
