@@ -15,6 +15,7 @@ from actreg.lab.experiments._config import apply_overrides
 from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
 from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
+from actreg.lab.train import choose_threads
 
 WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
 
@@ -183,3 +184,23 @@ def test_too_few_training_tokens_is_a_clear_error(corpus_dir, tmp_path):
 def test_vocab_of_tiny_corpus(corpus_dir):
     corpus = load_corpus(corpus_dir, vocab_size=12)
     assert corpus.vocab[:2] == ["<unk>", "<eos>"] and len(corpus.vocab) == 12
+
+
+@pytest.mark.parametrize(
+    ("cls", "tokens", "big"),
+    [(LSTMLMConfig, 10, False), (LSTMLMConfig, 10**7, True), (Seq2SeqConfig, 10, False)],
+    ids=["lstm-small", "lstm-large", "seq2seq-small"],
+)
+def test_threads_zero_is_the_fit_loops_choice(cls, tokens, big):
+    # threads=0: choose_threads of ~6 x parameters x tokens FLOPs, as fit() chooses from its
+    # first step (one thread for small steps, every core for large ones).
+    model = nn.Linear(64, 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        chosen = cls(threads=0).set_threads(model, tokens)
+        assert chosen == (choose_threads(1e18) if big else 1) == torch.get_num_threads()
+        torch.set_num_threads(3)
+        assert cls(threads=2).set_threads(model, tokens) == 3  # not 0: load() set it, left as is
+    finally:
+        torch.set_num_threads(before)
