@@ -4,7 +4,8 @@ tests/lab/test_bad_inputs.py).
 
 Each case is ``(id, call, words)``: ``call()`` must raise :class:`actreg.ActregError`
 (never a raw ``TypeError``, ``KeyError``, ``IndexError`` ...), and its message must hold
-every word of ``words`` (case-insensitive): the argument, the problem, the fix. The kind
+every word of ``words`` (case-insensitive): the argument, the problem, the fix; a word
+starting with ``!`` must not be in it (wrong advice, such as ">= 0" where 0 is refused). The kind
 of each case is the first part of its id (``type-``, ``range-``, ``unknown-``, ``shape-``,
 ``state-``, ``empty-``), counted in docs/guides/errors.md.
 """
@@ -186,8 +187,18 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     ("type-target-not-penalty", lambda: actreg.TargetSparsity("l1", 0.9), ("penalty",)),
     ("range-target-zero-fraction-one", lambda: actreg.TargetSparsity(L1(), 1.0), ("(0, 1)",)),
     ("range-target-zero-fraction-zero", lambda: actreg.TargetSparsity(L1(), 0.0), ("(0, 1)",)),
-    ("range-target-negative", lambda: actreg.TargetSparsity(L1(), -0.5), ("target",)),
-    ("type-target-string", lambda: actreg.TargetSparsity(L1(), "90%"), ("target", "real number")),
+    ("range-target-negative", lambda: actreg.TargetSparsity(L1(), -0.5), ("(0, 1)", "!>= 0")),
+    (
+        "range-target-l0-negative",
+        lambda: actreg.TargetSparsity(L1(), -2.0, "l0"),
+        ("> 0", "!>= 0"),
+    ),
+    (
+        "range-target-min-coef-negative",
+        lambda: actreg.TargetSparsity(L1(), 0.9, min_coef=-1.0),
+        ("0 < min_coef", "!>= 0"),
+    ),
+    ("type-target-string", lambda: actreg.TargetSparsity(L1(), "90%"), ("target", "finite number")),
     ("unknown-target-measure", lambda: actreg.TargetSparsity(L1(), 0.9, "l1"), ("measure",)),
     ("range-target-l0-zero", lambda: actreg.TargetSparsity(L1(), 0.0, "l0"), ("> 0",)),
     ("range-target-zero-coef", lambda: actreg.TargetSparsity(L1(0.0), 0.9), ("positive",)),
@@ -300,8 +311,9 @@ def test_bad_input_raises_an_actreg_error_naming_it(call, words):
     with pytest.raises(actreg.ActregError) as info:
         call()
     message = str(info.value)
-    missing = [w for w in words if w.lower() not in message.lower()]
-    assert not missing, f"{missing} not in: {message}"
+    missing = [w for w in words if not w.startswith("!") and w.lower() not in message.lower()]
+    wrong = [w[1:] for w in words if w.startswith("!") and w[1:].lower() in message.lower()]
+    assert not missing and not wrong, f"missing {missing}, should not say {wrong}: {message}"
     assert len(message) > 25, message  # a sentence, not a bare value
 
 
