@@ -274,7 +274,7 @@ CASES: list[tuple[str, Callable[[], Any], tuple[str, ...]]] = [
     (
         "range-convert-threshold",
         lambda: actreg.sparse.convert(mlp(), threshold=1.5),
-        ("threshold",),
+        ("threshold", "[0, 1]", "1.5", "!entries"),
     ),
     (
         "unknown-convert-threshold-word",
