@@ -1,4 +1,6 @@
-"""Checks of config fields, shared by every config dataclass of the lab.
+"""Checks of config fields, shared by every config dataclass of the lab (and the two
+checks of the experiments' settings that need more than a type: the sparsity targets,
+and whether ``out_dir`` can hold run folders).
 
 Each config's ``__post_init__`` calls them, so a bad setting is refused when the config is
 built (``--set`` parsing included), before any data loads or any folder is made.
@@ -28,14 +30,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from actreg._errors import ActregError
 
-__all__ = ["check_choice", "check_fields", "check_fraction", "suggest"]
+__all__ = [
+    "check_choice",
+    "check_fields",
+    "check_fraction",
+    "check_out_dir",
+    "check_targets",
+    "suggest",
+]
 
 
 def suggest(value: str, choices: Iterable[str]) -> str:
@@ -130,3 +141,44 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
         raise ActregError(
             f"unknown {name} {value!r}{suggest(value, options)}; use one of {', '.join(options)}"
         )
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Refuse an ``out_dir`` that cannot hold run folders, before any data loads.
+
+    The nearest existing folder on the way to ``out_dir`` must be a folder we may write in
+    (a read-only file system counts as not writable). :func:`make_run_dir` still handles
+    what changes in between (a full disk, a race).
+    """
+    path = Path(out_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ActregError(
+            f"out_dir {out_dir}: {existing} exists and is not a folder; choose another "
+            "out_dir (--out PATH or --set out_dir=PATH)"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ActregError(
+            f"out_dir {out_dir}: cannot write in {existing} (read-only or no permission); "
+            "choose a writable out_dir (--out PATH or --set out_dir=PATH)"
+        )
+
+
+def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
+    """The two target settings: at most one, each in its range."""
+    for name, value in (("target_sparsity", target_sparsity), ("target_l0", target_l0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ActregError(f"{name} must be a number or none, got {value!r}")
+    if target_sparsity is not None and target_l0 is not None:
+        raise ActregError(
+            "set target_sparsity (a zero fraction) or target_l0 (active units), not both"
+        )
+    if target_sparsity is not None and not 0 < target_sparsity < 1:
+        raise ActregError(
+            f"target_sparsity is a zero fraction strictly between 0 and 1 (e.g. 0.9), "
+            f"got {target_sparsity!r}"
+        )
+    if target_l0 is not None and not target_l0 > 0:
+        raise ActregError(f"target_l0 is a number of active units > 0, got {target_l0!r}")

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_choice, check_fields
+from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._config import to_dict
@@ -36,8 +36,6 @@ __all__ = [
     "PROBE_SCALINGS",
     "VisionConfig",
     "atomic_write_text",
-    "check_out_dir",
-    "check_targets",
     "classification_loss",
     "classification_metrics",
     "jsonable",
@@ -126,47 +124,6 @@ class VisionConfig:
             scaling=self.scaling,
             limit=self.limit,
         )
-
-
-def check_out_dir(out_dir: str) -> None:
-    """Refuse an ``out_dir`` that cannot hold run folders, before any data loads.
-
-    The nearest existing folder on the way to ``out_dir`` must be a folder we may write in
-    (a read-only file system counts as not writable). :func:`make_run_dir` still handles
-    what changes in between (a full disk, a race).
-    """
-    path = Path(out_dir).expanduser()
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ActregError(
-            f"out_dir {out_dir}: {existing} exists and is not a folder; choose another "
-            "out_dir (--out PATH or --set out_dir=PATH)"
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ActregError(
-            f"out_dir {out_dir}: cannot write in {existing} (read-only or no permission); "
-            "choose a writable out_dir (--out PATH or --set out_dir=PATH)"
-        )
-
-
-def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
-    """The two target settings: at most one, each in its range."""
-    for name, value in (("target_sparsity", target_sparsity), ("target_l0", target_l0)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ActregError(f"{name} must be a number or none, got {value!r}")
-    if target_sparsity is not None and target_l0 is not None:
-        raise ActregError(
-            "set target_sparsity (a zero fraction) or target_l0 (active units), not both"
-        )
-    if target_sparsity is not None and not 0 < target_sparsity < 1:
-        raise ActregError(
-            f"target_sparsity is a zero fraction strictly between 0 and 1 (e.g. 0.9), "
-            f"got {target_sparsity!r}"
-        )
-    if target_l0 is not None and not target_l0 > 0:
-        raise ActregError(f"target_l0 is a number of active units > 0, got {target_l0!r}")
 
 
 def layer_penalties(

@@ -10,9 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
-from actreg.lab._checks import check_choice, check_fields
+from actreg.lab._checks import check_choice, check_fields, check_out_dir
 from actreg.lab.data.text import Corpus, load_corpus
-from actreg.lab.experiments._common import check_out_dir, make_run_dir
+from actreg.lab.experiments._common import make_run_dir
 from actreg.lab.train import choose_threads
 
 __all__ = ["LockedDropout", "SeqConfig"]
