@@ -77,7 +77,11 @@ class Monitored:
         return self.owner.layers
 
     def seen(self) -> dict[str, float]:
-        stats = self.owner.compute()
+        try:
+            stats = self.owner.compute()
+        except actreg.ActregError as err:  # nothing recorded: compute() refuses
+            assert "no batch seen" in str(err)
+            return {}
         self.owner.reset()
         return {name: s["mean_abs"] * len(s["firing_rate"]) for name, s in stats.items()}
 

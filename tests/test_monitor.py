@@ -93,7 +93,8 @@ def test_reset_starts_a_new_window():
     with actreg.Monitor(model, "act") as mon:
         model(torch.ones(4, 3))
         mon.reset()
-        assert mon.compute() == {}
+        with pytest.raises(actreg.ActregError, match="no batch seen"):
+            mon.compute()
         x = torch.tensor([[0.0, 1.0, 0.0]])
         model(x)
         stats = mon.compute()["act"]
@@ -177,11 +178,13 @@ def test_remove_and_deepcopy_stop_recording():
     mon = actreg.Monitor(model, "act")
     clone = copy.deepcopy(model)
     clone(torch.ones(2, 2))
-    assert mon.compute() == {}
+    with pytest.raises(actreg.ActregError, match="no batch seen"):
+        mon.compute()
     mon.remove()
     mon.remove()
     model(torch.ones(2, 2))
-    assert mon.compute() == {}
+    with pytest.raises(actreg.ActregError, match="no batch seen"):
+        mon.compute()
 
 
 def test_state_dict_round_trip():

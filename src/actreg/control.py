@@ -75,6 +75,16 @@ __all__ = ["MEASURES", "TargetSparsity", "training"]
 MEASURES = ("zero_fraction", "l0")
 
 
+def _number(value: Any, name: str, example: str) -> float:
+    """``value`` as a float if it is a finite real number; its range is checked by the caller
+    (a bound such as ">= 0" here would contradict the caller's stricter one)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ActregError(f"{name} must be a finite number ({example}), got {value!r}")
+    return float(value)
+
+
 def training(x: Tensor) -> bool:
     """Whether a call on ``x`` is a training forward (grad on, not a backward recompute)."""
     return torch.is_grad_enabled() and x.requires_grad and not in_backward()
@@ -175,7 +185,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self.penalty = check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
             raise ActregError(f"unknown measure {measure!r}; use one of {MEASURES}")
-        target = check_coef(target, "target")
+        target = _number(target, "target", "a zero fraction such as 0.9, or active units")
         if measure == "zero_fraction" and not 0 < target < 1:
             raise ActregError(f"a zero-fraction target must lie in (0, 1), got {target!r}")
         if measure == "l0" and target <= 0:
@@ -196,8 +206,8 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self.base = check_coef(penalty.coef, "the wrapped penalty's coefficient")
         if self.base <= 0:
             raise ActregError(f"{penalty!r} has coefficient 0: start from a positive one")
-        self.min_coef = check_coef(min_coef, "min_coef")
-        self.max_coef = check_coef(max_coef, "max_coef")
+        self.min_coef = _number(min_coef, "min_coef", "e.g. 1e-10")
+        self.max_coef = _number(max_coef, "max_coef", "e.g. 1e4")
         if not 0 < self.min_coef <= self.base <= self.max_coef:
             raise ActregError(
                 f"need 0 < min_coef <= coefficient <= max_coef, got {self.min_coef:g}, "

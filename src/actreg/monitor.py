@@ -236,6 +236,11 @@ class Monitor(HookSet):
             :mod:`actreg.metrics` (``zero_fraction``, ``l0``, ``mean_abs``, ``rms``,
             ``hoyer``) and ``dead_fraction`` (share of units never active) and ``max``
             (largest value) as floats, and ``firing_rate``, a 1-D float64 CPU tensor.
+
+        Raises:
+            ActregError: when no watched layer has seen a batch since the Monitor was
+                created or last reset (an empty result would read as "no statistics"
+                where the model was never run, or ran under a copy without the hooks).
         """
         states = self._synced() if sync else self._state
         out: Stats = {}
@@ -260,6 +265,13 @@ class Monitor(HookSet):
                 "dead_fraction": float((active == 0).double().mean()),
                 "max": float(host[3]),
             }
+        if not out:
+            raise ActregError(
+                f"Monitor.compute(): no batch seen by {', '.join(map(repr, self.layers))} "
+                "since the Monitor was created or last reset(); run the model on a batch "
+                "first (the hooks record in training and evaluation, but not after remove() "
+                "or in a copy of the model)"
+            )
         return out
 
     def _synced(self) -> dict[str, _State]:

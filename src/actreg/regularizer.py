@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from actreg._attach_warnings import empty_cause, warn_not_activations, warn_repeated
 from actreg._errors import ActregError
 from actreg._hooks import Hook, HookSet, in_backward
 from actreg._resolve import (
     Select,
     check_model,
     check_select_keys,
-    not_activations,
     selector_for,
 )
 from actreg.layers import ActivityRegularization
@@ -65,8 +65,10 @@ class _Hook(Hook):
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
         reg = self.reg
         grad = torch.is_grad_enabled()
+        reg._hooks_ran = True
         if module.training and not grad:
             self.no_grad_forward = True
+            reg._no_grad_train = True
         if reg.when == "train" and not (module.training and grad):
             return
         # Gradient checkpointing re-runs the forward during backward. The value is still
@@ -125,6 +127,8 @@ class Regularizer(HookSet):
         self._recorded_once = False
         self._warned_empty = False
         self._warned_reentrant = False
+        self._hooks_ran = False  # any hook called at all (what the empty warning names)
+        self._no_grad_train = False  # a hooked module ran in training mode without grad
 
     def _add(self, name: str, module: nn.Module, penalty: Penalty, select: Select) -> None:
         if not isinstance(penalty, Penalty):
@@ -166,13 +170,10 @@ class Regularizer(HookSet):
             return
         self._warned_empty = True
         names = ", ".join(repr(name) for name, _ in self.entries[:5])
+        cause = empty_cause(self._no_grad_train, self._hooks_ran)
         warnings.warn(
             f"actreg: reg.penalty() found nothing recorded since attach ({names}) although "
-            "the model is in training mode: the hooks did not run. If the model (or another "
-            "instance of its class) was compiled with torch.compile before actreg.attach, "
-            "compiled code ignores hooks added later: attach before compiling, in a fresh "
-            "process. Otherwise check that these modules are called in forward (and not only "
-            "inside reentrant gradient checkpointing).",
+            f"the model is in training mode: {cause}.",
             stacklevel=3,
         )
 
@@ -344,8 +345,8 @@ def attach(
     reg = Regularizer(model, when, check_finite=bool(check_finite))
     try:
         targets = reg._targets(model, spec, select)
-        _warn_not_activations(targets)
-        _warn_repeated(targets)
+        warn_not_activations(targets)
+        warn_repeated(targets, _Hook)
         for key, name, module, selector in targets:
             reg._add(name, module, spec[key], selector)
         for name, module in layers:
@@ -354,50 +355,3 @@ def attach(
         reg.remove()
         raise
     return reg
-
-
-def _warn_not_activations(targets: list[tuple[str, str, nn.Module, Select]]) -> None:
-    """Warn when a glob pattern lands on norms, attention or embeddings (named keys are
-    deliberate; a pattern often catches more than its author meant)."""
-    by_pattern: dict[str, list[tuple[str, nn.Module]]] = {}
-    for key, name, module, _ in targets:
-        if set("*?[") & set(key):
-            by_pattern.setdefault(key, []).append((name, module))
-    for key, matches in by_pattern.items():
-        wrong = not_activations(matches)
-        if wrong:
-            shown = ", ".join(wrong[:4]) + (f" and {len(wrong) - 4} more" if len(wrong) > 4 else "")
-            warnings.warn(
-                f"pattern {key!r} matches {len(matches)} modules, {len(wrong)} of whose outputs "
-                f"are not activations: {shown}. Penalizing them is rarely meant; narrow the "
-                f"pattern to the activation modules (e.g. '...mlp.act_fn')",
-                UserWarning,
-                stacklevel=3,
-            )
-
-
-def _warn_repeated(targets: list[tuple[str, str, nn.Module, Select]]) -> None:
-    """Warn when a module gets two penalties without a word: matched by two keys of one
-    spec, or already hooked by another Regularizer that is still attached."""
-    keys: dict[str, list[str]] = {}
-    for key, name, _, _ in targets:
-        keys.setdefault(name, []).append(key)
-    for name, found in keys.items():
-        if len(found) > 1:
-            warnings.warn(
-                f"module {name!r} is matched by {len(found)} keys ({', '.join(map(repr, found))}) "
-                "and gets each of their penalties; if you meant one, narrow the patterns; to "
-                "add several on purpose, use one key with their sum (actreg.L1(a) + actreg.L2(b))",
-                UserWarning,
-                stacklevel=3,
-            )
-    for _, name, module, _ in targets:
-        others = [h for h in module._forward_hooks.values() if isinstance(h, _Hook)]
-        if any(h.reg.hooked for h in others):
-            warnings.warn(
-                f"module {name!r} already carries a penalty from another Regularizer that is "
-                "still attached: both record, and both count if both penalties join the loss; "
-                "call the old one's remove() first",
-                UserWarning,
-                stacklevel=3,
-            )

@@ -301,10 +301,19 @@ def revive(
     if not isinstance(inputs, Tensor) or len(inputs) == 0:
         raise ActregError("revive needs a non-empty tensor of inputs to measure firing on")
     if targets is not None and len(targets) != len(inputs):
-        raise ActregError(f"targets has {len(targets)} rows, inputs {len(inputs)}")
+        raise ActregError(
+            f"targets has {len(targets)} rows, inputs {len(inputs)}: pass one target per input"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ActregError(
+            f"batch_size must be an int >= 1 (examples per forward), got {batch_size!r}"
+        )
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ActregError(
+            f"scale must be a number > 0 (new rows get scale x the live rows' norm), got "
+            f"{scale!r}; the default is 0.2"
+        )
     scale = float(scale)
-    if not math.isfinite(scale) or scale <= 0:
-        raise ActregError(f"scale must be > 0, got {scale!r}")
     name, module = _module(model, layer, "layer")
     was_training = model.training
     model.eval()

@@ -120,7 +120,7 @@ def test_fit_removes_its_hooks():
     ("field", "value"), [("penalty_warmup_steps", -1), ("warmup_steps", -2)], ids=["pen", "lr"]
 )
 def test_negative_warmup_is_refused(field, value):
-    with pytest.raises(ActregError, match=f"{field} must be >= 0"):
+    with pytest.raises(ActregError, match=f"{field} must not be negative, got {value}"):
         _cfg(**{field: value})
 
 

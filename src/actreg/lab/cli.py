@@ -9,12 +9,13 @@ the system, such as a full disk); ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from actreg._errors import ActregError
 from actreg.lab.catalog import CATALOG
@@ -71,7 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     from actreg.lab.report import format_table
 
     exp = get(args.experiment)
-    fields = set(exp.config.__dataclass_fields__)
+    fields = {f.name for f in dataclasses.fields(exp.config)}
     flags = []
     for flag, key in COMMON.items():
         value = getattr(args, flag)
@@ -211,11 +212,17 @@ def _searchable_help() -> str:
     return "\n".join(lines)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one error format (its subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"actreg: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(
-        prog="actreg", description="Activation regularization for PyTorch."
-    )
+    parser = _Parser(prog="actreg", description="Activation regularization for PyTorch.")
     from actreg import __version__
 
     parser.add_argument("--version", action="version", version=f"actreg {__version__}")
@@ -353,7 +360,7 @@ def _explain(err: BaseException) -> tuple[int, str]:
     if isinstance(err, OSError):
         where = f" ({err.filename})" if err.filename else ""
         reason = err.strerror or str(err)
-        if isinstance(err, PermissionError):
+        if isinstance(err, PermissionError) or err.errno == 30:  # EROFS: read-only
             fix = "choose a folder you can write to, or fix its permissions"
         elif err.errno == 28:  # ENOSPC
             fix = "free some space (earlier results are intact) and run again"

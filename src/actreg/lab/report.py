@@ -76,6 +76,12 @@ def write_report(
     docs = [load_results(d) for d in run_dirs if Path(d) not in searches]
     for doc in docs:
         exp = get(doc["experiment"])
+        missing = [k for k in ("config", "version") if k not in doc]
+        if missing:
+            raise ActregError(
+                f"{doc['_path']} has no {' or '.join(map(repr, missing))}: not a whole "
+                "results file (one `actreg run` writes it at its end); rerun that run"
+            )
         defaults = asdict(exp.config())
         run_dir = Path(doc["_path"]).parent
         sets = " ".join(
@@ -91,7 +97,7 @@ def write_report(
             "",
             f"    actreg run {doc['experiment']} {sets}".rstrip(),
             "",
-            format_table(exp.summary(doc)),
+            format_table(_summary(exp, doc)),
             "",
         ]
         for name, stored in doc.get("pictures", {}).items():
@@ -105,6 +111,18 @@ def write_report(
             parts += [f"![{name}]({rel})", ""]
     out.write_text("\n".join(parts))
     return out
+
+
+def _summary(exp: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The experiment's summary rows of ``doc``; a results file lacking a part is refused."""
+    try:
+        rows: list[dict[str, Any]] = exp.summary(doc)
+    except (KeyError, TypeError, IndexError, AttributeError) as err:
+        raise ActregError(
+            f"{doc['_path']} lacks what a {doc['experiment']} summary reads ({err!r}): a "
+            "results file of another version, or edited; rerun that run"
+        ) from None
+    return rows
 
 
 def _picture(run_dir: Path, stored: str) -> Path:

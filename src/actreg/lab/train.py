@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from actreg import (
     attach,
 )
 from actreg.lab._checkpoint import resume_state, save_checkpoint
+from actreg.lab._checks import check_choice, check_fields
 
 __all__ = [
     "TrainConfig",
@@ -85,6 +86,11 @@ MetricsFn = Callable[[nn.Module, Tensor, Tensor], dict[str, float]]
 class TrainConfig:
     """How to train. Every field is a plain value so configs save to JSON whole."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
+
     epochs: int = 10  # passes over the training split
     batch_size: int = 128  # examples per step
     lr: float = 1e-3  # peak learning rate
@@ -99,16 +105,9 @@ class TrainConfig:
     threads: int = 0  # torch threads (the process's, kept after fit); 0 = from the first step
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ActregError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
-        if self.schedule not in SCHEDULES:
-            raise ActregError(f"unknown schedule {self.schedule!r}; use one of {SCHEDULES}")
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ActregError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("warmup_steps", "penalty_warmup_steps", "threads"):
-            if int(getattr(self, name)) < 0:
-                raise ActregError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        check_fields(self)  # types; counts and rates >= 0
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
 

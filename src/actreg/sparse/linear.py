@@ -28,6 +28,12 @@ def _version(t: Tensor) -> int:
 def _check_threshold(threshold: object) -> dict[int, float]:
     """A threshold as ``{batch_size: zero fraction}``; a float applies to every batch size."""
     if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        if not (0.0 <= threshold <= 1.0 or threshold == math.inf):
+            raise ActregError(
+                f"threshold must be a zero fraction in [0, 1] (the share of zero inputs from "
+                f'which the sparse kernel runs; inf for never, "auto" to measure it), got '
+                f"{threshold!r}"
+            )
         threshold = {1: float(threshold)}
     if not isinstance(threshold, Mapping) or not threshold:
         raise ActregError(

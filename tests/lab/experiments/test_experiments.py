@@ -61,7 +61,7 @@ def test_config_round_trip():
     [
         (["epoch=3"], r"unknown key 'epoch'.*did you mean epochs"),
         (["epochs"], "expected key=value"),
-        (["epochs=three"], "epochs expects int"),
+        (["epochs=three"], "epochs expects a whole number"),
         (["progress=maybe"], "expects true or false"),
         (["optimizer=rmsprop"], "unknown optimizer"),
         (["where=everywhere"], "unknown where"),

@@ -105,7 +105,7 @@ def test_a_missed_target_is_a_warning_naming_the_fix():
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["revive_rounds=-1"], "revive_rounds is a whole number >= 0"),
+        (["revive_rounds=-1"], "revive_rounds"),
         (["target_sparsity=1.0"], "strictly between 0 and 1"),
         (["target_sparsity=0"], "strictly between 0 and 1"),
         (["target_l0=-3"], "active units > 0"),

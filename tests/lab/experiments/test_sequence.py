@@ -17,6 +17,7 @@ from actreg.lab.experiments._targets import target_miss
 from actreg.lab.experiments.lstm_lm import LSTMLM, LSTMLMConfig, attach_ar_tar, detach
 from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
+from actreg.lab.train import choose_threads
 
 WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
 
@@ -146,21 +147,21 @@ def test_hidden_state_carried_and_detached_between_chunks():
     [
         (LSTMLMConfig, "bptt=1", "bptt must be >= 2"),
         (LSTMLMConfig, "layers=4", "layers must be 1, 2 or 3"),
-        (LSTMLMConfig, "dropout=1.0", "dropout must be in"),
+        (LSTMLMConfig, "dropout=1.0", r"dropout must lie in \[0, 1\)"),
         (LSTMLMConfig, "vocab_size=2", "vocab_size must be >= 3"),
         (LSTMLMConfig, "optimizer=rmsprop", "unknown optimizer"),
         (LSTMLMConfig, "limit_tokens=5", "limit_tokens=5 is too small"),
         (LSTMLMConfig, "lr_decay=0.5", "lr_decay must be >= 1"),
-        (LSTMLMConfig, "alpha=-1", "alpha and beta must be >= 0"),
+        (LSTMLMConfig, "alpha=-1", "alpha must not be negative"),
         (LSTMLMConfig, "bptt_typo=3", "unknown key 'bptt_typo'"),
         (LSTMLMConfig, "penalty=l1", "ffn=0 leaves out: set ffn=N"),
         (LSTMLMConfig, "penalty=hoyer", "unknown penalty 'hoyer'"),
-        (LSTMLMConfig, "ffn=-1", "ffn must be >= 0"),
+        (LSTMLMConfig, "ffn=-1", "ffn must not be negative"),
         (LSTMLMConfig, "target_sparsity=0.9", "set ffn=N and penalty=l1"),
-        (LSTMLMConfig, "target_l0=-2", "active units > 0"),
+        (LSTMLMConfig, "target_l0=-2", "target_l0 must not be negative"),
         (Seq2SeqConfig, "max_len=1", "max_len must be >= 2"),
-        (Seq2SeqConfig, "coef=-0.1", "coef must be >= 0"),
-        (Seq2SeqConfig, "code=0", "code must be an int >= 1"),
+        (Seq2SeqConfig, "coef=-0.1", "coef must not be negative"),
+        (Seq2SeqConfig, "code=0", "code must be >= 1"),
     ],
     ids=lambda v: v if isinstance(v, str) else v.__name__,
 )
@@ -249,3 +250,23 @@ def test_lstm_lm_relu_variant_other_modes(corpus_dir, tmp_path, target, check):
     sets = [*COMMON, *RELU, f"data={corpus_dir}", f"out_dir={tmp_path}", target, "compare=false"]
     out = next(iter(exp.run(apply_overrides(exp.config(), sets))["variants"].values()))
     assert check(out["ffn"]), out["ffn"]  # about 15 active units and 55% zeros unpenalized
+
+
+@pytest.mark.parametrize(
+    ("cls", "tokens", "big"),
+    [(LSTMLMConfig, 10, False), (LSTMLMConfig, 10**7, True), (Seq2SeqConfig, 10, False)],
+    ids=["lstm-small", "lstm-large", "seq2seq-small"],
+)
+def test_threads_zero_is_the_fit_loops_choice(cls, tokens, big):
+    # threads=0: choose_threads of ~6 x parameters x tokens FLOPs, as fit() chooses from its
+    # first step (one thread for small steps, every core for large ones).
+    model = nn.Linear(64, 64)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        chosen = cls(threads=0).set_threads(model, tokens)
+        assert chosen == (choose_threads(1e18) if big else 1) == torch.get_num_threads()
+        torch.set_num_threads(3)
+        assert cls(threads=2).set_threads(model, tokens) == 3  # not 0: load() set it, left as is
+    finally:
+        torch.set_num_threads(before)

@@ -107,9 +107,20 @@ def run_tool(args: list[str], cwd: Path, *, what: str, hint: str) -> str:
 
 @contextmanager
 def staging(root: Path) -> Iterator[Path]:
-    """A temporary folder inside ``root`` (same file system), removed afterwards."""
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-actreg-", dir=root))
+    """A temporary folder inside ``root`` (same file system), removed afterwards.
+
+    Raises:
+        ActregError: when ``root`` cannot be made or written (naming it and the fix).
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-actreg-", dir=root))
+    except OSError as err:
+        raise ActregError(
+            f"cannot write in the data directory {root}: {err.strerror or err} "
+            f"({err.filename or root}); choose a writable one with --data-dir DIR or "
+            f"{ENV_VAR}=DIR"
+        ) from None
     try:
         yield tmp
     finally:

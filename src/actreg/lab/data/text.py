@@ -67,6 +67,11 @@ class Corpus:
 
 def _folder(path_or_name: str | Path, data_dir: str | Path | None) -> Path:
     path = Path(path_or_name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ActregError(
+            f"{path} is a file: data= takes a corpus folder (train.txt, valid.txt, test.txt) "
+            "or the name of one in the data directory, such as austen"
+        )
     if not path.is_dir():
         path = resolve_data_dir(data_dir) / str(path_or_name)
     if not path.is_dir():
@@ -85,8 +90,21 @@ def _folder(path_or_name: str | Path, data_dir: str | Path | None) -> Path:
 
 
 def _read_lines(path: Path) -> list[list[str]]:
-    with open(path, encoding="utf-8") as fh:
-        return [[*line.split(), EOS] for line in fh]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = [[*line.split(), EOS] for line in fh]
+    except UnicodeDecodeError as err:
+        raise ActregError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+            f"{err.start}): a corpus file is plain text, one sentence per line; convert it "
+            "(e.g. iconv -t utf-8) or point data= at a text corpus"
+        ) from None
+    if not any(len(line) > 1 for line in lines):
+        raise ActregError(
+            f"{path} holds no words: each of train.txt, valid.txt and test.txt needs text, "
+            "one sentence per line"
+        )
+    return lines
 
 
 def build_vocab(lines: list[list[str]], vocab_size: int) -> list[str]:

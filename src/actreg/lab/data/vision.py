@@ -84,7 +84,7 @@ def stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _count(size: float | int, n: int, what: str) -> int:
     if isinstance(size, bool) or not isinstance(size, int | float):
         raise ActregError(f"{what} must be an int count or a float fraction, got {size!r}")
-    k = round(size * n) if isinstance(size, float) else size
+    k = round(size * n) if isinstance(size, float) and size <= 1 else int(size)  # 5000.0: a count
     if not 0 < k < n:
         raise ActregError(f"{what}={size!r} leaves no data: it must give 1..{n - 1} of {n}")
     return int(k)

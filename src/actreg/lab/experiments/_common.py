@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
 from actreg.lab.data import load_vision
+from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._config import to_dict
 from actreg.lab.experiments._targets import MetricsFn, at_target
 from actreg.lab.train import TrainConfig, evaluate, fit
@@ -36,7 +38,6 @@ __all__ = [
     "PROBE_SCALINGS",
     "VisionConfig",
     "atomic_write_text",
-    "check_targets",
     "classification_loss",
     "classification_metrics",
     "jsonable",
@@ -53,9 +54,14 @@ __all__ = [
 class VisionConfig:
     """Settings every vision experiment has. Subclasses add the model and the penalty."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
+
     data: str = "mnist"  # digits | mnist | a folder of IDX files
     data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
-    limit: int | None = None  # use only this many training examples (tiny runs)
+    limit: int | None = None  # training examples to use (tiny runs); val and test cut in proportion
     scaling: str = "standard"  # standard | feature | minmax | none (see actreg.lab.data)
     val_size: float | None = None  # validation size (default per data set)
     seed: int = 0  # seeds data split, init and batch order
@@ -77,18 +83,19 @@ class VisionConfig:
     revive_rounds: int | None = None  # dead-unit revivals over 80% of training (None: 5 if target)
 
     def __post_init__(self) -> None:
+        check_targets(self.target_sparsity, self.target_l0)  # its own ranges come first
+        if isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit < 10:
+            raise ActregError(f"limit must be >= 10 examples (or none for all), got {self.limit}")
+        check_fields(self)  # types; numbers finite, not negative; POSITIVE >= 1
         self.train_config()  # validates the training fields
-        if self.revive_rounds is not None and (
-            isinstance(self.revive_rounds, bool)
-            or not isinstance(self.revive_rounds, int)
-            or self.revive_rounds < 0
+        check_choice("scaling", self.scaling, SCALINGS)
+        if self.val_size is not None and not (
+            0 < self.val_size < 1 or (self.val_size > 1 and float(self.val_size).is_integer())
         ):
             raise ActregError(
-                f"revive_rounds is a whole number >= 0 (0 = off), got {self.revive_rounds!r}"
+                f"val_size is a fraction in (0, 1) or a whole count of examples (> 1), got "
+                f"{self.val_size!r}; e.g. val_size=0.2 or val_size=5000"
             )
-        if self.limit is not None and self.limit < 10:
-            raise ActregError(f"limit must be >= 10 examples, got {self.limit}")
-        check_targets(self.target_sparsity, self.target_l0)
 
     def train_config(self, seed_offset: int = 0) -> TrainConfig:
         """The :class:`TrainConfig` these settings describe."""
@@ -107,7 +114,9 @@ class VisionConfig:
         )
 
     def load_data(self) -> Any:
-        """Load the configured data set (see :func:`actreg.lab.data.load_vision`)."""
+        """Check ``out_dir``, then load the configured data set (see
+        :func:`actreg.lab.data.load_vision`)."""
+        check_out_dir(self.out_dir)
         if self.threads:
             torch.set_num_threads(self.threads)
         return load_vision(
@@ -118,21 +127,6 @@ class VisionConfig:
             scaling=self.scaling,
             limit=self.limit,
         )
-
-
-def check_targets(target_sparsity: float | None, target_l0: float | None) -> None:
-    """The two target settings: at most one, each in its range."""
-    if target_sparsity is not None and target_l0 is not None:
-        raise ActregError(
-            "set target_sparsity (a zero fraction) or target_l0 (active units), not both"
-        )
-    if target_sparsity is not None and not 0 < target_sparsity < 1:
-        raise ActregError(
-            f"target_sparsity is a zero fraction strictly between 0 and 1 (e.g. 0.9), "
-            f"got {target_sparsity!r}"
-        )
-    if target_l0 is not None and not target_l0 > 0:
-        raise ActregError(f"target_l0 is a number of active units > 0, got {target_l0!r}")
 
 
 def layer_penalties(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
 import re
 import types
 import typing
@@ -39,9 +40,18 @@ def _convert(text: str, hint: Any, key: str) -> Any:
         raise ActregError(f"{key} expects true or false, got {text!r}")
     if hint in (int, float):
         try:
-            return hint(float(text)) if hint is int and "e" in text.lower() else hint(text)
+            number = float(text)
         except ValueError:
-            raise ActregError(f"{key} expects {hint.__name__}, got {text!r}") from None
+            kind = "a whole number" if hint is int else "a number"
+            raise ActregError(f"{key} expects {kind}, got {text!r}") from None
+        if hint is float:
+            return number
+        if not number.is_integer():  # 2.9e0 is refused, not cut to 2; 1e-1 is not 0
+            near = max(round(number), 1) if math.isfinite(number) else 1
+            raise ActregError(
+                f"{key} expects a whole number, got {text!r} (= {number:g}); e.g. {key}={near}"
+            )
+        return int(number)
     return text
 
 
@@ -69,6 +79,8 @@ def apply_overrides(config: C, overrides: Iterable[str]) -> C:
             raise ActregError(f"expected key=value, got {item!r} (e.g. --set epochs=5)")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
+        if not key:
+            raise ActregError(f"expected key=value, got {item!r} (no key; e.g. --set epochs=5)")
         if key not in names:
             close = difflib.get_close_matches(key, names, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -3,27 +3,26 @@ and a residual ReLU feed-forward block (:class:`ReLUFFN`) whose activations give
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
 from actreg.lab.data.text import Corpus, load_corpus
-from actreg.lab.experiments._common import check_targets, make_run_dir
+from actreg.lab.experiments._common import make_run_dir
 from actreg.lab.experiments._contract import SPARSITY
+from actreg.lab.train import choose_threads
 
 __all__ = [
     "LockedDropout",
     "ReLUFFN",
     "SeqConfig",
-    "check_positive",
-    "check_rate",
     "check_relu_block",
     "monitored",
 ]
@@ -31,22 +30,6 @@ __all__ = [
 OPTIMIZERS = ("adam", "sgd")
 RELU_PENALTIES = ("l1",)
 T = TypeVar("T")
-
-
-def check_positive(cfg: Any, *names: str) -> None:
-    """Raise naming the first of ``names`` that is not a positive int."""
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ActregError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def check_rate(cfg: Any, *names: str) -> None:
-    """Raise naming the first of ``names`` that is not a probability in [0, 1)."""
-    for name in names:
-        value = getattr(cfg, name)
-        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-            raise ActregError(f"{name} must be in [0, 1), got {value!r}")
 
 
 def check_relu_block(cfg: Any, default: str) -> None:
@@ -101,6 +84,12 @@ def monitored(
 class SeqConfig:
     """Settings every sequence experiment has. Subclasses add the model and the penalty."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "vocab_size",
+        "epochs",
+        "batch_size",
+    )  # settings that must be >= 1 (counts, widths)
+
     data: str = "austen"  # a corpus folder (train.txt, valid.txt, test.txt) or a name in data_dir
     data_dir: str | None = None  # default: $ACTREG_DATA or the user cache
     vocab_size: int = 10000  # words kept (<unk> and <eos> included)
@@ -115,28 +104,41 @@ class SeqConfig:
     run_name: str | None = None  # default: a timestamp
     overwrite: bool = False  # replace the results of an existing run_name
     progress: bool = True  # progress bars
-    threads: int = 1  # torch threads (0 = leave as is)
+    threads: int = (
+        1  # torch threads (0 = chosen from the work, as the fit loop: 1 for small models)
+    )
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "epochs", "batch_size")
+        check_fields(self)  # types; numbers finite, not negative; POSITIVE >= 1
         if self.vocab_size < 3:
             raise ActregError(
                 f"vocab_size must be >= 3 (<unk>, <eos> and a word), got {self.vocab_size}"
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ActregError(f"unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if not self.lr > 0:
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
-        if not (self.clip >= 0 and math.isfinite(self.clip)):
-            raise ActregError(f"clip must be >= 0 (0 = off), got {self.clip!r}")
-        if self.patience < 0 or self.threads < 0:
-            raise ActregError("patience and threads must be >= 0")
 
     def load(self) -> Corpus:
-        """Set the thread count and load the corpus (:func:`actreg.lab.data.text.load_corpus`)."""
+        """Check ``out_dir``, set the thread count and load the corpus
+        (:func:`actreg.lab.data.text.load_corpus`)."""
+        check_out_dir(self.out_dir)
         if self.threads:
             torch.set_num_threads(self.threads)
         return load_corpus(self.data, vocab_size=self.vocab_size, data_dir=self.data_dir)
+
+    def set_threads(self, model: nn.Module, tokens: int) -> int:
+        """With ``threads=0``, set the fit loop's choice for ``model`` and return it.
+
+        The choice is :func:`actreg.lab.train.choose_threads` for a training step of about
+        ``6 x parameters x tokens`` FLOPs (2 forward and 4 backward per parameter and
+        token): the fit loop counts its first step with ``FlopCounterMode`` instead, which
+        does not see PyTorch's fused CPU LSTM (it counts 0 FLOPs there). Other values were
+        set by :meth:`load`; returns torch's thread count either way.
+        """
+        if self.threads == 0:
+            params = sum(p.numel() for p in model.parameters())
+            torch.set_num_threads(choose_threads(6.0 * params * tokens))
+        return torch.get_num_threads()
 
     def run_dir(self, experiment: str) -> Path:
         """``OUT_DIR/EXPERIMENT/RUN_NAME``, created."""

@@ -18,9 +18,10 @@ channels per pixel. ``coef`` is then the starting coefficient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, ClassVar, TypedDict, cast
 
 import actreg
+from actreg._errors import ActregError
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
@@ -43,6 +44,8 @@ MAPS = ["features.act1", "features.act2"]
 class CNNConfig(VisionConfig):
     """The CNN experiment."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("channels", "hidden")  # >= 1, besides the base class's
+
     channels: tuple[int, ...] = (32, 64)  # channels of the two conv blocks
     hidden: int = 128  # width of the dense head
     penalty: str = "l1"  # penalty on both conv feature maps
@@ -51,6 +54,11 @@ class CNNConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if len(self.channels) != 2:
+            raise ActregError(
+                f"channels takes the widths of the two conv blocks, e.g. channels=32,64, "
+                f"got {self.channels!r}"
+            )
         actreg.make_penalty(self.penalty, self.coef)
 
 

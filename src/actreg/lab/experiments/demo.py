@@ -10,8 +10,9 @@ noisy test images.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from actreg.lab._checks import check_fields
 from actreg.lab.experiments.sparse_ae import SparseAEConfig, run, summary_rows
 
 __all__ = ["DemoConfig", "demo"]
@@ -21,11 +22,19 @@ __all__ = ["DemoConfig", "demo"]
 class DemoConfig:
     """The demo's few settings."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "code",
+    )  # settings that must be >= 1 (counts, widths)
+
     out_dir: str = "runs"  # results go to a new folder OUT_DIR/sparse-ae/TIMESTAMP
     epochs: int = 30  # passes over the 1,078 training digits
     coef: float = 0.01  # L1 coefficient on the code (Keras scaling: sum / batch)
     code: int = 256  # code width (4x overcomplete)
     progress: bool = False  # progress bars
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def experiment_config(self) -> SparseAEConfig:
         """The :class:`SparseAEConfig` the demo runs."""

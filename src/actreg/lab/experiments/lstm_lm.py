@@ -43,21 +43,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
 from actreg.lab.experiments._common import layer_penalties, save_results
 from actreg.lab.experiments._seq import (
     LockedDropout,
     ReLUFFN,
     SeqConfig,
-    check_positive,
-    check_rate,
     check_relu_block,
     monitored,
 )
@@ -78,6 +77,12 @@ class LSTMLMConfig(SeqConfig):
     The measured runs of docs/RESULTS_SEQUENCE.md use a smaller budget (see the commands).
     """
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "emb_size",
+        "hidden",
+        "eval_batch_size",
+        "log_every",
+    )  # >= 1, besides the base class's
     layers: int = 2  # LSTM layers (1-3)
     emb_size: int = 256  # embedding width (= the last LSTM layer's width when tied)
     hidden: int = 512  # width of the LSTM layers below the last
@@ -104,16 +109,14 @@ class LSTMLMConfig(SeqConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_relu_block(self, "ar_tar")
-        check_positive(self, "emb_size", "hidden", "eval_batch_size", "log_every")
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
-        check_rate(self, "dropout", "dropout_h", "dropout_i")
+        for name in ("dropout", "dropout_h", "dropout_i"):
+            check_fraction(self, name)
         if isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt < 2:
             raise ActregError(
                 f"bptt must be >= 2: TAR differences consecutive steps, got {self.bptt!r}"
             )
-        if self.alpha < 0 or self.beta < 0:
-            raise ActregError(f"alpha and beta must be >= 0, got {self.alpha}, {self.beta}")
         if not self.lr_decay >= 1.0:
             raise ActregError(f"lr_decay must be >= 1 (1 = no decay), got {self.lr_decay!r}")
         if self.limit_tokens is not None and self.limit_tokens < 3 * self.batch_size:
@@ -256,6 +259,7 @@ def train_variant(
         len(corpus.vocab), cfg.emb_size, cfg.hidden, cfg.layers,
         cfg.dropout, cfg.dropout_h, cfg.dropout_i, cfg.tie_weights, cfg.ffn,
     )  # fmt: skip
+    cfg.set_threads(model, cfg.batch_size * cfg.bptt)
     reg = attach_ar_tar(model, cfg.alpha, cfg.beta)
     watch = [FFN_ACT] if model.ffn is not None else []  # measured on validation and test
     sparse = None  # the ReLU block's penalty, attached only where it joins the loss

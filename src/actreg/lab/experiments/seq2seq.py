@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +29,10 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import EOS, Corpus, sentences
 from actreg.lab.experiments._common import save_results
-from actreg.lab.experiments._seq import SeqConfig, check_positive, check_rate
+from actreg.lab.experiments._seq import SeqConfig
 from actreg.lab.train import batches, seed_everything
 
 __all__ = ["Seq2SeqConfig", "SeqAutoencoder", "run", "summary_rows"]
@@ -43,6 +44,12 @@ IGNORE = -100
 class Seq2SeqConfig(SeqConfig):
     """The sequence autoencoder experiment (defaults: the CPU run of docs/RESULTS_SEQUENCE.md)."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "emb_size",
+        "hidden",
+        "code",
+        "log_every",
+    )  # >= 1, besides the base class's
     vocab_size: int = 5000  # words kept (<unk> and <eos> included)
     epochs: int = 6  # passes over the training sentences (at most; see patience)
     batch_size: int = 64  # sentences per step
@@ -60,12 +67,9 @@ class Seq2SeqConfig(SeqConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "emb_size", "hidden", "code", "log_every")
-        check_rate(self, "dropout")
+        check_fraction(self, "dropout")
         if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 2:
             raise ActregError(f"max_len must be >= 2 tokens, got {self.max_len!r}")
-        if not (self.coef >= 0 and math.isfinite(self.coef)):
-            raise ActregError(f"coef must be >= 0, got {self.coef!r}")
         for name in ("limit_sentences", "eval_sentences"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -194,6 +198,7 @@ def train_variant(
 
     seed_everything(cfg.seed)
     model = SeqAutoencoder(vocab, cfg.emb_size, cfg.hidden, cfg.code, cfg.dropout, bos=eos)
+    cfg.set_threads(model, cfg.batch_size * (cfg.max_len + 1))
     reg = actreg.attach(model, {"code": actreg.L1(cfg.coef)}) if penalized else None
     opt = cfg.optimizer_for(model)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, ClassVar, NotRequired, TypedDict, cast
 
 import torch
 from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice, check_fraction
 from actreg.lab.experiments import _ae_codes
 from actreg.lab.experiments._common import (
     PROBE_SCALINGS,
@@ -36,7 +37,7 @@ from actreg.lab.experiments._common import (
     save_results,
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
-from actreg.lab.models import Autoencoder
+from actreg.lab.models import ACTIVATIONS, Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
 __all__ = [
@@ -69,6 +70,7 @@ class SparseAEConfig(VisionConfig):
         actreg._errors.ActregError: an L0 of 2000 active units is not sparse in a code of 1024...
     """
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("code", "hidden")  # >= 1, besides the base class's
     epochs: int = 14  # passes over the training split
     lr: float = 3e-4  # peak learning rate (cosine decay); 1e-3 kills most code units
 
@@ -96,11 +98,14 @@ class SparseAEConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.where not in WHERE:
-            raise ActregError(f"unknown where={self.where!r}; use one of {WHERE}")
-        if self.probe_scaling not in PROBE_SCALINGS:
+        check_choice("act", self.act, ACTIVATIONS)
+        check_choice("where", self.where, WHERE)
+        check_choice("probe_scaling", self.probe_scaling, PROBE_SCALINGS)
+        check_fraction(self, "resample_dead", high_open=False)
+        if self.topk > self.code:
             raise ActregError(
-                f"unknown probe_scaling={self.probe_scaling!r}; use one of {PROBE_SCALINGS}"
+                f"topk={self.topk} keeps more units than the code has (code={self.code}); "
+                f"use topk <= {self.code}, or 0 for no TopK"
             )
         build_penalty(self)
         _ae_codes.check_code(self)

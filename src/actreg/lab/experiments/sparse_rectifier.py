@@ -12,10 +12,11 @@ share of exact zeros per hidden layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict, cast
+from typing import Any, ClassVar, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
@@ -44,6 +45,8 @@ VARIANTS = ("relu-l1", "relu", "tanh")
 class SparseRectifierConfig(VisionConfig):
     """The deep sparse rectifier experiment."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = ("hidden",)  # >= 1, besides the base class's
+
     hidden: tuple[int, ...] = (1000, 1000, 1000)  # hidden widths (Glorot et al.: 3 x 1000)
     penalty: str = "l1"  # penalty on every hidden activation of the relu-l1 variant
     coef: float = 1e-3  # its coefficient (Glorot et al.: 0.001)
@@ -52,6 +55,9 @@ class SparseRectifierConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.hidden:
+            raise ActregError("hidden needs at least one width, e.g. hidden=1000,1000,1000")
+        check_fraction(self, "dropout")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ActregError(f"unknown variants {unknown}; choose from {VARIANTS}")

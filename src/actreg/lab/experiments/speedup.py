@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
+from actreg.lab._checks import check_fields
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._ae_codes import build_model
@@ -43,6 +44,12 @@ __all__ = ["SpeedupConfig", "speedup"]
 class SpeedupConfig:
     """What to measure."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "examples",
+        "batch_size",
+        "threads",
+    )  # settings that must be >= 1 (counts, widths)
+
     run_dir: str  # a folder written by `actreg run sparse-rectifier|sparse-ae`
     variant: str | None = None  # which trained variant (default: the penalized one)
     examples: int = 500  # test images to time
@@ -51,6 +58,9 @@ class SpeedupConfig:
     data_dir: str | None = None  # where the data lives (default as the run)
     extension: bool = True  # the C++ kernels where they build (False: the pure-PyTorch kernel)
     fold_input: bool = True  # MLP: fold the input scaling into the first layer, feed raw pixels
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, list[str] | None]:

@@ -20,15 +20,17 @@ Defaults are the budget of docs/RESULTS.md (its ablations section): MNIST, 10,00
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from actreg._errors import ActregError
+from actreg.lab._checks import check_choice
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._common import VisionConfig, jsonable, save_results
 from actreg.lab.experiments._config import to_dict
@@ -64,6 +66,13 @@ SPREAD_RULE = (
 class AblationConfig(VisionConfig):
     """One ablation question; the sparse-AE settings are shared by all its variants."""
 
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "code",
+        "hidden",
+        "widths",
+        "binary_hidden",
+    )  # >= 1, besides the base class's
+
     question: str = "which-norm"  # which-norm | where | width | activation | scaling | ...
     seeds: int = 3  # seeds seed, seed+1, ... (data split, init, batch order, probe)
     limit: int | None = 10000  # training images (val and test cut in proportion)
@@ -94,8 +103,7 @@ class AblationConfig(VisionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.question not in QUESTIONS:
-            raise ActregError(f"unknown question {self.question!r}; use one of {QUESTIONS}")
+        check_choice("question", self.question, QUESTIONS)
         if self.seeds < 2:
             raise ActregError(f"seeds must be >= 2 (a spread needs two), got {self.seeds}")
         for name in ("norms", "grid", "widths", "activations", "scalings", "binary_coefs"):
@@ -124,7 +132,7 @@ class AblationConfig(VisionConfig):
 
     def ae_base(self) -> SparseAEConfig:
         """The sparse-AE config every variant starts from."""
-        shared = {k: getattr(self, k) for k in VisionConfig.__dataclass_fields__}
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(VisionConfig)}
         return SparseAEConfig(
             **shared,
             code=self.code,
