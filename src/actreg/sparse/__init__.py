@@ -22,8 +22,8 @@ Modules: :mod:`~actreg.sparse.convert` (what to convert, :func:`convert`,
 :func:`fold_input_scaling`), :mod:`~actreg.sparse.linear` (:class:`SparseInputLinear`),
 :mod:`~actreg.sparse.runtime` (:class:`SparseSequential`, fused runs),
 :mod:`~actreg.sparse.calibrate` (thresholds, timing), :mod:`~actreg.sparse.measure`
-(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks); private: ``_kernels`` (pure-PyTorch kernels) and
-``_backend`` (the choice of kernels).
+(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks);
+private: ``_kernels`` (pure-PyTorch kernels) and ``_backend`` (the choice of kernels).
 
 Example:
     >>> import torch, actreg.sparse
