@@ -326,10 +326,10 @@ class SparseGatedMLP(_SparseFFN):
     that computes ``up_proj`` and ``down_proj`` only for units whose gate is non-zero.
 
     At inference the gate runs densely; when its activations' zero fraction reaches the
-    threshold, the union over the rows of the non-zero units is gathered: those rows of
-    ``up_proj`` and those columns of ``down_proj`` (from a transposed copy, ``(inter, d)``,
-    kept until the weight changes: the weight's memory once more). Otherwise the original
-    formula. Outputs equal the original's to float rounding (``cutoff`` as in
+    threshold, only the units with a non-zero gate get their ``up_proj`` row and their
+    ``down_proj`` column (from a transposed copy, ``(inter, d)``, kept until the weight
+    changes: the weight's memory once more): each row its own units in the C++ kernel, the
+    union over the rows in pure PyTorch. Otherwise the original formula. Outputs equal the original's to float rounding (``cutoff`` as in
     :class:`SparseConv1DMLP`).
 
     Example::
@@ -384,10 +384,17 @@ class SparseGatedMLP(_SparseFFN):
         g = self._activate(F.linear(x2, wg, bg))
         rows = g.shape[0]
         limit = self.threshold_for(rows)
-        if limit > 1.0 or 1.0 - nonzero_fraction(g, self._ext()) < limit:
+        ext = self._ext()
+        if limit > 1.0 or 1.0 - nonzero_fraction(g, ext) < limit:
             out = F.linear(g * F.linear(x2, wu, bu), wd, bd)
         else:
-            out = _gated_sparse(x2, g, wu, bu, self._columns(wd), bd)
+            wdt = self._columns(wd)
+            if not x2.is_contiguous():
+                x2 = x2.contiguous()
+            if takes(ext, g, wdt, bd) and takes(ext, x2, wu, bu):  # each row its own units
+                out = ext.gated_rows(x2, g, wu, bu, wdt, bd)
+            else:
+                out = _gated_sparse(x2, g, wu, bu, wdt, bd)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
