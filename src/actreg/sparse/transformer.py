@@ -329,8 +329,8 @@ class SparseGatedMLP(_SparseFFN):
     threshold, only the units with a non-zero gate get their ``up_proj`` row and their
     ``down_proj`` column (from a transposed copy, ``(inter, d)``, kept until the weight
     changes: the weight's memory once more): each row its own units in the C++ kernel, the
-    union over the rows in pure PyTorch. Otherwise the original formula. Outputs equal the original's to float rounding (``cutoff`` as in
-    :class:`SparseConv1DMLP`).
+    union over the rows in pure PyTorch. Otherwise the original formula. Outputs equal the
+    original's to float rounding (``cutoff`` as in :class:`SparseConv1DMLP`).
 
     Example::
 
