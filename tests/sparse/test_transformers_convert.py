@@ -5,6 +5,7 @@ shared blocks, refusals."""
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 from typing import Any
 
@@ -376,3 +377,22 @@ def test_auto_threshold_is_calibrated_per_shape() -> None:
     fast = sparse.convert(_gpt2())
     t = fast.transformer.h[0].mlp.threshold
     assert set(t) == {1, 8, 32} and all(0.0 <= v <= 1.0 or v == float("inf") for v in t.values())
+
+
+def test_a_block_converted_alone_is_returned_wrapped() -> None:
+    mlp = _mlp_of(_gpt2(), "gpt2")
+    fast = sparse.convert(mlp, threshold=0.0)
+    x = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        assert type(fast) is sparse.SparseConv1DMLP and close(fast(x), mlp(x))
+
+
+@pytest.mark.parametrize("kind", list(MODELS), ids=list(MODELS))
+def test_threshold_inf_never_takes_the_sparse_path(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = sparse.convert(MODELS[kind](), threshold=math.inf, kernels="torch")
+    name = "_gated_sparse" if kind == "llama" else "sparse_linear"
+    monkeypatch.setattr(tr, name, lambda *a: pytest.fail("the sparse path ran"))
+    with torch.no_grad():
+        fast(_tokens(1, 4))
