@@ -118,8 +118,8 @@ def test_block_outputs_match_on_3d_inputs(
     assert type(new) is WRAPPER[kind]
     ran: list[str] = []
     if kernels == "torch":
-        real = tr._gated_sparse if kind == "llama" else tr.sparse_linear
-        name = "_gated_sparse" if kind == "llama" else "sparse_linear"
+        real = tr.gated_sparse if kind == "llama" else tr.sparse_linear
+        name = "gated_sparse" if kind == "llama" else "sparse_linear"
         monkeypatch.setattr(tr, name, lambda *a: ran.append(name) or real(*a))
     else:  # count the C++ calls that take the sparse path (threshold 0)
         ext, name = kernels.load(), "gated_rows" if kind == "llama" else "linear_auto"
@@ -392,7 +392,7 @@ def test_threshold_inf_never_takes_the_sparse_path(
     kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast = sparse.convert(MODELS[kind](), threshold=math.inf, kernels="torch")
-    name = "_gated_sparse" if kind == "llama" else "sparse_linear"
+    name = "gated_sparse" if kind == "llama" else "sparse_linear"
     monkeypatch.setattr(tr, name, lambda *a: pytest.fail("the sparse path ran"))
     with torch.no_grad():
         fast(_tokens(1, 4))

@@ -26,17 +26,15 @@ Design choices:
   ``Qwen2MLP``, ...) without importing ``transformers`` or keeping a list of names, and
   never picks a look-alike whose forward computes something else.
 * A wrapper module rather than changing the class of the original (as
-  :class:`~actreg.sparse.SparseSequential` does): the wrapper pickles and its forward is
-  ours; ``isinstance(mlp, GPT2MLP)`` no longer holds, which nothing in ``transformers``
-  checks at run time.
+  :class:`~actreg.sparse.SparseSequential` does): it pickles, and nothing in
+  ``transformers`` checks ``isinstance(mlp, GPT2MLP)`` at run time.
 * Nothing is cached that a weight change could make stale, except the gated MLP's
   transposed ``down_proj`` weight, keyed on the parameter object, its storage and its
   in-place version (as :class:`~actreg.sparse.SparseInputLinear` does). An optimizer step,
   ``load_state_dict`` or a replaced parameter or child is seen on the next call.
 * The fast path runs only where it is exact or asked for: CPU float32/float64, no grad
-  needed, dropout inactive, no hooks on the children (they run as modules otherwise, so
-  hooks see what they always saw), the activation of the kind it was converted with;
-  everything else runs the original computation through the children.
+  needed, dropout inactive, no hooks on the children, the activation of the kind it was
+  converted with; anything else runs the original code through the children.
 """
 
 from __future__ import annotations
@@ -51,7 +49,7 @@ from torch.nn.modules import module as _module_globals
 
 from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
-from actreg.sparse._kernels import nonzero_fraction, sparse_linear
+from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
 __all__ = ["SparseConv1DMLP", "SparseGatedMLP", "ffn_kind", "ffns"]
@@ -394,20 +392,8 @@ class SparseGatedMLP(_SparseFFN):
             if takes(ext, g, wdt, bd) and takes(ext, x2, wu, bu):  # each row its own units
                 out = ext.gated_rows(x2, g, wu, bu, wdt, bd)
             else:
-                out = _gated_sparse(x2, g, wu, bu, wdt, bd)
+                out = gated_sparse(x2, g, wu, bu, wdt, bd)
         return out.view(*x.shape[:-1], out.shape[-1])
-
-
-def _gated_sparse(
-    x: Tensor, g: Tensor, wu: Tensor, bu: Tensor | None, wdt: Tensor, bd: Tensor | None
-) -> Tensor:
-    """``(g * (x @ wu.T + bu)) @ wdt + bd`` over the units where some row of ``g`` is
-    non-zero."""
-    idx = (g != 0).any(0).nonzero().view(-1)
-    u = F.linear(x, wu.index_select(0, idx), None if bu is None else bu.index_select(0, idx))
-    a = g.index_select(1, idx).mul_(u)
-    w = wdt.index_select(0, idx)
-    return a @ w if bd is None else torch.addmm(bd, a, w)
 
 
 #: The wrapper class for each kind of :func:`ffn_kind`.
