@@ -176,7 +176,8 @@ def convert(
         The converted model (``model`` itself when ``inplace``). Parameters are shared with
         the replaced layers, so ``state_dict`` keys and values do not change. Hooks on the
         replaced layers are not carried over. An FFN block shared between layers becomes
-        one converted block at every place it appears.
+        one converted block at every place it appears; an FFN block passed as ``model``
+        itself comes back as its converted block (sharing its children).
 
     Raises:
         ActregError: for unknown names (with close matches), names of modules that are not
