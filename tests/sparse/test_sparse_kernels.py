@@ -119,3 +119,29 @@ def test_calibrate_times_the_chosen_kernels(kernels: str, request) -> None:
     got = calibrate(64, 32, batch_sizes=(1, 4), sparsities=(0.5, 0.9), repeats=1, kernels=chosen)
     assert set(got) == {1, 4}
     assert all(0.0 <= t <= 1.0 or t == math.inf for t in got.values())
+
+
+@pytest.mark.parametrize("d", [1, 16, 33], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("rows", [1, 5], ids=["batch1", "batch5"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_cpp_gated_rows_matches_formula(
+    d: int, rows: int, dtype: torch.dtype, bias: bool, cpp: Backend
+) -> None:
+    k, o = 40, 7
+    x = torch.randn(rows, d, dtype=dtype)
+    g = torch.relu(torch.randn(rows, k, dtype=dtype) - 1.0)
+    g[0] = 0.0  # a row with no active unit: the output is the bias
+    wu, wd = torch.randn(k, d, dtype=dtype), torch.randn(o, k, dtype=dtype)
+    bu = torch.randn(k, dtype=dtype) if bias else None
+    bd = torch.randn(o, dtype=dtype) if bias else None
+    got = cpp.module.gated_rows(x, g, wu, bu, wd.t().contiguous(), bd)
+    want = torch.nn.functional.linear(g * torch.nn.functional.linear(x, wu, bu), wd, bd)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_cpp_gated_rows_rejects_bad_shapes(cpp: Backend) -> None:
+    x, g = torch.randn(2, 4), torch.randn(2, 6)
+    with pytest.raises(RuntimeError, match="gated kernel"):
+        cpp.module.gated_rows(x, g, torch.randn(6, 5), None, torch.randn(6, 3), None)

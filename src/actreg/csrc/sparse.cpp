@@ -11,6 +11,9 @@
 //   so the fallback gives the dense layer's bits). One call per layer.
 // * Chain: an object holding a run of Linear (+ ReLU) layers; run(x) is linear_auto
 //   layer after layer in one call, intermediate outputs reused between calls.
+// * gated_rows(x, g, wu, bu, wdt, bd): the rest of a gated FFN (Llama's MLP) once its gate
+//   activations g are known: for each row, only the units with g != 0 get their up_proj
+//   dot product and their down_proj row (of the transposed weight wdt).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <type_traits>
@@ -143,6 +146,48 @@ at::Tensor sparse_rows(const at::Tensor& x, const at::Tensor& wt,
   return out;
 }
 
+// a . b over n entries, in 16 independent partial sums (vectorized without -ffast-math).
+template <typename T>
+T dot(const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  T acc[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += a[i + l] * b[i + l];
+  T s = 0;
+  for (int l = 0; l < 16; ++l) s += acc[l];
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// The values handed to row_kernel for a gated row, kept per thread between calls.
+template <typename T>
+T* value_buffer(int64_t k) {
+  thread_local std::vector<T> v;
+  if (int64_t(v.size()) < k) v.resize(k);
+  return v.data();
+}
+
+template <typename T>
+void gated_kernel(const T* xp, const T* gp, const T* wu, const T* bu, const T* wdt, const T* bd,
+                  T* op, int64_t n, int64_t d, int64_t k, int64_t o) {
+  auto body = [&](int64_t r0, int64_t r1) {
+    int32_t* idx = index_buffer(k);
+    T* a = value_buffer<T>(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = xp + r * d;
+      const T* gr = gp + r * k;
+      const int64_t m = nonzeros(gr, k, idx);
+      for (int64_t q = 0; q < m; ++q) {
+        const int64_t j = idx[q];
+        a[j] = gr[j] * (dot(xr, wu + j * d, d) + (bu ? bu[j] : T(0)));
+      }
+      row_kernel(a, idx, m, wdt, bd, op + r * o, o, false);
+    }
+  };
+  if (n == 1 || at::get_num_threads() == 1) body(0, n);
+  else at::parallel_for(0, n, 1, body);
+}
+
 int64_t count(const at::Tensor& x) {
   int64_t c = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_count", [&] {
@@ -193,6 +238,37 @@ at::Tensor linear_auto(at::Tensor x, at::Tensor w, at::Tensor wt,
 }
 
 int64_t count_nonzero(at::Tensor x) { return count(x); }
+
+// (g * (x @ wu.T + bu)) @ wdt + bd over each row's units with g != 0. x (n, d), g (n, k),
+// wu (k, d) (up_proj.weight), wdt (k, o) (down_proj.weight.T), all contiguous, one dtype.
+at::Tensor gated_rows(at::Tensor x, at::Tensor g, at::Tensor wu, c10::optional<at::Tensor> bu,
+                      at::Tensor wdt, c10::optional<at::Tensor> bd) {
+  TORCH_CHECK(x.dim() == 2 && g.dim() == 2 && wu.dim() == 2 && wdt.dim() == 2
+              && g.size(0) == x.size(0) && wu.size(0) == g.size(1) && wu.size(1) == x.size(1)
+              && wdt.size(0) == g.size(1),
+              "actreg gated kernel: x (n, d), g (n, k), wu (k, d), wdt (k, o) expected, got ",
+              x.sizes(), g.sizes(), wu.sizes(), wdt.sizes());
+  for (const at::Tensor* t : {&x, &g, &wu, &wdt})
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == x.scalar_type(),
+                "actreg gated kernel: contiguous CPU tensors of one dtype expected");
+  TORCH_CHECK(g.size(1) < (int64_t(1) << 31), "actreg gated kernel: width must be < 2^31");
+  if (bu.has_value())
+    TORCH_CHECK(bu->dim() == 1 && bu->size(0) == g.size(1) && bu->is_contiguous()
+                && bu->scalar_type() == x.scalar_type() && bu->device().is_cpu(),
+                "actreg gated kernel: up bias of shape (k,) and the input's dtype expected");
+  check(g, wdt, bd);
+  const int64_t n = x.size(0), d = x.size(1), k = g.size(1), o = wdt.size(1);
+  at::Tensor out = at::empty({n, o}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actreg_gated_rows", [&] {
+    gated_kernel<scalar_t>(x.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                           wu.data_ptr<scalar_t>(),
+                           bu.has_value() ? bu->data_ptr<scalar_t>() : nullptr,
+                           wdt.data_ptr<scalar_t>(),
+                           bd.has_value() ? bd->data_ptr<scalar_t>() : nullptr,
+                           out.data_ptr<scalar_t>(), n, d, k, o);
+  });
+  return out;
+}
 
 // A run of layers held in C++ so that a call passes one tensor: run(x) is linear_auto
 // layer after layer with the thresholds set for x's row count, or None when x is not a
@@ -269,6 +345,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_linear", &sparse_linear);
   m.def("linear_auto", &linear_auto);
   m.def("count_nonzero", &count_nonzero);
+  m.def("gated_rows", &gated_rows);
   py::class_<Chain>(m, "Chain")
       .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>,
                     std::vector<c10::optional<at::Tensor>>, std::vector<bool>,

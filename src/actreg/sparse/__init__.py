@@ -7,6 +7,12 @@ It falls back to the dense ``F.linear`` when the input has fewer zeros than a th
 measured on this machine (:func:`calibrate`). :func:`measure` compares a model with its
 converted copy.
 
+Transformer FFNs are converted too: GPT-2's ``Conv1D`` MLP (:class:`SparseConv1DMLP`: the
+second layer reads only the weight rows of non-zero activations) and gated MLPs such as
+Llama's (:class:`SparseGatedMLP`: the gate, then only the active units' ``up`` rows and
+``down`` columns); :func:`ffns` lists them. Exact with ReLU; other activations are refused
+unless ``convert(..., cutoff=...)`` asks for magnitude sparsity.
+
 The fast path is the default: the converted layers run C++ kernels (``actreg/csrc/sparse.cpp``)
 built on first use where a compiler is present (once per machine, cached; one log line),
 else pure PyTorch after one warning; ``ACTREG_EXTENSION=0``/``1`` forces either, and
@@ -16,8 +22,8 @@ Modules: :mod:`~actreg.sparse.convert` (what to convert, :func:`convert`,
 :func:`fold_input_scaling`), :mod:`~actreg.sparse.linear` (:class:`SparseInputLinear`),
 :mod:`~actreg.sparse.runtime` (:class:`SparseSequential`, fused runs),
 :mod:`~actreg.sparse.calibrate` (thresholds, timing), :mod:`~actreg.sparse.measure`
-(:func:`measure`, :func:`flop_limit`); private: ``_kernels`` (pure-PyTorch kernels) and
-``_backend`` (the choice of kernels).
+(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks);
+private: ``_kernels`` (pure-PyTorch kernels) and ``_backend`` (the choice of kernels).
 
 Example:
     >>> import torch, actreg.sparse
@@ -41,9 +47,12 @@ from actreg.sparse.convert import convert, eligible, fold_input_scaling
 from actreg.sparse.linear import SparseInputLinear
 from actreg.sparse.measure import SparseReport, flop_limit, measure
 from actreg.sparse.runtime import SparseSequential
+from actreg.sparse.transformer import SparseConv1DMLP, SparseGatedMLP, ffns
 
 __all__ = [
     "Backend",
+    "SparseConv1DMLP",
+    "SparseGatedMLP",
     "SparseInputLinear",
     "SparseReport",
     "SparseSequential",
@@ -51,6 +60,7 @@ __all__ = [
     "calibrate",
     "convert",
     "eligible",
+    "ffns",
     "flop_limit",
     "fold_input_scaling",
     "measure",

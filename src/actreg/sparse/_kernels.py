@@ -13,6 +13,9 @@ as an argument (None: pure PyTorch). Two pure-PyTorch kernels compute ``x @ W.T 
 * :func:`gather_linear`: copy the rows of ``wt`` for the union of non-zero columns over the
   batch (``index_select``) and multiply (``addmm``). Kept as the reference point the benchmark
   compares against.
+
+:func:`gated_sparse` is the same gather for the rest of a gated FFN once its gate is known
+(:class:`actreg.sparse.SparseGatedMLP` without the C++ kernels).
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from torch import Tensor
 
 from actreg.sparse._backend import takes
 
-__all__ = ["bag_linear", "gather_linear", "nonzero_fraction", "random_sparse", "sparse_linear"]
+__all__ = [
+    "bag_linear",
+    "gated_sparse",
+    "gather_linear",
+    "nonzero_fraction",
+    "random_sparse",
+    "sparse_linear",
+]
 
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
@@ -128,6 +138,26 @@ def gather_linear(x: Tensor, wt: Tensor, bias: Tensor | None) -> Tensor:
     xs = x.index_select(1, nz)
     ws = wt.index_select(0, nz)
     return xs @ ws if bias is None else torch.addmm(bias, xs, ws)
+
+
+def gated_sparse(
+    x: Tensor, g: Tensor, wu: Tensor, bu: Tensor | None, wdt: Tensor, bd: Tensor | None
+) -> Tensor:
+    """``(g * (x @ wu.T + bu)) @ wdt + bd`` over the units where some row of ``g`` is
+    non-zero: the rest of a gated FFN once its gate ``g`` is known (``wu``: ``up_proj``'s
+    ``(k, d)`` weight, ``wdt``: ``down_proj``'s weight transposed, ``(k, out)``).
+
+    Example:
+        >>> import torch
+        >>> g = torch.tensor([[0.0, 2.0]])
+        >>> gated_sparse(torch.ones(1, 2), g, torch.eye(2), None, torch.eye(2), None)
+        tensor([[0., 2.]])
+    """
+    idx = (g != 0).any(0).nonzero().view(-1)
+    u = F.linear(x, wu.index_select(0, idx), None if bu is None else bu.index_select(0, idx))
+    a = g.index_select(1, idx).mul_(u)
+    w = wdt.index_select(0, idx)
+    return a @ w if bd is None else torch.addmm(bd, a, w)
 
 
 def random_sparse(

@@ -1,27 +1,31 @@
-"""Conversion: swap the ``nn.Linear`` layers that read ReLU-like outputs for sparse-input ones.
+"""Conversion: swap the layers that read ReLU-like outputs for sparse-input ones.
 
 :func:`eligible` lists the layers :func:`convert` picks; :func:`convert` swaps them for
 :class:`~actreg.sparse.SparseInputLinear` (same parameters, calibrated thresholds) and makes
-their ``nn.Sequential`` a :class:`~actreg.sparse.SparseSequential`; :func:`fold_input_scaling`
-folds an input standardization into a first layer so that it reads raw zeros.
+their ``nn.Sequential`` a :class:`~actreg.sparse.SparseSequential`, and swaps transformer
+FFNs (GPT-2 ``Conv1D`` MLPs, gated MLPs) for the blocks of :mod:`actreg.sparse.transformer`;
+:func:`fold_input_scaling` folds an input standardization into a first layer so that it reads
+raw zeros.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
-from actreg._resolve import check_model, resolve
+from actreg._resolve import check_model, lookup, resolve
 from actreg.layers import ActivityRegularization, TopK
 from actreg.sparse._backend import Backend, Kernels, backend
 from actreg.sparse.calibrate import calibrate
 from actreg.sparse.linear import SparseInputLinear, Threshold, _check_threshold
 from actreg.sparse.runtime import SparseSequential
+from actreg.sparse.transformer import WRAPPERS, activation, ffns
 
 __all__ = ["ZERO_KEEPERS", "ZERO_MAKERS", "convert", "eligible", "fold_input_scaling"]
 
@@ -44,9 +48,10 @@ def _producer(children: list[nn.Module], i: int) -> nn.Module | None:
 
 
 def eligible(model: nn.Module) -> list[str]:
-    """Names of the ``nn.Linear`` layers that :func:`convert` picks by default: those that
-    follow a ReLU-like module (:data:`ZERO_MAKERS`, looking through :data:`ZERO_KEEPERS`)
-    inside an ``nn.Sequential``.
+    """Names of the modules that :func:`convert` picks by default and can make exact: the
+    ``nn.Linear`` layers that follow a ReLU-like module (:data:`ZERO_MAKERS`, looking through
+    :data:`ZERO_KEEPERS`) inside an ``nn.Sequential``, then the transformer FFNs (see
+    :func:`actreg.sparse.transformer.ffns`) whose activation is ReLU-like.
 
     Example:
         >>> import torch
@@ -55,6 +60,15 @@ def eligible(model: nn.Module) -> list[str]:
         ['2']
     """
     model = check_model(model)
+    return _linears(model) + [n for n in ffns(model) if _zero_making(model, n)]
+
+
+def _zero_making(model: nn.Module, ffn: str) -> bool:
+    act = activation(model.get_submodule(ffn))
+    return isinstance(act, ZERO_MAKERS) and (not isinstance(act, nn.Threshold) or act.value == 0)
+
+
+def _linears(model: nn.Module) -> list[str]:
     found = []
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -69,17 +83,53 @@ def eligible(model: nn.Module) -> list[str]:
     return found
 
 
-def _named_linears(model: nn.Module, names: str | Iterable[str]) -> list[str]:
+def _named(
+    model: nn.Module, names: str | Iterable[str], blocks: dict[str, str]
+) -> tuple[list[str], list[str]]:
+    """The named ``nn.Linear`` layers and the named FFN blocks."""
     keys = [names] if isinstance(names, str) else list(names)
-    out: list[str] = []
+    linears: list[str] = []
+    found: list[str] = []
     for key, hits in resolve(model, keys).items():
         linear = [n for n, m in hits if isinstance(m, nn.Linear)]
-        if not linear:
+        ffn = [n for n, _ in hits if n in blocks]
+        if not linear and not ffn:
             kinds = ", ".join(f"{n!r} is {type(m).__name__}" for n, m in hits[:5])
             raise ActregError(
-                f"{key!r} names no nn.Linear ({kinds}); sparse.convert only converts nn.Linear"
+                f"{key!r} names no nn.Linear and no transformer FFN ({kinds}); sparse.convert "
+                "converts nn.Linear layers and GPT-2 / gated (Llama-style) MLP blocks"
             )
-        out += [n for n in linear if n not in out]
+        linears += [n for n in linear if n not in linears]
+        found += [n for n in ffn if n not in found]
+    return linears, found
+
+
+def _cutoffs(
+    model: nn.Module, chosen: list[str], cutoff: float | Mapping[str, float] | None
+) -> dict[str, float]:
+    """Each chosen FFN's cutoff (0: exact zeros), or an error for an activation without
+    exact zeros and no cutoff."""
+    if isinstance(cutoff, Mapping):
+        resolve(model, cutoff.keys())  # unknown names: an error with close matches
+    out = {}
+    for name in chosen:
+        c = lookup(name, cutoff, None) if isinstance(cutoff, Mapping) else cutoff
+        if c is None or c == 0:
+            if not _zero_making(model, name):
+                act = activation(model.get_submodule(name))
+                raise ActregError(
+                    f"the FFN {name!r} has the activation {type(act).__name__}, which gives no "
+                    "exact zeros, so skipping zeros would change its outputs. Train the model "
+                    "with ReLU (GPT2Config(activation_function='relu'), "
+                    "LlamaConfig(hidden_act='relu')) for exact zeros, or pass cutoff= (a "
+                    "magnitude below which an activation counts as zero, per block name or "
+                    "pattern: approximate, e.g. thresholds calibrated to a target sparsity), "
+                    "or leave these blocks out with names="
+                )
+            c = 0.0
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0:
+            raise ActregError(f"cutoff must be a number >= 0 or a mapping to them, got {c!r}")
+        out[name] = float(c)
     return out
 
 
@@ -91,17 +141,23 @@ def convert(
     inplace: bool = False,
     fuse: bool = True,
     kernels: Kernels | Backend = "auto",
+    cutoff: float | Mapping[str, float] | None = None,
 ) -> nn.Module:
-    """Replace eligible ``nn.Linear`` layers with :class:`SparseInputLinear`.
+    """Replace eligible ``nn.Linear`` layers with :class:`SparseInputLinear`, and transformer
+    FFN blocks with their sparse versions.
 
     Args:
         model: the model; not modified unless ``inplace=True``.
-        names: the Linear layers to convert (names or glob patterns from
+        names: the Linear layers and FFN blocks to convert (names or glob patterns from
             ``model.named_modules()``). By default, every Linear that follows a ReLU-like
             module (:data:`ZERO_MAKERS`, looking through dropout and identities) inside an
-            ``nn.Sequential``; activations applied in ``forward`` code must be named.
+            ``nn.Sequential``, and every transformer FFN block (GPT-2 ``Conv1D`` MLPs, gated
+            MLPs such as Llama's: see :mod:`actreg.sparse.transformer`); Linear layers
+            after activations applied in ``forward`` code must be named.
         threshold: ``"auto"`` (:func:`calibrate` each layer shape on this machine; takes a
-            second or so per shape), a zero fraction in ``[0, 1]``, or ``{batch: fraction}``.
+            second or so per shape), a zero fraction in ``[0, 1]``, or ``{batch: fraction}``
+            (for an FFN block, the zero fraction of its activations and the number of rows,
+            batch times sequence).
         inplace: swap the layers in ``model`` itself instead of in a deep copy.
         fuse: make every plain ``nn.Sequential`` that holds a converted layer a
             :class:`SparseSequential` (its class changes, nothing else), which runs Linear/ReLU
@@ -111,15 +167,22 @@ def convert(
             log line; else one warning and pure PyTorch; ``ACTREG_EXTENSION`` forces either),
             ``"torch"`` (pure PyTorch), ``"cpp"`` (C++ or an error), or a backend object
             (see :func:`actreg.sparse.backend`).
+        cutoff: for FFN blocks whose activation has no exact zeros (GELU, SiLU), which are
+            otherwise refused: the magnitude below which an activation counts as zero, one
+            number for all or ``{block name or pattern: number}``. This changes the outputs
+            (training-free magnitude sparsity); with ReLU it is not needed (exact).
 
     Returns:
         The converted model (``model`` itself when ``inplace``). Parameters are shared with
         the replaced layers, so ``state_dict`` keys and values do not change. Hooks on the
-        replaced layers are not carried over.
+        replaced layers are not carried over. An FFN block shared between layers becomes
+        one converted block at every place it appears; an FFN block passed as ``model``
+        itself comes back as its converted block (sharing its children).
 
     Raises:
         ActregError: for unknown names (with close matches), names of modules that are not
-            ``nn.Linear``, a bad threshold or ``kernels``, or ``kernels="cpp"`` (or
+            ``nn.Linear`` or FFN blocks, an FFN whose activation gives no exact zeros without
+            a ``cutoff``, a bad threshold, cutoff or ``kernels``, or ``kernels="cpp"`` (or
             ``ACTREG_EXTENSION=1``) where the C++ kernels do not build.
 
     Example:
@@ -133,16 +196,23 @@ def convert(
         raise ActregError(f'threshold must be "auto" or a number, got {threshold!r}')
     if not isinstance(threshold, str):
         _check_threshold(threshold)
-    chosen = eligible(model) if names is None else _named_linears(model, names)
+    blocks = ffns(model)
+    if names is None:
+        chosen, chosen_ffns = _linears(model), list(blocks)
+    else:
+        chosen, chosen_ffns = _named(model, names, blocks)
+    cutoffs = _cutoffs(model, chosen_ffns, cutoff)
     kernels = backend(kernels)
     target = model if inplace else copy.deepcopy(model)
-    modules = dict(target.named_modules())
-    if any(modules[n].weight.device.type == "cpu" for n in chosen):
+    modules = dict(target.named_modules(remove_duplicate=False))
+    weights = [modules[n].weight for n in chosen]
+    weights += [p for n in chosen_ffns for p in modules[n].parameters()]
+    if any(w.device.type == "cpu" for w in weights):
         kernels.load()  # build (once per machine) before calibrating: time what will run
-    if not chosen:
+    if not chosen and not chosen_ffns:
         warnings.warn(
-            f"no nn.Linear after a ReLU-like module found in {type(model).__name__}; "
-            "pass names= to choose layers",
+            f"no nn.Linear after a ReLU-like module and no transformer FFN found in "
+            f"{type(model).__name__}; pass names= to choose layers",
             stacklevel=2,
         )
     for name in chosen:
@@ -164,6 +234,48 @@ def convert(
             parent.__class__ = SparseSequential  # same children and state: only forward differs
         if isinstance(parent, SparseSequential):
             parent.backend = kernels
+    return _convert_ffns(target, chosen_ffns, threshold, cutoffs, kernels)
+
+
+def _convert_ffns(
+    target: nn.Module,
+    chosen: list[str],
+    threshold: str | Threshold,
+    cutoffs: dict[str, float],
+    kernels: Backend,
+) -> nn.Module:
+    """Swap the chosen FFN blocks of ``target``; a block that appears under several names
+    (shared between layers) becomes one converted block at every place, so it stays shared."""
+    blocks = ffns(target)
+    parents = [m for _, m in target.named_modules(remove_duplicate=False)]
+    done: dict[int, nn.Module] = {}
+    for name in chosen:
+        old = target.get_submodule(name)
+        if id(old) in done:
+            continue
+        t: Threshold
+        if isinstance(threshold, str):
+            conv1d = blocks[name] == "conv1d"
+            w = old.get_submodule("c_proj" if conv1d else "down_proj").weight
+            assert isinstance(w, Tensor)
+            inter, d = w.shape if conv1d else w.shape[::-1]  # (in, out) or (out, in)
+            t = (
+                calibrate(inter, d, dtype=w.dtype, device=w.device, kernels=kernels)
+                if w.device.type == "cpu"
+                else math.inf  # the sparse path runs on the CPU only
+            )
+        else:
+            t = threshold
+        new = WRAPPERS[blocks[name]](old, threshold=t, cutoff=cutoffs[name], kernels=kernels)
+        done[id(old)] = new
+    if not done:
+        return target
+    if id(target) in done:  # the model is itself one FFN block
+        return done[id(target)]
+    for parent in parents:
+        for child_name, child in list(parent.named_children()):
+            if id(child) in done:
+                setattr(parent, child_name, done[id(child)])
     return target
 
 

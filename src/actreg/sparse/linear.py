@@ -15,7 +15,7 @@ from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import nonzero_fraction, sparse_linear
 
-__all__ = ["SparseInputLinear", "Threshold"]
+__all__ = ["SparseInputLinear", "Threshold", "threshold_at"]
 
 Threshold = float | Mapping[int, float]
 
@@ -51,6 +51,13 @@ def _check_threshold(threshold: object) -> dict[int, float]:
             )
         out[b] = float(t)
     return dict(sorted(out.items()))
+
+
+def threshold_at(threshold: Mapping[int, float], batch: int) -> float:
+    """The entry of ``{batch_size: zero fraction}`` for ``batch`` rows: the nearest batch size
+    on a log scale (the larger one on a tie)."""
+    near = min(threshold, key=lambda b: (abs(math.log(b) - math.log(max(batch, 1))), -b))
+    return threshold[near]
 
 
 class SparseInputLinear(nn.Linear):
@@ -135,9 +142,7 @@ class SparseInputLinear(nn.Linear):
         """The zero fraction from which a batch of ``batch`` rows uses the sparse path."""
         t = self._by_batch.get(batch)
         if t is None:
-            sizes = list(self.threshold)
-            near = min(sizes, key=lambda b: (abs(math.log(b) - math.log(max(batch, 1))), -b))
-            t = self._by_batch[batch] = self.threshold[near]
+            t = self._by_batch[batch] = threshold_at(self.threshold, batch)
         return t
 
     def uses_sparse(self, x: Tensor) -> bool:

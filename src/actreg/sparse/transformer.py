@@ -1,0 +1,410 @@
+"""Transformer FFNs that skip their zero activations: GPT-2 ``Conv1D`` MLPs and gated MLPs.
+
+:func:`ffns` finds the feed-forward blocks of Hugging Face ``transformers`` models (and any
+module written the same way); :func:`actreg.sparse.convert` swaps each for one of these, with
+the same children under the same names (so the same ``state_dict``):
+
+* :class:`SparseConv1DMLP` for GPT-2's ``c_fc -> act -> c_proj -> dropout``: ``c_fc`` stays
+  dense (its input, the layer norm's output, has no zeros); ``c_proj`` reads only the rows of
+  its weight whose input activation is non-zero. A ``Conv1D`` weight is ``(in, out)``, which
+  is already the layout the sparse-input kernel reads, so nothing is copied.
+* :class:`SparseGatedMLP` for ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (Llama,
+  Mistral, Qwen2, ...): the gate is dense; then only the ``up_proj`` rows and ``down_proj``
+  columns of units whose gate activation is non-zero (the union over the rows of a batch).
+  ``down_proj``'s columns are read from a transposed copy, refreshed when the weight changes.
+
+Exact with activations that give exact zeros (ReLU); with any other (GELU, SiLU) an
+explicit ``cutoff`` makes every activation with ``|a| <= cutoff`` zero, which changes the
+outputs (training-free magnitude sparsity, as in CATS and TEAL) and is never the default.
+
+Design choices:
+
+* Recognition by code, not by class name: a module is a GPT-2 MLP (a gated MLP) when its
+  class's ``forward`` compiles to the same bytecode as ``GPT2MLP.forward``
+  (``LlamaMLP.forward``) and its children have the expected kinds; a ``Conv1D`` likewise.
+  This finds the many copies ``transformers`` generates (``ImageGPTMLP``, ``MistralMLP``,
+  ``Qwen2MLP``, ...) without importing ``transformers`` or keeping a list of names, and
+  never picks a look-alike whose forward computes something else.
+* A wrapper module rather than changing the class of the original (as
+  :class:`~actreg.sparse.SparseSequential` does): it pickles, and nothing in
+  ``transformers`` checks ``isinstance(mlp, GPT2MLP)`` at run time.
+* Nothing is cached that a weight change could make stale, except the gated MLP's
+  transposed ``down_proj`` weight, keyed on the parameter object, its storage and its
+  in-place version (as :class:`~actreg.sparse.SparseInputLinear` does). An optimizer step,
+  ``load_state_dict`` or a replaced parameter or child is seen on the next call.
+* The fast path runs only where it is exact or asked for: CPU float32/float64, no grad
+  needed, dropout inactive, no hooks on the children, the activation of the kind it was
+  converted with; anything else runs the original code through the children.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules import module as _module_globals
+
+from actreg._errors import ActregError
+from actreg.sparse._backend import Backend, Kernels, backend, takes
+from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
+from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
+
+__all__ = ["SparseConv1DMLP", "SparseGatedMLP", "ffn_kind", "ffns"]
+
+
+# The reference code, token for token (see the module docstring): transformers'
+# pytorch_utils.Conv1D.forward, models/gpt2 GPT2MLP.forward, models/llama LlamaMLP.forward.
+def _conv1d_forward(self: Any, x: Any) -> Any:
+    size_out = x.size()[:-1] + (self.nf,)  # noqa: RUF005 (the reference, as written)
+    x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+    x = x.view(size_out)
+    return x
+
+
+def _gpt2_mlp_forward(self: Any, hidden_states: Any) -> Any:
+    hidden_states = self.c_fc(hidden_states)
+    hidden_states = self.act(hidden_states)
+    hidden_states = self.c_proj(hidden_states)
+    hidden_states = self.dropout(hidden_states)
+    return hidden_states
+
+
+def _gated_mlp_forward(self: Any, x: Any) -> Any:
+    down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+    return down_proj
+
+
+def _code(fn: object) -> tuple[Any, ...] | None:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    return (code.co_code, code.co_names, code.co_consts, code.co_argcount)
+
+
+_CONV1D = _code(_conv1d_forward)
+_GPT2_MLP = _code(_gpt2_mlp_forward)
+_GATED_MLP = _code(_gated_mlp_forward)
+
+
+def _is_conv1d(m: object) -> bool:
+    """A module computing ``x @ weight + bias`` with a 2-D ``(in, out)`` weight (GPT-2's
+    ``Conv1D``)."""
+    if not isinstance(m, nn.Module) or _code(type(m).forward) != _CONV1D:
+        return False
+    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+    return (
+        isinstance(w, Tensor)
+        and isinstance(b, Tensor)
+        and w.dim() == 2
+        and b.shape == (w.shape[1],)
+        and getattr(m, "nf", None) == w.shape[1]
+    )
+
+
+def _own_state(m: nn.Module) -> bool:
+    return bool(m._parameters or m._buffers)
+
+
+def ffn_kind(module: nn.Module) -> str | None:
+    """``"conv1d"`` for a GPT-2-style MLP, ``"gated"`` for a Llama-style gated MLP, else None.
+
+    Example:
+        >>> import torch
+        >>> ffn_kind(torch.nn.Linear(2, 2)) is None
+        True
+    """
+    forward = _code(type(module).forward)
+    if forward == _GPT2_MLP and not _own_state(module):
+        c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
+        act, drop = getattr(module, "act", None), getattr(module, "dropout", None)
+        if _is_conv1d(c_fc) and _is_conv1d(c_proj) and isinstance(act, nn.Module):
+            w_fc: Any = getattr(c_fc, "weight", None)
+            w_proj: Any = getattr(c_proj, "weight", None)
+            fits = w_fc.shape[::-1] == w_proj.shape  # d -> inter -> d
+            if fits and isinstance(drop, nn.Dropout):
+                return "conv1d"
+    if forward == _GATED_MLP and not _own_state(module):
+        lins = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if all(isinstance(m, nn.Linear) for m in lins) and isinstance(
+            getattr(module, "act_fn", None), nn.Module
+        ):
+            g, u, d = (m.weight for m in lins if isinstance(m, nn.Linear))
+            if g.shape == u.shape and d.shape == g.shape[::-1]:
+                return "gated"
+    return None
+
+
+def ffns(model: nn.Module) -> dict[str, str]:
+    """The feed-forward blocks of ``model`` that :func:`actreg.sparse.convert` can swap:
+    ``{name: "conv1d" | "gated"}`` (see :func:`ffn_kind`), every name under which a shared
+    block appears included.
+
+    Example:
+        >>> import torch
+        >>> ffns(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+        {}
+    """
+    out = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        kind = ffn_kind(m)
+        if kind is not None:
+            out[name] = kind
+    return out
+
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+class _SparseFFN(nn.Module):
+    """What both FFN wrappers share: the children of the original, the dispatch threshold,
+    the cutoff, the kernels, and when the fast path may run."""
+
+    _ACT = ""  # the attribute holding the activation
+    _LAYERS: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        source: nn.Module,
+        *,
+        threshold: Threshold = 0.5,
+        cutoff: float = 0.0,
+        kernels: Kernels | Backend = "auto",
+    ) -> None:
+        super().__init__()
+        for name, child in source.named_children():
+            self.add_module(name, child)  # same names, same order: the same state_dict
+        self.train(source.training)
+        self.threshold = threshold
+        if not isinstance(cutoff, (int, float)) or isinstance(cutoff, bool) or not cutoff >= 0:
+            raise ActregError(f"cutoff must be a number >= 0, got {cutoff!r}")
+        self.cutoff = float(cutoff)
+        self.backend = backend(kernels)
+        self._act_type = type(self._modules[self._ACT])
+        self._kinds = tuple((n, type(self._modules[n])) for n in self._LAYERS)
+
+    @property
+    def threshold(self) -> dict[int, float]:
+        """``{batch_size: zero fraction}`` of the activations from which the sparse path runs
+        (``math.inf``: never); may be set to a float or a mapping."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Threshold) -> None:
+        self._threshold = _check_threshold(value)
+        self._by_rows: dict[int, float] = {}
+
+    def threshold_for(self, rows: int) -> float:
+        """The zero fraction from which ``rows`` rows (batch times sequence) run sparse."""
+        t = self._by_rows.get(rows)
+        if t is None:
+            t = self._by_rows[rows] = threshold_at(self.threshold, rows)
+        return t
+
+    def _fast(self, x: object) -> list[Tensor | None] | None:
+        """``[weight, bias]`` of each layer (current objects) where the sparse path may run
+        for ``x`` (see the module docstring), else None. Reads the modules' dictionaries
+        directly: it runs on every call, and at batch 1 a microsecond is a few percent."""
+        if not isinstance(x, Tensor) or not x.is_cpu or x.dtype not in _FLOATS:
+            return None
+        g = _module_globals
+        if g._global_forward_hooks or g._global_forward_pre_hooks:
+            return None
+        mods = self._modules
+        act = mods.get(self._ACT)
+        if act is None or type(act) is not self._act_type:
+            return None
+        if act._forward_hooks or act._forward_pre_hooks:
+            return None
+        dtype, out = x.dtype, list[Tensor | None]()
+        for name, kind in self._kinds:
+            m = mods.get(name)
+            if m is None or type(m) is not kind or m._forward_hooks or m._forward_pre_hooks:
+                return None
+            ps = m._parameters
+            w, b = ps.get("weight"), ps.get("bias")
+            if w is None or w.dtype is not dtype or not w.is_cpu:
+                return None
+            if b is not None and (b.dtype is not dtype or not b.is_cpu):
+                return None
+            out += (w, b)
+        if torch.is_grad_enabled() and (
+            self.training or x.requires_grad or any(p is not None and p.requires_grad for p in out)
+        ):
+            return None
+        return out
+
+    def _activate(self, h: Tensor) -> Tensor:
+        """The activation, in place for ``nn.ReLU``, then the cutoff if one is set."""
+        h = h.relu_() if self._act_type is nn.ReLU else self._modules[self._ACT](h)  # type: ignore[misc]
+        if self.cutoff > 0:
+            h = h.masked_fill_(h.abs() <= self.cutoff, 0.0)
+        return h
+
+    def _ext(self) -> Any:
+        return self.backend.load()
+
+    def extra_repr(self) -> str:
+        t = self.threshold
+        shown = t[1] if list(t) == [1] else t
+        return f"threshold={shown}" + (f", cutoff={self.cutoff}" if self.cutoff else "")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_by_rows"] = {}
+        if "_wt" in state:
+            state["_wt"] = None
+        return state
+
+
+class SparseConv1DMLP(_SparseFFN):
+    """GPT-2's MLP (``c_fc`` ``Conv1D`` -> ``act`` -> ``c_proj`` ``Conv1D`` -> ``dropout``)
+    whose ``c_proj`` reads only the weight rows of non-zero activations.
+
+    At inference (see the module docstring for the conditions) ``c_fc`` and the activation
+    run densely, then ``c_proj`` runs the sparse-input kernel on the ``(in, out)`` weight
+    itself when the activations' zero fraction reaches the threshold for the number of rows
+    (batch times sequence), else the same ``addmm`` as ``Conv1D``. Outputs equal the
+    original's to float rounding; with ``cutoff > 0`` activations with ``|a| <= cutoff`` are
+    zeroed first (approximate). Children and ``state_dict`` are the original's.
+
+    Args:
+        source: the original MLP (see :func:`ffn_kind`); its children are shared, not copied.
+        threshold: zero fraction from which the sparse path runs (float or
+            ``{rows: fraction}``).
+        cutoff: magnitude below which an activation counts as zero (0: exact zeros only).
+        kernels: ``"auto"``, ``"torch"``, ``"cpp"`` or a backend (see
+            :func:`actreg.sparse.backend`).
+
+    Example (``transformers`` builds the model from a config; nothing is downloaded)::
+
+        cfg = GPT2Config(n_embd=32, n_layer=1, n_head=2, activation_function="relu")
+        mlp = GPT2LMHeadModel(cfg).eval().transformer.h[0].mlp
+        fast = SparseConv1DMLP(mlp, threshold=0.5)  # or actreg.sparse.convert(model)
+        with torch.no_grad():
+            x = torch.randn(1, 3, 32)
+            assert torch.allclose(fast(x), mlp(x), atol=1e-6)
+    """
+
+    _ACT = "act"
+    _LAYERS = ("c_fc", "c_proj")
+    c_fc: Any  # transformers' Conv1D
+    c_proj: Any
+    act: nn.Module
+    dropout: nn.Dropout
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        ps = self._fast(hidden_states)
+        drop = self._modules.get("dropout")
+        if ps is None or not isinstance(drop, nn.Dropout) or (drop.training and drop.p > 0):
+            return _gpt2_mlp_forward(self, hidden_states)
+        w_fc, b_fc, w, b = ps
+        x = hidden_states
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        assert w_fc is not None and w is not None
+        if x2.shape[0] == 0 or x2.shape[1] != w_fc.shape[0] or b_fc is None:
+            return _gpt2_mlp_forward(self, hidden_states)  # PyTorch's result or error
+        h = self._activate(torch.addmm(b_fc, x2, w_fc))
+        rows = h.shape[0]
+        limit = self.threshold_for(rows)
+        ext = self._ext()
+        if takes(ext, h, w, b):  # one C++ call: count, then sparse rows or the same addmm
+            out = ext.linear_auto(h, w.t(), w, b, limit, False)
+        elif limit <= 1.0 and 1.0 - nonzero_fraction(h) >= limit:
+            out = sparse_linear(h, w, b)
+        else:
+            out = torch.addmm(b, h, w) if b is not None else h @ w
+        return out.view(*x.shape[:-1], w.shape[1])
+
+
+class SparseGatedMLP(_SparseFFN):
+    """A gated MLP (``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, Llama and its kin)
+    that computes ``up_proj`` and ``down_proj`` only for units whose gate is non-zero.
+
+    At inference the gate runs densely; when its activations' zero fraction reaches the
+    threshold, only the units with a non-zero gate get their ``up_proj`` row and their
+    ``down_proj`` column (from a transposed copy, ``(inter, d)``, kept until the weight
+    changes: the weight's memory once more): each row its own units in the C++ kernel, the
+    union over the rows in pure PyTorch. Otherwise the original formula. Outputs equal the
+    original's to float rounding (``cutoff`` as in :class:`SparseConv1DMLP`).
+
+    Example::
+
+        cfg = LlamaConfig(hidden_size=16, intermediate_size=64, hidden_act="relu")
+        mlp = LlamaMLP(cfg).eval()
+        fast = SparseGatedMLP(mlp, threshold=0.3)  # or actreg.sparse.convert(model)
+        with torch.no_grad():
+            x = torch.randn(2, 5, 16)
+            assert torch.allclose(fast(x), mlp(x), atol=1e-6)
+    """
+
+    _ACT = "act_fn"
+    _LAYERS = ("gate_proj", "up_proj", "down_proj")
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+    act_fn: nn.Module
+
+    def __init__(
+        self,
+        source: nn.Module,
+        *,
+        threshold: Threshold = 0.5,
+        cutoff: float = 0.0,
+        kernels: Kernels | Backend = "auto",
+    ) -> None:
+        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
+        self._wt: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+
+    def _columns(self, w: Tensor) -> Tensor:
+        """``w.T`` (``down_proj``'s weight) as a contiguous ``(inter, d)`` tensor, cached
+        until the weight changes (another parameter object, storage, dtype or in-place
+        version)."""
+        key = (w.data_ptr(), _version(w), w.dtype, w.device)
+        cached = self._wt
+        if cached is None or cached[2] is not w or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, w.detach().t().contiguous(), w)
+            self._wt = cached
+        return cached[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        ps = self._fast(x)
+        if ps is None:
+            return _gated_mlp_forward(self, x)
+        wg, bg, wu, bu, wd, bd = ps
+        assert wg is not None and wu is not None and wd is not None
+        x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+        if x2.shape[0] == 0 or x2.shape[1] != wg.shape[1]:
+            return _gated_mlp_forward(self, x)
+        g = self._activate(F.linear(x2, wg, bg))
+        rows = g.shape[0]
+        limit = self.threshold_for(rows)
+        ext = self._ext()
+        if limit > 1.0 or 1.0 - nonzero_fraction(g, ext) < limit:
+            out = F.linear(g * F.linear(x2, wu, bu), wd, bd)
+        else:
+            wdt = self._columns(wd)
+            if not x2.is_contiguous():
+                x2 = x2.contiguous()
+            if takes(ext, g, wdt, bd) and takes(ext, x2, wu, bu):  # each row its own units
+                out = ext.gated_rows(x2, g, wu, bu, wdt, bd)
+            else:
+                out = gated_sparse(x2, g, wu, bu, wdt, bd)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+#: The wrapper class for each kind of :func:`ffn_kind`.
+WRAPPERS: dict[str, Callable[..., _SparseFFN]] = {
+    "conv1d": SparseConv1DMLP,
+    "gated": SparseGatedMLP,
+}
+
+
+def activation(module: nn.Module) -> nn.Module:
+    """The activation module of an FFN of :func:`ffn_kind`."""
+    act = getattr(module, "act" if ffn_kind(module) == "conv1d" else "act_fn")
+    assert isinstance(act, nn.Module)
+    return act
