@@ -269,7 +269,7 @@ def test_stale_running_trial_is_retried(fake, tmp_path):
     store.close()
     rows = run_search(cfg)
     states = {t.number: t.state.name for t in _optuna_trials(cfg)}
-    assert states[abandoned.number] == "FAIL"
+    assert states[abandoned.trial.number] == "FAIL"
     assert [r["attempts"] for r in rows] == [1, 2][:: -1 if rows[0]["coef"] == 1e-2 else 1]
     assert all(r["state"] == "complete" for r in rows)
 
