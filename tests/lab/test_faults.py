@@ -1,0 +1,427 @@
+"""The fault suite: nothing finished is lost, nothing is stored twice, the rerun completes.
+
+Real processes and real faults: ``kill -9`` of a whole search (parent and workers) and of
+single workers at random moments (seeded), a PostgreSQL server stopped for 15 s while
+trials run and finish, trials whose worker dies again and again, and a training run killed
+between epochs and resumed from its checkpoint. The search runs the toy experiment of
+``test_search.py`` (a trial sleeps about a second), registered in every process.
+
+``ACTREG_FAULT_ROUNDS=N`` sets the number of kill rounds of each kind (default: 3 of the
+whole search, 2 of single workers); ``-s`` shows the counts of each test, e.g.
+``ACTREG_FAULT_ROUNDS=20 pytest -s tests/lab/test_faults.py -k kill`` (docs/RELIABILITY.md).
+The outage test needs ``ACTREG_TEST_POSTGRES`` and ``ACTREG_TEST_POSTGRES_DATA`` (the
+server's data folder, whose owner may run ``pg_ctl``), both set by ``.ci/run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("optuna")
+
+from actreg import ActregError
+from actreg.lab.experiments import EXPERIMENTS
+from actreg.lab.search import SearchConfig, run_search
+from actreg.lab.search._retry import Outage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_search import FAKE  # noqa: E402 (the toy experiment, in every process)
+
+POSTGRES = os.environ.get("ACTREG_TEST_POSTGRES")
+PG_DATA = os.environ.get("ACTREG_TEST_POSTGRES_DATA")
+TESTS = Path(__file__).parent
+ROUNDS = os.environ.get("ACTREG_FAULT_ROUNDS")
+SEED = 16
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="finds worker processes through /proc (Linux)"
+)
+
+@pytest.fixture(autouse=True)
+def fake(monkeypatch):
+    monkeypatch.setitem(EXPERIMENTS, "fake", FAKE)
+
+
+# A search command as a script: spawned workers re-run its top level, so they know the toy.
+DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import test_search
+test_search.register()
+if __name__ == "__main__":
+    from actreg import ActregError
+    from actreg.lab.search import SearchConfig, run_search
+    try:
+        run_search(SearchConfig(**json.loads(sys.argv[1])))
+    except ActregError as err:
+        sys.stderr.write(f"actreg: error: {{err}}\\n")
+        sys.exit(2)
+"""
+
+
+def _spec(tmp_path: Path, **changes: Any) -> dict[str, Any]:
+    spec = {
+        "experiment": "fake",
+        "coefs": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+        "refine": 2,  # 7 grid points, the last two once the coarse ones are settled
+        "objective": "val_loss",
+        "study": f"faults-{uuid.uuid4().hex[:8]}",
+        "out_dir": str(tmp_path),
+        "overrides": ["sleep=0.8", f"log={tmp_path / 'runs.log'}"],
+        "workers": 2,
+        "heartbeat": 1,
+        "grace": 2,
+    }
+    spec.update(changes)
+    return spec
+
+
+def _search(tmp_path: Path, spec: dict[str, Any]) -> subprocess.Popen:
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(TESTS)))
+    return subprocess.Popen(
+        [sys.executable, str(driver), json.dumps(spec)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "search.err", "a"),
+        start_new_session=True,  # its own process group: kill -9 of the whole search
+    )
+
+
+def _count(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+def _started(tmp_path: Path, proc: subprocess.Popen, before: int, timeout: float = 120) -> None:
+    """Wait until a trial started after ``before`` starts (or the search ended)."""
+    deadline = time.time() + timeout
+    while _count(tmp_path / "runs.log.start") <= before and proc.poll() is None:
+        assert time.time() < deadline, "no trial started"
+        time.sleep(0.05)
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of a search (not multiprocessing's resource tracker)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for child in children:
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(child))
+    return out
+
+
+def _alive(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _kill_search(proc: subprocess.Popen) -> None:
+    """kill -9 of the search's parent and workers at once; returns when all are gone."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while _alive(proc.pid):
+        assert time.time() < deadline, "the search's processes outlived kill -9"
+        time.sleep(0.05)
+
+
+def _complete(spec: dict[str, Any]) -> dict[float, list[tuple[int, float]]]:
+    """``{coef: [(trial number, value) of each complete trial]}`` from the storage."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = spec.get("storage") or f"sqlite:///{spec['out_dir']}/search/optuna.db"
+    try:
+        study = optuna.load_study(study_name=spec["study"], storage=storage)
+    except KeyError:
+        return {}
+    out: dict[float, list[tuple[int, float]]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        out.setdefault(float(t.user_attrs["coef"]), []).append((t.number, float(t.value)))
+    return out
+
+
+def _finished_runs(tmp_path: Path) -> Counter:
+    """How often each coefficient's experiment ran to its end."""
+    log = tmp_path / "runs.log"
+    return Counter(float(x) for x in log.read_text().split()) if log.exists() else Counter()
+
+
+def _check_done(tmp_path: Path, spec: dict[str, Any], seen: dict) -> None:
+    """Every point complete once, every result seen before unchanged, every run finished once."""
+    done = _complete(spec)
+    assert len(done) == 7 and all(len(v) == 1 for v in done.values()), done  # not duplicated
+    assert all(done[c] == [v] for c, v in seen.items()), (seen, done)  # not lost or changed
+    runs = _finished_runs(tmp_path)
+    assert set(runs) == set(done) and set(runs.values()) == {1}, runs  # no finished run redone
+    cfg = SearchConfig(**spec)
+    assert (cfg.search_dir / "search.md").exists()
+    assert not list((cfg.search_dir / "journal").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_kill_the_whole_search_at_random_moments(tmp_path):
+    """kill -9 of the parent and its workers at once, N rounds; then the rerun completes."""
+    rng = random.Random(SEED)
+    spec = _spec(tmp_path)
+    seen: dict[float, tuple[int, float]] = {}
+    kills = 0
+    for _ in range(int(ROUNDS or 3)):
+        proc = _search(tmp_path, spec)
+        _started(tmp_path, proc, _count(tmp_path / "runs.log.start"))
+        time.sleep(rng.uniform(0.0, 1.5))
+        if proc.poll() is None:
+            _kill_search(proc)
+            kills += 1
+        proc.wait()
+        for coef, trials in _complete(spec).items():  # what finished stays finished
+            assert len(trials) == 1 and seen.setdefault(coef, trials[0]) == trials[0]
+    proc = _search(tmp_path, spec)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "search.err").read_text()
+    _check_done(tmp_path, spec, seen)
+    print(f"\nwhole-search kills: {kills}, finished before the last run: {len(seen)} of 7")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("round_", range(int(ROUNDS or 2)), ids=lambda r: f"round{r}")
+def test_kill_one_worker_the_other_finishes(tmp_path, round_):
+    """kill -9 of one of two workers at a random moment: the parent exits 0 with a report."""
+    rng = random.Random(SEED + round_)
+    spec = _spec(tmp_path)
+    proc = _search(tmp_path, spec)
+    _started(tmp_path, proc, 0)
+    time.sleep(rng.uniform(0.0, 3.0))
+    workers = _workers(proc.pid)
+    if workers:
+        os.kill(rng.choice(workers), signal.SIGKILL)
+    err = tmp_path / "search.err"
+    assert proc.wait(timeout=300) == 0, err.read_text()
+    _check_done(tmp_path, spec, {})
+    killed = "stopped early" in err.read_text()
+    print(f"\nworker killed: {bool(workers)}, parent saw it: {killed}")
+
+
+@pytest.mark.slow
+def test_all_workers_killed_the_parent_says_rerun(tmp_path):
+    spec = _spec(tmp_path)
+    proc = _search(tmp_path, spec)
+    _started(tmp_path, proc, 0)
+    for pid in _workers(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=120) == 2
+    err = (tmp_path / "search.err").read_text()
+    assert "actreg: error: 2 of 2 workers stopped early (exit codes [-9, -9])" in err, err
+    assert "has no result yet; run the same command again to resume" in err
+    assert "Traceback" not in err
+    proc = _search(tmp_path, spec)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "search.err").read_text()
+    _check_done(tmp_path, spec, {})
+
+
+@pytest.mark.slow
+def test_a_trial_killed_three_times_is_still_retried(tmp_path):
+    """Its worker dies thrice (SIGKILL inside the trial): not given up, the rerun finishes."""
+    spec = _spec(
+        tmp_path,
+        coefs=[1e-2],
+        refine=0,
+        workers=1,
+        overrides=[f"log={tmp_path / 'runs.log'}", "crash=kill:3"],
+    )
+    for _ in range(3):
+        proc = _search(tmp_path, spec)
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    rows = run_search(SearchConfig(**spec))  # the fourth attempt, after the grace period
+    assert rows[0]["state"] == "complete" and rows[0]["attempts"] == 4
+    assert _count(tmp_path / "runs.log.crashes") == 3
+
+
+def _pg_ctl(*args: str) -> None:
+    data = Path(str(PG_DATA))
+    opts = shlex.split((data / "postmaster.opts").read_text())
+    owner = data.stat().st_uid
+    prefix = [] if owner == os.getuid() else ["runuser", "-u", pwd.getpwuid(owner).pw_name, "--"]
+    command = [*prefix, str(Path(opts[0]).with_name("pg_ctl")), "-D", str(data), *args]
+    if args[0] == "start":  # the options it ran with, but the data folder
+        rest = [o for i, o in enumerate(opts[1:]) if "-D" not in (o, opts[i])]
+        command += ["-w", "-l", str(data / "outage_test.log"), "-o", shlex.join(rest)]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (POSTGRES and PG_DATA),
+    reason="needs a PostgreSQL server this test may stop: ACTREG_TEST_POSTGRES and "
+    "ACTREG_TEST_POSTGRES_DATA (set by .ci/run)",
+)
+def test_postgres_outage_mid_trial(tmp_path):
+    """The server stops for 15 s while two trials run and finish: both results land once,
+    neither trial is failed as stale, each worker logs the outage once."""
+    if os.getuid() != Path(str(PG_DATA)).stat().st_uid and os.getuid() != 0:
+        pytest.skip("the PostgreSQL data folder belongs to another user and we are not root")
+    spec = _spec(
+        tmp_path,
+        coefs=[1e-2, 1e-3],
+        refine=0,
+        storage=POSTGRES,
+        overrides=["sleep=4", f"log={tmp_path / 'runs.log'}"],
+    )
+    proc = _search(tmp_path, spec)
+    deadline = time.time() + 120
+    while _count(tmp_path / "runs.log.start") < 2:
+        assert time.time() < deadline and proc.poll() is None, "the trials did not start"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    _pg_ctl("stop", "-m", "fast", "-w")
+    try:
+        time.sleep(15)
+    finally:
+        _pg_ctl("start")
+    err = (tmp_path / "search.err").read_text
+    assert proc.wait(timeout=120) == 0, err()
+    assert sorted(_finished_runs(tmp_path).items()) == [(1e-3, 1), (1e-2, 1)]
+    done = _complete(spec)
+    assert sorted(done) == [1e-3, 1e-2] and all(len(v) == 1 for v in done.values())
+    text = err()
+    assert text.count("unreachable") == 2 and text.count("is back after") == 2, text
+    assert "actreg:actreg@" not in text and "Traceback" not in text
+    import optuna
+
+    trials = optuna.load_study(study_name=spec["study"], storage=POSTGRES).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # none failed as stale
+
+
+def test_outage_past_the_deadline_is_one_clear_error(caplog):
+    import sqlalchemy.exc
+
+    calls = []
+
+    def down() -> None:
+        calls.append(time.monotonic())
+        raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    outage = Outage("postgresql://u:***@db:5432/runs", patience=1.2, scrub=str)
+    with caplog.at_level("WARNING", logger="actreg.lab.search"):
+        with pytest.raises(ActregError) as err:
+            outage.call("storing the result of trial 3", down, reset=lambda: None)
+    message = str(err.value)
+    assert message.startswith("storage postgresql://u:***@db:5432/runs unreachable for 1 s")
+    assert "while storing the result of trial 3" in message
+    assert "run the same command again: it resumes" in message
+    assert len(calls) == 3  # after 0.5 s, then 0.7 s (what was left of the 1.2 s)
+    assert caplog.text.count("unreachable") == 1  # logged once per outage
+
+
+def test_outage_retries_until_back_and_other_errors_pass(caplog):
+    import sqlalchemy.exc
+
+    outcomes: list[Exception | None] = [
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed")),
+        sqlalchemy.exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")),
+        None,
+    ]
+    resets = []
+
+    def flaky() -> str:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        return "ok"
+
+    outage = Outage("postgresql://u:***@db/runs", patience=30, scrub=str)
+    with caplog.at_level("WARNING", logger="actreg.lab.search"):
+        assert outage.call("claiming a trial", flaky, reset=lambda: resets.append(1)) == "ok"
+    assert len(resets) == 2 and outage.outages == 1 and outage.recently_back(5)
+    assert caplog.text.count("unreachable") == 1 and caplog.text.count("is back") == 1
+    with pytest.raises(KeyError):  # not an outage: raised at once
+        outage.call("reading", lambda: {}["x"], reset=lambda: None)
+
+
+TRAIN = """
+import sys, time, torch
+from pathlib import Path
+from torch import nn
+from actreg.lab.train import TrainConfig, fit
+run_dir, resume, pause = Path(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3])
+gen = torch.Generator().manual_seed(1)
+x, y = torch.randn(512, 8, generator=gen), torch.randint(0, 2, (512,), generator=gen)
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 2))
+cfg = TrainConfig(epochs=8, batch_size=32, progress=False, threads=1)
+out = fit(
+    model, (x[:384], y[:384]), (x[384:], y[384:]),
+    loss_fn=lambda m, a, b: nn.functional.cross_entropy(m(a), b),
+    metrics_fn=lambda m, a, b: {"loss": float(nn.functional.cross_entropy(m(a), b))},
+    objective="loss", cfg=cfg, run_dir=run_dir, resume=resume,
+    after_epoch=lambda epoch: time.sleep(pause),
+)
+history = [{k: v for k, v in row.items() if k != "seconds"} for row in out["history"]]
+torch.save({"history": history, "model": model.state_dict()}, run_dir / "final.pt")
+"""
+
+
+def _train(run_dir: Path, resume: bool, pause: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(run_dir), str(int(resume)), str(pause)],
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_training_killed_between_epochs_resumes_from_its_checkpoint(tmp_path):
+    """kill -9 mid-training; the rerun with resume=True continues from the last checkpoint
+    and ends bit for bit where an uninterrupted run ends."""
+    import torch
+
+    from actreg import load_checkpoint
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for d in (whole, killed):
+        d.mkdir()
+    proc = _train(killed, resume=False, pause=0.3)
+    deadline = time.time() + 120
+    while True:
+        assert time.time() < deadline and proc.poll() is None, "training ended too soon"
+        if (killed / "checkpoint.pt").exists():
+            if load_checkpoint(killed / "checkpoint.pt")["resume"]["epoch"] >= 3:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(killed / "checkpoint.pt")["resume"]["epoch"]
+    assert 3 <= stopped_at < 8 and not (killed / "final.pt").exists()
+    for run_dir, resume in ((killed, True), (whole, False)):
+        proc = _train(run_dir, resume=resume, pause=0.0)
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr.decode()
+    a, b = (torch.load(d / "final.pt") for d in (whole, killed))
+    assert a["history"] == b["history"] and len(a["history"]) == 8
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
