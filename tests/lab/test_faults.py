@@ -7,7 +7,8 @@ between epochs and resumed from its checkpoint. The search runs the toy experime
 ``test_search.py`` (a trial sleeps about a second), registered in every process.
 
 ``ACTREG_FAULT_ROUNDS=N`` sets the number of kill rounds of each kind (default: 3 of the
-search, 1 of a single worker); ``-s`` shows the counts of each test, e.g.
+search, 1 of a single worker), ``ACTREG_FAULT_OUTAGES=N`` the number of outages (default
+1); ``-s`` shows the counts of each test, e.g.
 ``ACTREG_FAULT_ROUNDS=20 pytest -s tests/lab/test_faults.py -k kill`` (docs/RELIABILITY.md).
 The outage test needs ``ACTREG_TEST_POSTGRES`` and ``ACTREG_TEST_POSTGRES_DATA`` (the
 server's data folder, whose owner may run ``pg_ctl``), both set by ``.ci/run``.
@@ -46,6 +47,7 @@ PG_DATA = os.environ.get("ACTREG_TEST_POSTGRES_DATA")
 TESTS = Path(__file__).parent
 ROUNDS = int(os.environ.get("ACTREG_FAULT_ROUNDS", "0"))  # 0: the defaults below
 STUDIES = max(1, (ROUNDS + 2) // 3)  # searches killed 3 times each
+OUTAGES = int(os.environ.get("ACTREG_FAULT_OUTAGES", "1"))
 SEED = 16
 
 pytestmark = pytest.mark.skipif(
@@ -301,7 +303,8 @@ def _pg_ctl(*args: str) -> None:
     reason="needs a PostgreSQL server this test may stop: ACTREG_TEST_POSTGRES and "
     "ACTREG_TEST_POSTGRES_DATA (set by .ci/run)",
 )
-def test_postgres_outage_mid_trial(tmp_path):
+@pytest.mark.parametrize("outage", range(OUTAGES), ids=lambda o: f"outage{o}")
+def test_postgres_outage_mid_trial(tmp_path, outage):
     """The server stops for 15 s while two trials run and finish: both results land once,
     neither trial is failed as stale, each worker logs the outage once."""
     if os.getuid() != Path(str(PG_DATA)).stat().st_uid and os.getuid() != 0:

@@ -377,3 +377,19 @@ def test_trials_whose_worker_died_do_not_count(fake, tmp_path):
         store.close()
     rows = run_search(cfg)
     assert rows[0]["state"] == "complete" and rows[0]["attempts"] == 5
+
+
+def test_a_journaled_result_is_stored_not_run_again(fake, tmp_path):
+    """A worker killed after its trial finished, before the storage took the result, leaves
+    it in the journal: the point's next trial stores it instead of training again."""
+    log = tmp_path / "runs.log"
+    cfg = SearchConfig("fake", coefs=(1e-2, 1e-3), out_dir=str(tmp_path), overrides=(f"log={log}",))
+    journal = cfg.search_dir / "journal"
+    journal.mkdir(parents=True)
+    attrs = {"metrics": {"val_loss": 0.125, "zero_fraction": 0.5}, "run_dir": "x", "seconds": 1}
+    (journal / "coef0.01.json").write_text(json.dumps({"trial": 7, "value": 0.125, "attrs": attrs}))
+    (journal / "coef0.5.json").write_text("{}")  # a point of no search: left alone
+    rows = run_search(cfg)
+    assert rows[-1]["coef"] == 1e-2 and rows[-1]["val_loss"] == 0.125
+    assert _lines(log) == [1e-3]  # only the other point ran
+    assert sorted(p.name for p in journal.iterdir()) == ["coef0.5.json"]

@@ -26,7 +26,7 @@ from actreg.lab.search._db import Store, scrub
 from actreg.lab.search._retry import transient
 from actreg.lab.search.config import SearchConfig
 
-__all__ = ["Claim", "run_trial", "start", "store_outcome"]
+__all__ = ["Claim", "clean_journal", "run_trial", "start", "store_outcome"]
 
 log = logging.getLogger("actreg.lab.search")
 
@@ -89,6 +89,21 @@ class _Heartbeat:
 def journal_path(config: SearchConfig, coef: float) -> Path:
     """Where a point's finished result waits until the storage has it."""
     return config.search_dir / "journal" / f"coef{coef!r}.json"
+
+
+def clean_journal(config: SearchConfig, points: dict[float, list[Any]]) -> None:
+    """Remove the journal entries of points already complete (a worker killed after
+    storing a result, before removing its entry, leaves one behind)."""
+    from optuna.trial import TrialState
+
+    folder = config.search_dir / "journal"
+    for path in folder.glob("coef*.json") if folder.is_dir() else []:
+        try:
+            coef = float(path.name[len("coef") : -len(".json")])
+        except ValueError:
+            continue
+        if any(t.state == TrialState.COMPLETE for t in points.get(coef, [])):
+            path.unlink(missing_ok=True)
 
 
 def _write_journal(path: Path, entry: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 
 from actreg._errors import ActregError
 from actreg.lab.search._db import Store
-from actreg.lab.search._trial import Claim, run_trial, start
+from actreg.lab.search._trial import Claim, clean_journal, run_trial, start
 from actreg.lab.search.config import SearchConfig
 from actreg.lab.search.grid import refine_grid
 
@@ -224,8 +224,13 @@ def work(config: SearchConfig) -> None:
     """
     store, study = _open(config)
     window = config.grace + 2 * config.heartbeat  # after an outage, let heartbeats resume
+
+    def tidy() -> None:  # journal entries of points already complete
+        clean_journal(config, store.call("reading the trials", lambda: trials_by_coef(study)))
+
     try:
         store.locked("planning the grid", lambda: _plan(config, study, retry_failed=True))
+        tidy()
         while True:
             recent = store.outage.recently_back(window) or store.server_started_within(window)
             step = functools.partial(_next, config, store, study, stale_ok=not recent)
@@ -235,6 +240,7 @@ def work(config: SearchConfig) -> None:
             elif running:
                 time.sleep(POLL)
             else:
+                tidy()
                 return
     finally:
         store.close()
