@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from actreg._errors import ActregError
 
-__all__ = ["Outage", "transient"]
+__all__ = ["Outage", "reason", "transient"]
 
 log = logging.getLogger("actreg.lab.search")
 
@@ -56,6 +56,20 @@ def transient(err: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def reason(err: BaseException) -> str:
+    """The first line of the innermost error ``err`` was raised from: the driver's own words
+    ("connection refused"), not a wrapper's (Optuna's says "invalid data in the commit")."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    inner: BaseException = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "orig", None) or current
+        current = current.__cause__ or current.__context__
+    lines = str(inner).strip().splitlines()
+    return lines[0] if lines else type(inner).__name__
 
 
 class Outage:
@@ -88,12 +102,11 @@ class Outage:
             if self.since is None:
                 self.since = now
                 self.outages += 1
-                first = self.scrub(str(err)).strip().splitlines()[:1]
                 log.warning(
                     "storage %s unreachable (%s: %s); retrying for up to %g s",
                     self.masked,
                     what,
-                    " ".join(first) or type(err).__name__,
+                    self.scrub(reason(err)),
                     self.patience,
                 )
             return now - self.since
@@ -130,7 +143,8 @@ class Outage:
                 left = self.patience - down
                 if left <= 0:
                     raise ActregError(
-                        f"storage {self.masked} unreachable for {down:.0f} s (while {what}); "
+                        f"storage {self.masked} unreachable for {down:.0f} s (while {what}: "
+                        f"{self.scrub(reason(err))}); "
                         "when the server is back, run the same command again: it resumes "
                         "(finished trials are kept)"
                     ) from None
