@@ -269,9 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: derived from the settings)")
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="experiment setting")
-    p.add_argument(
-        "--retry-failed", action="store_true", help="try grid points given up once more"
-    )
+    p.add_argument("--retry-failed", action="store_true", help="try grid points given up once more")
     p.set_defaults(func=_search)
 
     p = sub.add_parser("data", help="fetch or list data sets")
