@@ -59,17 +59,20 @@ def transient(err: BaseException) -> bool:
 
 
 def reason(err: BaseException) -> str:
-    """The first line of the innermost error ``err`` was raised from: the driver's own words
-    ("connection refused"), not a wrapper's (Optuna's says "invalid data in the commit")."""
+    """The first line of the driver's error that ``err`` was raised from ("connection
+    refused"), not a wrapper's (Optuna's says "invalid data in the commit")."""
     seen: set[int] = set()
     current: BaseException | None = err
-    inner: BaseException = err
+    found: BaseException = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        inner = getattr(current, "orig", None) or current
+        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError: the driver's error
+        if isinstance(orig, BaseException) and str(orig).strip():
+            found = orig
+            break
         current = current.__cause__ or current.__context__
-    lines = str(inner).strip().splitlines()
-    return lines[0] if lines else type(inner).__name__
+    lines = str(found).strip().splitlines()
+    return lines[0] if lines else type(found).__name__
 
 
 class Outage:
