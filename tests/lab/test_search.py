@@ -45,12 +45,26 @@ class FakeConfig:
     out_dir: str = "runs"
     run_name: str | None = None
     sleep: float = 0.0
-    log: str = ""
+    log: str = ""  # each finished run appends its coefficient; each start, to LOG.start
+    crash: str = ""  # "raise:N" or "kill:N": the first N runs raise, or SIGKILL their process
 
 
 def fake_run(cfg: FakeConfig) -> dict:
     run_dir = Path(cfg.out_dir) / "fake" / str(cfg.run_name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.log:
+        with open(f"{cfg.log}.start", "a") as f:
+            f.write(f"{cfg.coef}\n")
+    if cfg.crash:
+        kind, _, times = cfg.crash.partition(":")
+        crashes = Path(f"{cfg.log}.crashes")
+        done = len(crashes.read_text().split()) if crashes.exists() else 0
+        if done < int(times):
+            with open(crashes, "a") as f:
+                f.write(f"{cfg.coef}\n")
+            if kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"toy failure {done + 1}")
     time.sleep(cfg.sleep)
     if cfg.log:
         with open(cfg.log, "a") as f:
@@ -156,6 +170,7 @@ def test_refine_single_point_uses_decade_above():
         ({"objective": "accuracy"}, "unknown objective"),
         ({"storage": "postgresql//u:hunter2@h/db"}, "malformed"),
         ({"storage": "oracle://u:hunter2@h/db"}, "unsupported"),
+        ({"storage": "mysql://u:hunter2@h/db"}, "unsupported storage 'mysql'.*sqlite.*postgresql"),
         ({"storage": "sqlite://"}, "in-memory"),
         ({"coefs": ()}, "empty"),
         ({"refine": -1}, "refine"),
@@ -169,6 +184,7 @@ def test_refine_single_point_uses_decade_above():
         "objective",
         "malformed",
         "backend",
+        "mysql",
         "memory",
         "empty",
         "refine",
@@ -183,7 +199,7 @@ def test_bad_input_before_any_trial(tmp_path, kwargs, match):
     kwargs = {"experiment": "sparse-rectifier", **kwargs}
     with pytest.raises(ActregError, match=match) as err:
         SearchConfig(out_dir=str(tmp_path), **kwargs)
-    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in str(err.value) and "actreg[search]" not in str(err.value)
     assert not (tmp_path / "search").exists()
 
 
@@ -269,7 +285,7 @@ def test_stale_running_trial_is_retried(fake, tmp_path):
     store.close()
     rows = run_search(cfg)
     states = {t.number: t.state.name for t in _optuna_trials(cfg)}
-    assert states[abandoned.number] == "FAIL"
+    assert states[abandoned.trial.number] == "FAIL"
     assert [r["attempts"] for r in rows] == [1, 2][:: -1 if rows[0]["coef"] == 1e-2 else 1]
     assert all(r["state"] == "complete" for r in rows)
 
@@ -326,3 +342,54 @@ def test_cli_search(fake, tmp_path, capsys):
     assert "| coef |" in out and "report:" in out
     assert main(["search", "fake", "--coef", "0", "--out", str(tmp_path)]) == 2
     assert "positive" in capsys.readouterr().err
+
+
+def test_only_trials_that_raise_count_toward_the_cap(fake, tmp_path, capsys):
+    log = tmp_path / "runs.log"
+    argv = ["search", "fake", "--coef", "1e-2", "--objective", "val_loss", "--out", str(tmp_path)]
+    argv += ["--set", f"log={log}", "--set", "crash=raise:3"]
+    for attempt in (1, 2):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"coef 0.01 failed {attempt} of 3 allowed times" in err, err
+        assert "RuntimeError: toy failure" in err and "run the same command again" in err
+    for _ in range(2):  # the third raise gives the point up; a rerun runs nothing, says so
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "coef 0.01 was given up: its trial raised 3 times" in err, err
+        assert "--retry-failed" in err and "search.md" in err
+    assert len((tmp_path / "runs.log.crashes").read_text().split()) == 3
+    assert main([*argv, "--retry-failed"]) == 0  # the fourth attempt: no crash left
+    assert "| complete |" in capsys.readouterr().out
+    assert _lines(log) == [0.01]
+
+
+def test_trials_whose_worker_died_do_not_count(fake, tmp_path):
+    from optuna.trial import TrialState
+
+    cfg = SearchConfig("fake", coefs=(1e-2,), out_dir=str(tmp_path), max_attempts=2)
+    for _ in range(4):  # four workers die mid-trial: their trials are failed as stale
+        store, study = search_worker._open(cfg)
+        with store.lock():
+            search_worker._plan(cfg, study, retry_failed=True)
+            claim = search_worker._claim(store, study)
+            study.tell(claim.trial, state=TrialState.FAIL)  # as fail_stale_trials does
+        store.close()
+    rows = run_search(cfg)
+    assert rows[0]["state"] == "complete" and rows[0]["attempts"] == 5
+
+
+def test_a_journaled_result_is_stored_not_run_again(fake, tmp_path):
+    """A worker killed after its trial finished, before the storage took the result, leaves
+    it in the journal: the point's next trial stores it instead of training again."""
+    log = tmp_path / "runs.log"
+    cfg = SearchConfig("fake", coefs=(1e-2, 1e-3), out_dir=str(tmp_path), overrides=(f"log={log}",))
+    journal = cfg.search_dir / "journal"
+    journal.mkdir(parents=True)
+    attrs = {"metrics": {"val_loss": 0.125, "zero_fraction": 0.5}, "run_dir": "x", "seconds": 1}
+    (journal / "coef0.01.json").write_text(json.dumps({"trial": 7, "value": 0.125, "attrs": attrs}))
+    (journal / "coef0.5.json").write_text("{}")  # a point of no search: left alone
+    rows = run_search(cfg)
+    assert rows[-1]["coef"] == 1e-2 and rows[-1]["val_loss"] == 0.125
+    assert _lines(log) == [1e-3]  # only the other point ran
+    assert sorted(p.name for p in journal.iterdir()) == ["coef0.5.json"]

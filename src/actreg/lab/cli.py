@@ -157,6 +157,7 @@ def _search(args: argparse.Namespace) -> int:
         overrides=tuple(args.set or ()),
         workers=args.workers,
         out_dir=args.out,
+        retry_failed=args.retry_failed,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: derived from the settings)")
     p.add_argument("--out", default="runs", help="output folder (default: runs)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="experiment setting")
+    p.add_argument("--retry-failed", action="store_true", help="try grid points given up once more")
     p.set_defaults(func=_search)
 
     p = sub.add_parser("data", help="fetch or list data sets")

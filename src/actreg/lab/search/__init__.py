@@ -4,19 +4,22 @@ The article's procedure as one resumable, parallel command::
 
     actreg search sparse-ae --coef 1e-1,1e-2,1e-3,1e-4 --refine 3 --set data=digits
 
-Every grid point is one Optuna trial in a database (a SQLite file by default, any
-SQLAlchemy URL such as PostgreSQL for several machines). Grid points are enqueued once and
-claimed by one worker each; running trials send heartbeats, and a trial whose worker died
-(even by SIGKILL) is marked failed and enqueued again. Running the same command again
-finishes an interrupted search; finished trials are not run again.
+Every grid point is one Optuna trial in a database (a SQLite file by default, PostgreSQL
+for several machines). Grid points are enqueued once and claimed by one worker each;
+running trials send heartbeats, and a trial whose worker died (even by SIGKILL) is marked
+failed and enqueued again. Running the same command again finishes an interrupted search;
+finished trials are not run again. Storage outages are ridden out, and a finished result
+waits (in memory and a journal) until it is stored: see docs/RELIABILITY.md.
 
 The search is generic: it names no experiment. What it needs from one (objectives, the
 metrics a trial records, settings, the coefficient's field) is the experiment's
 :class:`~actreg.lab.experiments.SearchSpec` in the registry. Its modules import one way:
 
 * :mod:`~actreg.lab.search.grid`: the coarse and refined grids (pure functions);
+* :mod:`~actreg.lab.search._retry`: retries through storage outages (backoff, deadline);
 * :mod:`~actreg.lab.search._db`: storage URLs (masked in all output), the lock, Optuna storage;
 * :mod:`~actreg.lab.search.config`: :class:`SearchConfig`, checked before any trial;
+* :mod:`~actreg.lab.search._trial`: one claimed trial: run, journal, store its outcome;
 * :mod:`~actreg.lab.search.worker`: one worker (grid -> trial -> storage);
 * :mod:`~actreg.lab.search.run`: workers, rows, report.
 

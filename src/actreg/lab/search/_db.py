@@ -10,8 +10,14 @@ lock shared by every worker of the search is held, so no grid point is claimed t
 * SQLite: ``flock`` on ``DB_FILE.lock`` (one machine). The database is put in WAL mode and
   every write transaction starts with ``BEGIN IMMEDIATE`` and waits up to two minutes for
   the write lock, so concurrent workers wait instead of failing with "database is locked".
-* PostgreSQL: a session advisory lock (``pg_advisory_lock``); MySQL: ``GET_LOCK``. The
-  server releases them when a worker's connection dies, even after SIGKILL.
+* PostgreSQL: a session advisory lock (``pg_advisory_lock``). The server releases it when
+  a worker's connection dies, even after SIGKILL; waiting for it times out after
+  ``LOCK_TIMEOUT`` (then retried as an outage), so a lock held by a session the server has
+  not yet seen die cannot stall a worker for good.
+
+Once a worker has reached the storage, every call it makes rides out outages
+(:mod:`~actreg.lab.search._retry`); the first connection fails at once, so a wrong host or
+password is reported without a wait. SQLite is a local file: no outages, no retries.
 
 Optuna and SQLAlchemy are imported only when a function here is called.
 """
@@ -23,17 +29,29 @@ import hashlib
 import re
 import sqlite3
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 from actreg._errors import ActregError
+from actreg.lab.search._retry import Outage, transient
 
 __all__ = ["Store", "check_storage_url", "safe_url"]
 
-BACKENDS = ("sqlite", "postgresql", "mysql")
+BACKENDS = ("sqlite", "postgresql")
 SQLITE_TIMEOUT = 120.0  # seconds a SQLite writer waits for the write lock
+LOCK_TIMEOUT = "60s"  # PostgreSQL: longest wait for the search-wide lock before a retry
+# libpq: notice a dead server within seconds, not after the system's TCP timeout (hours)
+PG_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+T = TypeVar("T")
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _SECRET_QUERY = re.compile(
@@ -146,7 +164,10 @@ def check_storage_url(url: str) -> Any:
     backend = parsed.get_backend_name()
     if backend not in BACKENDS:
         raise ActregError(
-            f"unsupported storage {backend!r} in {safe_url(url)!r}; use one of {BACKENDS}"
+            f"unsupported storage {backend!r} in {safe_url(url)!r}: the search stores its "
+            "trials in sqlite (a file on this machine, e.g. sqlite:///runs/search.db) or "
+            "postgresql (several machines, e.g. postgresql://user:password@host:5432/db); "
+            "use one of those"
         )
     if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ActregError(
@@ -160,18 +181,20 @@ class Store:
     """One worker's connection to the search database: the lock and the Optuna storage.
 
     Args:
-        url: a SQLAlchemy URL (SQLite file, PostgreSQL, MySQL).
+        url: a SQLAlchemy URL (a SQLite file or PostgreSQL).
         heartbeat: seconds between heartbeats of a running trial.
         grace: seconds without a heartbeat after which a running trial is stale.
+        patience: seconds a storage outage may last before a call gives up.
     """
 
-    def __init__(self, url: str, heartbeat: int, grace: int) -> None:
+    def __init__(self, url: str, heartbeat: int, grace: int, patience: float = 120.0) -> None:
         self.url = url
         self.masked = safe_url(url)
         self.parsed = check_storage_url(url)
         self.backend: str = self.parsed.get_backend_name()
         self.heartbeat = heartbeat
         self.grace = grace
+        self.outage = Outage(self.masked, patience, lambda text: scrub(text, url))
         self._lock_file: Any = None
         self._lock_conn: Any = None
         self._depth = 0
@@ -180,30 +203,54 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.lock_path = Path(f"{path}.lock")
         else:
-            self._connect_lock()
-        with self.lock():
-            self.storage = self._make_storage()
+            try:
+                self._connect_lock()
+            except ImportError as err:
+                raise ActregError(
+                    f"no database driver for {self.masked}: {err}; postgresql:// uses psycopg: "
+                    "pip install 'actreg[search]'"
+                ) from None
+            except Exception as err:
+                first = scrub(str(err), self.url).strip().splitlines()[0:2]
+                raise ActregError(
+                    f"cannot reach storage {self.masked}: {' '.join(first)}; check the host, "
+                    "port, user and password, and that the server is running"
+                ) from None
+        self.storage = self.locked("opening the storage", self._make_storage)
+
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, retried through storage outages (see :mod:`~actreg.lab.search._retry`)."""
+        if self.backend == "sqlite":
+            return fn()
+        return self.outage.call(what, fn, reset=self._drop_lock)
+
+    def locked(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()`` under the search-wide lock, the whole section retried through outages."""
+
+        def section() -> T:
+            with self.lock():
+                return fn()
+
+        return self.call(what, section)
 
     def _connect_lock(self) -> None:
         import sqlalchemy
 
-        args = {"connect_timeout": 10} if self.backend in ("postgresql", "mysql") else {}
-        try:
-            engine = sqlalchemy.create_engine(
-                self.url, poolclass=sqlalchemy.pool.NullPool, connect_args=args
-            )
-            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        except ImportError as err:
-            raise ActregError(
-                f"no database driver for {self.masked}: {err}; pip install 'actreg[search]'"
-            ) from None
-        except Exception as err:
-            first = scrub(str(err), self.url).strip().splitlines()[0:2]
-            raise ActregError(
-                f"cannot reach storage {self.masked}: {' '.join(first)}; check the host, port, "
-                "user and password, and that the server is running"
-            ) from None
+        engine = sqlalchemy.create_engine(
+            self.url, poolclass=sqlalchemy.pool.NullPool, connect_args=PG_CONNECT
+        )
+        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        conn.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
         self._lock_conn = conn
+
+    def _drop_lock(self) -> None:
+        """Close the lock's connection after an error (the server then drops the lock)."""
+        conn, self._lock_conn, self._depth = self._lock_conn, None, 0
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _lock_key(self) -> int:
         digest = hashlib.sha1(b"actreg.lab.search").digest()
@@ -235,12 +282,12 @@ class Store:
 
             self._lock_file = open(self.lock_path, "a+")  # held until _release
             fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-        elif self.backend == "postgresql":
-            self._lock_conn.execute(
-                sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._lock_key()}
-            )
-        else:
-            self._lock_conn.execute(sqlalchemy.text("SELECT GET_LOCK('actreg.lab.search', 3600)"))
+            return
+        if self._lock_conn is None:  # lost in an outage
+            self._connect_lock()
+        self._lock_conn.execute(
+            sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._lock_key()}
+        )
 
     def _release(self) -> None:
         import sqlalchemy
@@ -251,12 +298,30 @@ class Store:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
-        elif self.backend == "postgresql":
+            return
+        try:
             self._lock_conn.execute(
                 sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._lock_key()}
             )
-        else:
-            self._lock_conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK('actreg.lab.search')"))
+        except Exception as err:
+            # The section's work is done; a connection that died since has lost the lock.
+            if not transient(err):
+                raise
+            self._drop_lock()
+
+    def server_started_within(self, seconds: float) -> bool:
+        """Whether the PostgreSQL server (re)started less than ``seconds`` ago."""
+        import sqlalchemy
+
+        if self.backend == "sqlite":
+            return False
+        query = "SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())"
+
+        def uptime() -> float:
+            with self.lock():
+                return float(self._lock_conn.execute(sqlalchemy.text(query)).scalar_one())
+
+        return self.call("reading the server's start time", uptime) < seconds
 
     def _make_storage(self) -> Any:
         import optuna
@@ -271,8 +336,9 @@ class Store:
             # BEGIN IMMEDIATE before every write: writers queue on the busy timeout
             # instead of failing when a read transaction would have to be upgraded.
             kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT, "isolation_level": "IMMEDIATE"}
-        elif self.backend == "postgresql":
+        else:
             kwargs["pool_pre_ping"] = True
+            kwargs["connect_args"] = PG_CONNECT
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
@@ -283,15 +349,15 @@ class Store:
                     grace_period=self.grace,
                 )
             except Exception as err:
+                if transient(err):
+                    raise
                 raise ActregError(
                     f"cannot open storage {self.masked}: {scrub(str(err), self.url)}"
                 ) from None
 
     def close(self) -> None:
         """Close the connections (the lock connection and the storage's pool)."""
-        if self._lock_conn is not None:
-            self._lock_conn.close()
-            self._lock_conn = None
+        self._drop_lock()
         storage = getattr(self, "storage", None)
         if storage is not None:
             storage.engine.dispose()

@@ -83,7 +83,11 @@ class SearchConfig:
         out_dir: trials go to ``OUT_DIR/search/STUDY/trials``, the report next to them.
         heartbeat: seconds between heartbeats of a running trial.
         grace: seconds without a heartbeat after which a running trial is retried.
-        max_attempts: how often a grid point is tried before it is given up.
+        max_attempts: how often a grid point's trial may raise before the point is given
+            up (a trial whose worker died does not count).
+        patience: seconds a storage outage may last before a worker gives up (the same
+            command, run again, resumes).
+        retry_failed: give the points given up (and the failed ones) fresh attempts.
         targets: zero-fraction targets: search over these instead of coefficients (each
             trial in target mode); ``coefs`` then holds them and ``refine`` must be 0.
 
@@ -108,6 +112,8 @@ class SearchConfig:
     grace: int = 20
     max_attempts: int = 3
     targets: tuple[float, ...] = ()
+    patience: float = 120.0
+    retry_failed: bool = False
 
     def __post_init__(self) -> None:
         self.refine = check_refine(self.refine)
@@ -139,6 +145,11 @@ class SearchConfig:
             raise ActregError(
                 f"need workers >= 1, heartbeat >= 1 and grace > heartbeat, got {self.workers}, "
                 f"{self.heartbeat}, {self.grace}"
+            )
+        if self.max_attempts < 1 or not self.patience > 0:
+            raise ActregError(
+                f"need max_attempts >= 1 and patience > 0 seconds, got {self.max_attempts}, "
+                f"{self.patience}"
             )
         if self.storage is None:
             self.storage = f"sqlite:///{Path(self.out_dir) / 'search' / 'optuna.db'}"

@@ -8,8 +8,12 @@ study back (:func:`search_rows`) and writes ``search.md``, ``search.json`` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import multiprocessing
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +22,89 @@ from actreg.lab import plots
 from actreg.lab.report import format_table
 from actreg.lab.search._db import Store, safe_url
 from actreg.lab.search.config import SearchConfig
-from actreg.lab.search.worker import trials_by_coef, work
+from actreg.lab.search.worker import retry_failed, trials_by_coef, unfinished, work
 
 __all__ = ["run_search", "search_rows", "write_search_report"]
+
+log = logging.getLogger("actreg.lab.search")
 
 
 def run_search(config: SearchConfig) -> list[dict[str, Any]]:
     """Run (or resume, or join) the search; returns :func:`search_rows` and writes the report.
 
     With ``workers > 1`` the workers are separate processes; the same call on another
-    machine with the same ``storage`` joins the search.
+    machine with the same ``storage`` joins the search. Workers that die while the others
+    finish the work are only logged.
+
+    Raises:
+        ActregError: after writing the report, when a grid point has no result: which
+            points, why, and how to go on (run again to resume, ``--retry-failed`` for a
+            point given up).
     """
+    if config.retry_failed:
+        retry_failed(config)
+        config = dataclasses.replace(config, retry_failed=False)
+    died: list[int] = []
     if config.workers == 1:
         work(config)
     else:
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=work, args=(config,)) for _ in range(config.workers)]
+        level = log.getEffectiveLevel()
+        procs = [ctx.Process(target=_worker, args=(config, level)) for _ in range(config.workers)]
         for proc in procs:
             proc.start()
         for proc in procs:
             proc.join()
-        bad = [p.exitcode for p in procs if p.exitcode != 0]
-        if bad:
-            raise ActregError(f"{len(bad)} search worker(s) failed (exit codes {bad}); see the log")
-    rows = search_rows(config)
-    write_search_report(config, rows)
+        died = [int(p.exitcode or 0) for p in procs if p.exitcode != 0]
+    rows, missing = _read(config)
+    path = write_search_report(config, rows)
+    stopped = f"{len(died)} of {config.workers} workers stopped early (exit codes {died})"
+    if died and not missing:
+        log.warning("%s; the others finished the work", stopped)
+    if missing:
+        head = f"{stopped}; " if died else ""
+        raise ActregError(
+            f"{head}the search is not finished: {'; '.join(missing)} (report so far: {path})"
+        )
     return rows
+
+
+def _worker(config: SearchConfig, level: int) -> None:
+    """A worker process: its log on stderr, an error as one ``actreg: error:`` line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    try:
+        work(config)
+    except ActregError as err:
+        sys.stderr.write(f"actreg: error: {err}\n")
+        sys.exit(1)
 
 
 def search_rows(config: SearchConfig) -> list[dict[str, Any]]:
     """One row per grid point, ascending coefficient: the finished trial's (else the last
     one's) coefficient, objective, the other metrics of the experiment's contract (those
     that are no objective first, e.g. sparsity), attempts, seconds and run folder."""
+    return _read(config)[0]
+
+
+def _read(config: SearchConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """:func:`search_rows` and :func:`~actreg.lab.search.worker.unfinished`."""
     import optuna
     from optuna.trial import TrialState
 
-    store = Store(str(config.storage), config.heartbeat, config.grace)
+    store = Store(str(config.storage), config.heartbeat, config.grace, config.patience)
     try:
-        study = optuna.load_study(study_name=config.study, storage=store.storage)
-    except KeyError:
-        raise ActregError(f"no study {config.study!r} in {store.masked}") from None
-    try:
-        points = trials_by_coef(study)
+
+        def load() -> tuple[dict[float, list[Any]], list[str]]:
+            try:
+                study = optuna.load_study(study_name=config.study, storage=store.storage)
+            except KeyError:
+                raise ActregError(f"no study {config.study!r} in {store.masked}") from None
+            return trials_by_coef(study), unfinished(config, study)
+
+        points, missing = store.call("reading the results", load)
     finally:
         store.close()
     objectives = set(config.spec.objectives)
@@ -83,7 +128,7 @@ def search_rows(config: SearchConfig) -> list[dict[str, Any]]:
         row["seconds"] = attrs.get("seconds")
         row["run_dir"] = attrs.get("run_dir")
         out.append(row)
-    return out
+    return out, missing
 
 
 def write_search_report(config: SearchConfig, rows: list[dict[str, Any]] | None = None) -> Path:
