@@ -213,13 +213,14 @@ def magnitude_thresholds(
 
 
 class _Zero(Hook):
-    """Replaces the values of a module's output with ``|a| < threshold`` by zeros."""
+    """Replaces the values of a module's output with ``|a| < threshold`` by zeros (unlike
+    the recording hooks of its base, it returns the new output)."""
 
     def __init__(self, name: str, threshold: float) -> None:
         super().__init__(name, lambda out: out)
         self.threshold = threshold
 
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> Tensor:
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Tensor:  # type: ignore[override]
         if not isinstance(output, Tensor):
             raise ActregError(
                 f"apply_thresholds can only replace a tensor output; module {self.name!r} "
