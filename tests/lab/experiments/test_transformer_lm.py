@@ -91,9 +91,10 @@ def test_penalties_make_the_ffn_sparser_and_target_mode_moves_toward_the_target(
     assert v["relu-l1"]["zero_fraction"] > v["relu"]["zero_fraction"] + 0.05
     relu, target = v["relu"]["zero_fraction"], v["relu-target"]["zero_fraction"]
     assert relu < 0.8 and abs(target - 0.9) < abs(relu - 0.9) and target > 0.8
-    assert v["relu-target"]["history"][-1]["val_zero_fraction"] > v["relu"]["history"][-1][
-        "val_zero_fraction"
-    ]
+    assert (
+        v["relu-target"]["history"][-1]["val_zero_fraction"]
+        > v["relu"]["history"][-1]["val_zero_fraction"]
+    )
 
 
 @pytest.mark.parametrize("base", ["gelu", "relu"], ids=["gelu", "relu"])
@@ -149,8 +150,17 @@ def test_missing_transformers_names_the_extra(monkeypatch, corpus_dir):
         (["context=1"], "context must be"),
         (["max_steps=0"], "max_steps"),
     ],
-    ids=["variant", "heads", "ramp", "target", "no-target", "threshold-base", "threshold", "ctx",
-         "steps"],  # fmt: skip
+    ids=[
+        "variant",
+        "heads",
+        "ramp",
+        "target",
+        "no-target",
+        "threshold-base",
+        "threshold",
+        "ctx",
+        "steps",
+    ],
 )
 def test_bad_settings_are_refused(overrides, match):
     with pytest.raises(ActregError, match=match):
