@@ -106,14 +106,12 @@ class TransformerLMConfig(SeqConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "layers", "width", "heads", "eval_batch_size", "calib_batches")
-        check_positive(self, "log_every")
+        check_positive(self, "log_every", *(("max_steps",) if self.max_steps is not None else ()))
         if isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 2:
             raise ActregError(f"context must be an int >= 2, got {self.context!r}")
         if self.width % self.heads:
             raise ActregError(f"width ({self.width}) must be a multiple of heads ({self.heads})")
         check_rate(self, "dropout", "warmup")
-        if self.max_steps is not None:
-            check_positive(self, "max_steps")
         if not (0 < self.l1_ramp <= 1):
             raise ActregError(f"l1_ramp is a share of the steps in (0, 1], got {self.l1_ramp!r}")
         if not (self.l1 > 0 and math.isfinite(self.l1)):
@@ -128,15 +126,11 @@ class TransformerLMConfig(SeqConfig):
             raise ActregError(
                 f"threshold_sparsity is a zero fraction in [0, 1), got {self.threshold_sparsity!r}"
             )
-        if "threshold" in self.variants:
-            if not {"gelu", "relu"} & set(self.variants):
-                raise ActregError("the threshold variant thresholds gelu or relu: add one of them")
-            if "relu-target" not in self.variants and (
-                self.threshold_sparsity is None and self.target_sparsity is None
-            ):
-                raise ActregError(
-                    "threshold needs relu-target, threshold_sparsity or target_sparsity"
-                )
+        if "threshold" in self.variants and not {"gelu", "relu"} & set(self.variants):
+            raise ActregError("the threshold variant thresholds gelu or relu: add one of them")
+        basis = ("relu-target" in self.variants, self.threshold_sparsity, self.target_sparsity)
+        if "threshold" in self.variants and basis == (False, None, None):
+            raise ActregError("threshold needs relu-target, threshold_sparsity or target_sparsity")
 
 
 def build_model(cfg: TransformerLMConfig, vocab: int, activation: str) -> nn.Module:
