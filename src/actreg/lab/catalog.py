@@ -49,6 +49,10 @@ CATALOG: dict[str, Entry] = {
         ("val_error", "val_loss", "test_error", "test_loss"),
     ),
     "lstm-lm": Entry("word-level LSTM language model with AR/TAR (Merity et al. 2017) vs none"),
+    "transformer-lm": Entry(
+        "small GPT-2 LM: sparse FFN activations by L1 ramp or target vs dense and thresholds",
+        ("val_ppl", "test_ppl"),
+    ),
     "seq2seq": Entry("LSTM sequence autoencoder with an L1 penalty on its bottleneck code vs none"),
     "ablation": Entry(
         "the article's tips tested over seeds: --set question=which-norm|where|width|..."

@@ -35,6 +35,7 @@ __all__ = [
     "activation_histograms",
     "feature_tiles",
     "firing_rates",
+    "sparsity_scatter",
     "target_tradeoff",
     "tradeoff",
 ]
@@ -310,4 +311,46 @@ def feature_tiles(
     ax.imshow(canvas.numpy(), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0)
     ax.set_axis_off()
     ax.set_title(title or f"{n} of {weights.shape[0]} features", fontsize=9)
+    return _save(fig, path)
+
+
+def sparsity_scatter(
+    points: Mapping[str, tuple[float, float]],
+    path: PathLike,
+    *,
+    task_label: str = "validation perplexity",
+    sparsity_label: str = "zero fraction",
+    title: str | None = None,
+) -> Path:
+    """Task metric against sparsity, one labelled point per model (a trade-off without a
+    coefficient: trained penalties, targets, training-free thresholds side by side).
+
+    Args:
+        points: ``{label: (sparsity, task)}``.
+        path: where to write the PNG.
+        task_label: label of the y axis.
+        sparsity_label: label of the x axis.
+        title: the title (by default, the two labels).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     out = sparsity_scatter({"relu": (0.6, 80.0), "l1": (0.9, 81.0)}, f"{tmp}/s.png")
+        ...     out.read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    if not points:
+        raise ActregError("sparsity_scatter needs at least one point {label: (sparsity, task)}")
+    fig = _figure(6.0, 4.0)
+    ax = fig.subplots()
+    for label, (x, y) in points.items():
+        ax.plot([x], [y], "o")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(sparsity_label)
+    ax.set_ylabel(task_label)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"{task_label} vs {sparsity_label}")
     return _save(fig, path)

@@ -22,8 +22,10 @@ Modules: :mod:`~actreg.sparse.convert` (what to convert, :func:`convert`,
 :func:`fold_input_scaling`), :mod:`~actreg.sparse.linear` (:class:`SparseInputLinear`),
 :mod:`~actreg.sparse.runtime` (:class:`SparseSequential`, fused runs),
 :mod:`~actreg.sparse.calibrate` (thresholds, timing), :mod:`~actreg.sparse.measure`
-(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks);
-private: ``_kernels`` (pure-PyTorch kernels) and ``_backend`` (the choice of kernels).
+(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks),
+:mod:`~actreg.sparse.threshold` (training-free magnitude thresholds:
+:func:`magnitude_thresholds`, :func:`apply_thresholds`); private: ``_kernels``
+(pure-PyTorch kernels) and ``_backend`` (the choice of kernels).
 
 Example:
     >>> import torch, actreg.sparse
@@ -47,15 +49,18 @@ from actreg.sparse.convert import convert, eligible, fold_input_scaling
 from actreg.sparse.linear import SparseInputLinear
 from actreg.sparse.measure import SparseReport, flop_limit, measure
 from actreg.sparse.runtime import SparseSequential
+from actreg.sparse.threshold import MagnitudeThresholds, apply_thresholds, magnitude_thresholds
 from actreg.sparse.transformer import SparseConv1DMLP, SparseGatedMLP, ffns
 
 __all__ = [
     "Backend",
+    "MagnitudeThresholds",
     "SparseConv1DMLP",
     "SparseGatedMLP",
     "SparseInputLinear",
     "SparseReport",
     "SparseSequential",
+    "apply_thresholds",
     "backend",
     "calibrate",
     "convert",
@@ -63,5 +68,6 @@ __all__ = [
     "ffns",
     "flop_limit",
     "fold_input_scaling",
+    "magnitude_thresholds",
     "measure",
 ]

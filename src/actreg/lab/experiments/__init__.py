@@ -19,7 +19,15 @@ from typing import Any
 
 from actreg._errors import ActregError
 from actreg.lab.catalog import CATALOG
-from actreg.lab.experiments import ablations, cnn, lstm_lm, seq2seq, sparse_ae, sparse_rectifier
+from actreg.lab.experiments import (
+    ablations,
+    cnn,
+    lstm_lm,
+    seq2seq,
+    sparse_ae,
+    sparse_rectifier,
+    transformer_lm,
+)
 from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._contract import Experiment, SearchSpec
 
@@ -69,6 +77,19 @@ EXPERIMENTS: dict[str, Experiment[Any, Any]] = {
         lstm_lm.run,
         lstm_lm.summary_rows,
         CATALOG["lstm-lm"].doc,
+    ),
+    "transformer-lm": Experiment(
+        "transformer-lm",
+        transformer_lm.TransformerLMConfig,
+        transformer_lm.run,
+        transformer_lm.summary_rows,
+        CATALOG["transformer-lm"].doc,
+        SearchSpec(
+            objectives=CATALOG["transformer-lm"].objectives,
+            metrics=transformer_lm.search_metrics,
+            settings=("variants=relu-l1", "progress=false"),  # only the penalized model
+            coef_field="l1",
+        ),
     ),
     "seq2seq": Experiment(
         "seq2seq",

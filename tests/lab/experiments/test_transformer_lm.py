@@ -1,0 +1,167 @@
+"""transformer-lm: a tiny GPT-2 on a tiny corpus, every variant, the results file, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import actreg
+from actreg import ActregError
+from actreg.lab.data.text import load_corpus
+from actreg.lab.experiments import get, load_results
+from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments.transformer_lm import (
+    FFN,
+    TransformerLMConfig,
+    build_model,
+    evaluate_lm,
+    windows,
+)
+from actreg.lab.report import write_report
+
+pytest.importorskip("transformers")
+
+WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
+TINY = [
+    "layers=2", "width=16", "heads=2", "context=8", "batch_size=8", "eval_batch_size=8",
+    "vocab_size=20", "epochs=3", "dropout=0", "lr=3e-3", "log_every=5", "progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_corpus")
+    gen = torch.Generator().manual_seed(0)
+    for split, n_lines in (("train", 300), ("valid", 40), ("test", 40)):
+        lines = []
+        for _ in range(n_lines):
+            n = int(torch.randint(3, 9, (1,), generator=gen))
+            idx = torch.randint(0, len(WORDS), (n,), generator=gen).tolist()
+            lines.append(" ".join(WORDS[i] for i in idx))
+        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def results(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = apply_overrides(
+        TransformerLMConfig(), [*TINY, f"data={corpus_dir}", f"out_dir={out}", "run_name=t"]
+    )
+    return get("transformer-lm").run(cfg)
+
+
+TRAINED = ("gelu", "relu", "relu-l1", "relu-target")
+EVALUATED = (*TRAINED, "gelu+threshold", "relu+threshold")
+
+
+def test_every_variant_runs_and_the_results_file_has_the_fields(results, tmp_path):
+    doc = load_results(results["run_dir"])
+    json.dumps(doc)
+    assert doc["experiment"] == "transformer-lm" and doc["config"]["width"] == 16
+    assert list(doc["variants"]) == list(EVALUATED)
+    layers = {"transformer.h.0.mlp.act", "transformer.h.1.mlp.act"}
+    for name, out in doc["variants"].items():
+        assert 1.0 < out["val_ppl"] < 25.0 and 1.0 < out["test_ppl"] < 25.0, name
+        assert set(out["layers"]) == layers
+        for stats in out["layers"].values():
+            assert {"zero_fraction", "dead_fraction", "l0"} <= set(stats)
+            assert "firing_rate" not in stats  # kept out of the file
+        assert 0.0 <= out["zero_fraction"] <= 1.0 and 0.0 <= out["dead_fraction"] <= 1.0
+    for name in TRAINED:
+        out = doc["variants"][name]
+        assert len(out["history"]) == 3 and out["trace"] and out["steps"] > 0
+    assert set(doc["variants"]["relu-l1"]["coefs"]) == layers
+    assert doc["variants"]["gelu"]["zero_fraction"] == 0.0  # GELU: no exact zeros
+    assert set(doc["goals"]) == {"relu-l1", "relu-target"}
+    assert {"zeros_met", "ppl_met", "beats_gelu+threshold"} <= set(doc["goals"]["relu-target"])
+    with open(f"{results['run_dir']}/{doc['pictures']['sparsity_perplexity']}", "rb") as fh:
+        assert fh.read(4) == b"\x89PNG"
+    rows = get("transformer-lm").summary(doc)
+    assert [r["variant"] for r in rows] == list(EVALUATED)
+    report = write_report([results["run_dir"]], tmp_path / "report.md")
+    assert "relu+threshold" in report.read_text()
+
+
+def test_penalties_make_the_ffn_sparser_and_target_mode_moves_toward_the_target(results):
+    v = results["variants"]
+    assert v["relu-l1"]["zero_fraction"] > v["relu"]["zero_fraction"] + 0.05
+    relu, target = v["relu"]["zero_fraction"], v["relu-target"]["zero_fraction"]
+    assert relu < 0.8 and abs(target - 0.9) < abs(relu - 0.9) and target > 0.8
+    assert (
+        v["relu-target"]["history"][-1]["val_zero_fraction"]
+        > v["relu"]["history"][-1]["val_zero_fraction"]
+    )
+
+
+@pytest.mark.parametrize("base", ["gelu", "relu"], ids=["gelu", "relu"])
+def test_threshold_variant_hits_the_zero_fraction_of_relu_target(results, base):
+    v = results["variants"]
+    out = v[f"{base}+threshold"]
+    for name, stats in out["layers"].items():
+        wanted = v["relu-target"]["layers"][name]["zero_fraction"]
+        assert out["calibrated_to"][name] == pytest.approx(wanted)
+        assert stats["zero_fraction"] == pytest.approx(wanted, abs=0.05), name
+    assert all(t >= 0 for t in out["thresholds"].values())
+
+
+def test_eval_records_nothing_and_the_model_is_gpt2(corpus_dir):
+    corpus = load_corpus(corpus_dir, vocab_size=20)
+    cfg = apply_overrides(TransformerLMConfig(), TINY)
+    model = build_model(cfg, len(corpus.vocab), "relu")
+    assert type(model).__name__ == "GPT2LMHeadModel"
+    assert type(model.transformer.h[0].mlp.c_fc).__name__ == "Conv1D"
+    reg = actreg.attach(model, {FFN: actreg.L1(0.1, reduction="mean")})
+    out = evaluate_lm(model, windows(corpus.valid, 8), 8)
+    assert reg.pending == 0 and out["ppl"] > 1.0
+    model.train()
+    model(input_ids=windows(corpus.train, 8)[:4, :-1])
+    assert reg.pending == 2  # one per FFN layer in training
+    reg.remove()
+
+
+def test_windows_cover_the_stream():
+    w = windows(torch.arange(20), 4, offset=2)
+    assert w[:, 0].tolist() == [2, 6, 10, 14] and torch.equal(w[1:, 0], w[:-1, -1])
+    with pytest.raises(ActregError, match="no window of context=30"):
+        windows(torch.arange(20), 30)
+
+
+def test_missing_transformers_names_the_extra(monkeypatch, corpus_dir):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers fails
+    cfg = TransformerLMConfig(data=str(corpus_dir), vocab_size=20)
+    with pytest.raises(ActregError, match=r'pip install "actreg\[transformers\]"'):
+        build_model(cfg, 20, "relu")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["variants=relu,swish"], "unknown variants"),
+        (["width=30", "heads=4"], "multiple of heads"),
+        (["l1_ramp=0"], "l1_ramp"),
+        (["target_sparsity=1.0"], "strictly between 0 and 1"),
+        (["target_sparsity=none", "variants=relu-target"], "relu-target needs"),
+        (["variants=relu-l1,threshold"], "thresholds gelu or relu"),
+        (["threshold_sparsity=1"], r"threshold_sparsity.*\[0, 1\)"),
+        (["context=1"], "context must be"),
+        (["max_steps=0"], "max_steps"),
+    ],
+    ids=[
+        "variant",
+        "heads",
+        "ramp",
+        "target",
+        "no-target",
+        "threshold-base",
+        "threshold",
+        "ctx",
+        "steps",
+    ],
+)
+def test_bad_settings_are_refused(overrides, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(TransformerLMConfig(), overrides)
