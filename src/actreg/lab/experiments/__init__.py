@@ -28,8 +28,8 @@ from actreg.lab.experiments import (
     sparse_rectifier,
     transformer_lm,
 )
-from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._contract import Experiment, SearchSpec
+from actreg.lab.experiments._rundir import load_results
 
 __all__ = ["EXPERIMENTS", "Experiment", "SearchSpec", "get", "load_results"]
 

@@ -1,4 +1,6 @@
-"""What the vision experiments share: the base config, run folders, probes, results files.
+"""What the vision experiments share: the base config, target mode, training, probes.
+
+Run folders and results files are in :mod:`actreg.lab.experiments._rundir`.
 
 The linear probe (:func:`linear_probe`) centers each feature and divides every feature by
 ONE scale, the root-mean-square of the centered training features, by default. The
@@ -12,10 +14,7 @@ meant to read) and still puts every representation on a comparable overall scale
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,22 +29,17 @@ from actreg._errors import ActregError
 from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import SCALINGS
-from actreg.lab.experiments._config import to_dict
+from actreg.lab.experiments._rundir import resume_from
 from actreg.lab.experiments._targets import MetricsFn, at_target
 from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
     "PROBE_SCALINGS",
     "VisionConfig",
-    "atomic_write_text",
     "classification_loss",
     "classification_metrics",
-    "jsonable",
     "layer_penalties",
     "linear_probe",
-    "load_results",
-    "make_run_dir",
-    "save_results",
     "train_classifier",
 ]
 
@@ -76,6 +70,7 @@ class VisionConfig:
     out_dir: str = "runs"  # results go to OUT_DIR/EXPERIMENT/RUN_NAME
     run_name: str | None = None  # default: a timestamp
     overwrite: bool = False  # replace the results of an existing run_name
+    resume: bool = False  # continue an interrupted run_name from its checkpoints
     progress: bool = True  # progress bars
     threads: int = 0  # torch threads (0 = chosen from the work: 1 for small models)
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
@@ -219,56 +214,6 @@ def make_reviver(
     return actreg.Reviver(model, list(spec), sample, every=max(1, until // rounds), until=until)
 
 
-def make_run_dir(config: Any, experiment: str) -> Path:
-    """``OUT_DIR/EXPERIMENT/RUN_NAME`` (from ``config.out_dir`` and ``config.run_name``), created.
-
-    Creating the folder is the claim on it (``mkdir`` is atomic), so two runs started at
-    once never share one. Without a name it is a timestamp, with ``-2``, ``-3``, ... added
-    when that exists. A named folder that exists is refused unless ``config.overwrite``;
-    then its ``results.json`` is removed first, so a rerun that fails leaves no folder that
-    looks finished (a run is finished when its ``results.json`` exists; that file is
-    written last and atomically, see :func:`save_results`).
-    """
-    base = Path(config.out_dir) / experiment
-    try:
-        base.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        raise ActregError(
-            f"cannot create the run folder under {base}: {err.filename or base} exists and is "
-            f"not a folder; choose another out_dir"
-        ) from err
-    except OSError as err:
-        raise ActregError(
-            f"cannot create the run folder under {base}: {err.strerror or err}; choose a "
-            f"writable out_dir (--set out_dir=PATH)"
-        ) from err
-    if config.run_name:
-        path = base / config.run_name
-        try:
-            path.mkdir()
-        except FileExistsError as err:
-            if not getattr(config, "overwrite", False):
-                raise ActregError(
-                    f"the run folder {path} exists: choose another run_name, or set "
-                    f"overwrite=true to replace its results"
-                ) from err
-            if not path.is_dir():
-                raise ActregError(
-                    f"{path} exists and is not a folder; choose another run_name"
-                ) from err
-            (path / "results.json").unlink(missing_ok=True)
-        return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1, 1000):
-        path = base / (stamp if attempt == 1 else f"{stamp}-{attempt}")
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise ActregError(f"could not claim a run folder under {base}: set run_name")
-
-
 def train_classifier(
     model: nn.Module,
     data: Any,
@@ -305,6 +250,7 @@ def train_classifier(
             spec=spec,
             monitor=monitor,
             run_dir=run_dir / name.replace(" ", "_"),
+            resume=resume_from(cfg, run_dir / name.replace(" ", "_")),
             reviver=reviver,
             desc=name,
         )
@@ -390,79 +336,3 @@ def linear_probe(
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(x_train, y_train)
         return {name: float(probe.score(x, y)) for name, (x, y) in tests.items()}
-
-
-def jsonable(value: Any) -> Any:
-    """Tensors, arrays and tuples made JSON-ready (non-finite floats become None)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Tensor):
-        return jsonable(value.tolist())
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (np.floating, np.integer)):
-        return jsonable(value.item())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def save_results(run_dir: Path, experiment: str, config: Any, payload: dict[str, Any]) -> Path:
-    """Write ``results.json``: experiment, library version, the whole config, then payload,
-    which gets ``run_dir`` (as a string) as its last key, in place, for the caller too."""
-    payload["run_dir"] = str(run_dir)
-    doc = {
-        "experiment": experiment,
-        "version": actreg.__version__,
-        "torch": torch.__version__,
-        "config": to_dict(config),
-        **payload,
-    }
-    path = run_dir / "results.json"
-    atomic_write_text(path, json.dumps(jsonable(doc), indent=2) + "\n")
-    return path
-
-
-def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``RUN_DIR/results.json`` (or a results file given directly), as
-    :func:`save_results` wrote it, with its path under ``_path``."""
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "results.json"
-    if not path.exists():
-        raise ActregError(
-            f"no results.json at {path}; pass the folder that `actreg run` printed at the end"
-        )
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ActregError(f"{path} is not valid JSON: {err}") from None
-    if "experiment" not in doc:
-        raise ActregError(f"{path} is not an actreg results file (no 'experiment' key)")
-    doc["_path"] = str(path)
-    return doc
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file, fsync, rename).
-
-    A full disk or a read-only folder raises an :class:`ActregError` naming the path;
-    what was at ``path`` before stays intact.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise ActregError(
-            f"could not write {path}: {err.strerror or err}; free space or choose a writable "
-            f"out_dir, then run again"
-        ) from err

@@ -15,8 +15,8 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
 from actreg.lab.data.text import Corpus, load_corpus
-from actreg.lab.experiments._common import make_run_dir
 from actreg.lab.experiments._contract import SPARSITY
+from actreg.lab.experiments._rundir import make_run_dir
 from actreg.lab.train import choose_threads
 
 __all__ = [

@@ -25,12 +25,11 @@ from actreg._errors import ActregError
 from actreg.lab.experiments._common import (
     VisionConfig,
     layer_penalties,
-    make_run_dir,
     planned_steps,
-    save_results,
     train_classifier,
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
+from actreg.lab.experiments._rundir import make_run_dir, save_results
 from actreg.lab.experiments._targets import penalized_label
 from actreg.lab.models import CNN
 from actreg.lab.train import seed_everything

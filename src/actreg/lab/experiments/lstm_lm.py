@@ -52,7 +52,8 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
-from actreg.lab.experiments._common import layer_penalties, save_results
+from actreg.lab.experiments._common import layer_penalties
+from actreg.lab.experiments._rundir import save_results
 from actreg.lab.experiments._seq import (
     LockedDropout,
     ReLUFFN,

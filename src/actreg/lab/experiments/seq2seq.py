@@ -31,7 +31,7 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import EOS, Corpus, sentences
-from actreg.lab.experiments._common import save_results
+from actreg.lab.experiments._rundir import save_results
 from actreg.lab.experiments._seq import SeqConfig
 from actreg.lab.train import batches, seed_everything
 

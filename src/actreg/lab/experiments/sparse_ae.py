@@ -28,15 +28,9 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_choice, check_fraction
 from actreg.lab.experiments import _ae_codes
-from actreg.lab.experiments._common import (
-    PROBE_SCALINGS,
-    VisionConfig,
-    features,
-    linear_probe,
-    make_run_dir,
-    save_results,
-)
+from actreg.lab.experiments._common import PROBE_SCALINGS, VisionConfig, features, linear_probe
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
+from actreg.lab.experiments._rundir import make_run_dir, resume_from, save_results
 from actreg.lab.models import ACTIVATIONS, Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
@@ -187,6 +181,7 @@ def train_variant(
         spec=spec,
         monitor=monitor,
         run_dir=run_dir / name,
+        resume=resume_from(cfg, run_dir / name),
         after_step=after_step,
         after_epoch=resample if revival else None,
         desc=name,

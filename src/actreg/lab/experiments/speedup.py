@@ -32,8 +32,8 @@ from actreg.lab._checks import check_fields
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._ae_codes import build_model
-from actreg.lab.experiments._common import load_results
 from actreg.lab.experiments._config import from_dict
+from actreg.lab.experiments._rundir import load_results
 from actreg.lab.experiments.sparse_ae import variant_configs
 from actreg.lab.models import Autoencoder, mlp
 

@@ -55,8 +55,9 @@ from actreg import sparse
 from actreg._errors import ActregError
 from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import Corpus
-from actreg.lab.experiments._common import check_targets, layer_penalties, save_results
+from actreg.lab.experiments._common import check_targets, layer_penalties
 from actreg.lab.experiments._contract import layer_means
+from actreg.lab.experiments._rundir import save_results
 from actreg.lab.experiments._seq import SeqConfig
 from actreg.lab.train import choose_threads, seed_everything
 

@@ -32,8 +32,9 @@ from typing import Any, ClassVar
 from actreg._errors import ActregError
 from actreg.lab._checks import check_choice
 from actreg.lab.data.vision import SCALINGS
-from actreg.lab.experiments._common import VisionConfig, jsonable, save_results
+from actreg.lab.experiments._common import VisionConfig
 from actreg.lab.experiments._config import to_dict
+from actreg.lab.experiments._rundir import jsonable, save_results
 from actreg.lab.experiments.ablations._ae import (
     AE_METRICS,
     DataCache,
