@@ -26,7 +26,7 @@ per step, so the step count is kept close to MNIST's). Methods:
   layer's zero fraction; ``TargetSparsity(..., per_unit=False, ramp=0, warmup=0)``.
 * ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off.
 * ``default+revive``: the default plus :class:`actreg.Reviver` (5 revivals of dead units
-  over the first 80% of training, on 5,000 training inputs), as the lab's target mode runs.
+  over the first 70% of training, on 5,000 training inputs), as the lab's target mode runs.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
   but units below half the wanted rate get no penalty instead of a push up.
@@ -49,6 +49,7 @@ from torch import Tensor
 import actreg
 from actreg.control import _UnitGrad  # the same per-unit gradient scaling as the library
 from actreg.lab.data import load_vision
+from actreg.lab.experiments._common import REVIVE_EXAMPLES, REVIVE_UNTIL
 from actreg.lab.models import mlp
 
 RESULTS = Path(__file__).parent / "results" / "target.jsonl"  # one JSON line per run
@@ -216,9 +217,11 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     )
     reviver = None
     if method.endswith("+revive"):
-        until = int(0.8 * total)
-        inputs = d.x_train[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:5000]]
-        reviver = actreg.Reviver(model, list(LAYERS), inputs, every=until // 5, until=until)
+        until = int(REVIVE_UNTIL * total)
+        sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:REVIVE_EXAMPLES]
+        reviver = actreg.Reviver(
+            model, list(LAYERS), d.x_train[sample], every=until // 5, until=until
+        )
         reviver.optimizer = opt
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()

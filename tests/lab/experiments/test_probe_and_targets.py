@@ -86,11 +86,11 @@ def test_reviver_is_on_in_target_mode_only():
     x = torch.randn(1000, 4)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
     cfg = get("sparse-rectifier").config()
-    cfg.batch_size, cfg.epochs = 100, 10  # 100 steps: revivals at 16, 32, ..., 80
+    cfg.batch_size, cfg.epochs = 100, 10  # 100 steps: revivals at 14, 28, ..., 70
     assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None
     cfg.target_sparsity = 0.9
     reviver = make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg)
-    assert (reviver.every, reviver.until, len(reviver.inputs)) == (16, 80, 1000)
+    assert (reviver.every, reviver.until, len(reviver.inputs)) == (14, 70, 1000)
     assert make_reviver(model, None, x, cfg) is None
     cfg.revive_rounds = 0
     assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None

@@ -75,7 +75,7 @@ class VisionConfig:
     threads: int = 0  # torch threads (0 = chosen from the work: 1 for small models)
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
     target_l0: float | None = None  # or for this many active units per example and layer
-    revive_rounds: int | None = None  # dead-unit revivals over 80% of training (None: 5 if target)
+    revive_rounds: int | None = None  # dead-unit revivals over 70% of training (None: 5 if target)
 
     def __post_init__(self) -> None:
         check_targets(self.target_sparsity, self.target_l0)  # its own ranges come first
@@ -187,7 +187,7 @@ def warn_if_target_missed(stats: dict[str, dict[str, Any]], cfg: Any, steps: int
     return missed
 
 
-REVIVE_UNTIL = 0.8  # revive dead units only in this first share of training
+REVIVE_UNTIL = 0.7  # revive dead units only in this first share of training
 REVIVE_EXAMPLES = 5000  # training inputs a unit must be zero on to count as dead
 
 
@@ -197,7 +197,7 @@ def make_reviver(
     """The :class:`actreg.Reviver` of a penalized model's layers (``None``: no revival).
 
     ``cfg.revive_rounds`` revivals (by default 5 in target mode, none otherwise) spread over
-    the first 80% of training, each on a fixed sample of up to 5,000 training inputs. In
+    the first 70% of training, each on a fixed sample of up to 5,000 training inputs. In
     target mode a unit killed early (before its firing rate is known) would otherwise stay
     dead: docs/TARGET.md has the comparison.
     """
