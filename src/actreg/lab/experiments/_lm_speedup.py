@@ -33,20 +33,19 @@ from __future__ import annotations
 import copy
 import inspect
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from actreg import sparse
 from actreg._errors import ActregError
 from actreg._io import load_checkpoint
-from actreg.sparse.calibrate import time_interleaved
 from actreg.lab.data.text import load_corpus
 from actreg.lab.experiments._config import from_dict
 from actreg.lab.experiments.transformer_lm import WEIGHTS, TransformerLMConfig, build_model
+from actreg.sparse.calibrate import time_interleaved
 
 __all__ = ["BATCHES", "decode_speedup", "load_lm"]
 
@@ -105,9 +104,15 @@ class _NoFFN(nn.Module):
         return torch.zeros_like(x)
 
 
+def _blocks(model: nn.Module) -> list[Any]:
+    """The transformer blocks of a GPT-2 model."""
+    blocks: Any = model.get_submodule("transformer.h")
+    return list(blocks)
+
+
 def _without_ffn(model: nn.Module) -> nn.Module:
     free = copy.deepcopy(model)
-    for block in free.transformer.h:  # type: ignore[union-attr]
+    for block in _blocks(free):
         block.mlp = _NoFFN()
     return free
 
@@ -135,6 +140,15 @@ def _greedy(model: nn.Module, prompt: Tensor, steps: int) -> Callable[[], Tensor
     return run
 
 
+def _generate(model: Any, prompt: Tensor, n: int) -> Tensor:
+    """``n`` greedy tokens from ``generate`` (the Hugging Face loop, KV cache included)."""
+    with torch.no_grad():
+        out: Tensor = model.generate(
+            prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=1
+        )
+    return out
+
+
 def _prefill(model: nn.Module, ids: Tensor) -> Callable[[], Tensor]:
     def run() -> Tensor:
         with torch.no_grad():
@@ -150,9 +164,9 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
-def _time(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def _time(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     clock = "cpu" if torch.get_num_threads() == 1 else "wall"
-    return time_interleaved(fns, repeats=repeats, min_time=0.05, clock=clock)
+    return time_interleaved(dict(fns), repeats=repeats, min_time=0.05, clock=clock)
 
 
 def _speedup(t: dict[str, list[float]], base: str = "dense", other: str = "converted") -> Any:
@@ -166,7 +180,7 @@ def _active(model: nn.Module, fn: Callable[[], object]) -> float:
     def hook(_: nn.Module, __: Any, out: Tensor) -> None:
         shares.append(float((out.reshape(-1, out.shape[-1]) != 0).any(0).float().mean()))
 
-    handles = [b.mlp.act.register_forward_hook(hook) for b in model.transformer.h]  # type: ignore[union-attr]
+    handles = [b.mlp.act.register_forward_hook(hook) for b in _blocks(model)]
     try:
         fn()
     finally:
@@ -178,7 +192,7 @@ def _active(model: nn.Module, fn: Callable[[], object]) -> float:
 def _mlp_inputs(model: nn.Module, fn: Callable[[], object]) -> list[tuple[int, Tensor]]:
     """(layer, input) of every FFN block call while ``fn`` runs."""
     seen: list[tuple[int, Tensor]] = []
-    blocks = list(model.transformer.h)  # type: ignore[union-attr]
+    blocks = _blocks(model)
     handles = [
         b.mlp.register_forward_pre_hook(lambda _, a, i=i: seen.append((i, a[0].detach())))
         for i, b in enumerate(blocks)
@@ -192,7 +206,7 @@ def _mlp_inputs(model: nn.Module, fn: Callable[[], object]) -> list[tuple[int, T
 
 
 def _ffn_only(model: nn.Module, xs: list[tuple[int, Tensor]]) -> Callable[[], None]:
-    mlps = [b.mlp for b in model.transformer.h]  # type: ignore[union-attr]
+    mlps = [b.mlp for b in _blocks(model)]
 
     def run() -> None:
         with torch.no_grad():
@@ -232,12 +246,10 @@ def decode_speedup(
 
     runs = {k: all_of(v) for k, v in single.items()}
     same = all(torch.equal(a, b) for a, b in zip(runs["dense"](), runs["converted"](), strict=True))
-    kw = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False, "pad_token_id": 1}
-    with torch.no_grad():
-        same_generate = all(
-            torch.equal(dense.generate(cut[i : i + 1], **kw), converted.generate(cut[i : i + 1], **kw))  # type: ignore[operator]
-            for i in range(prompts)
-        )
+    same_generate = all(
+        torch.equal(_generate(dense, cut[i : i + 1], n), _generate(converted, cut[i : i + 1], n))
+        for i in range(prompts)
+    )
     t = _time(runs, repeats)
     per_token = {k: [s / (prompts * n) for s in v] for k, v in t.items()}
     share = statistics.median(1 - f / d for f, d in zip(t["free"], t["dense"], strict=True))
@@ -262,13 +274,13 @@ def decode_speedup(
     for b in BATCHES:
         fns = {k: _greedy(models[k], cut[:b], n) for k in ("dense", "converted")}
         ok = torch.equal(fns["dense"](), fns["converted"]())
-        tb = _time(dict(fns), repeats)
+        tb = _time(fns, repeats)
         per = {k: [s / (b * n) for s in v] for k, v in tb.items()}
         rows.append(_row("decode", b, n, _active(dense, fns["dense"]), per, _speedup(tb), ok))
     ids = test[: min(context, len(test))].unsqueeze(0)
     pre = {k: _prefill(models[k], ids) for k in ("dense", "converted")}
     ok = torch.equal(pre["dense"]().argmax(-1), pre["converted"]().argmax(-1))
-    tp = _time(dict(pre), repeats)
+    tp = _time(pre, repeats)
     per = {k: [s / ids.shape[1] for s in v] for k, v in tp.items()}
     rows.append(_row("prefill", 1, ids.shape[1], _active(dense, pre["dense"]), per,
                      _speedup(tp), ok))  # fmt: skip
