@@ -188,6 +188,7 @@ def _speedup(args: argparse.Namespace) -> int:
             fold_input=not args.no_fold,
             new_tokens=args.new_tokens,
             repeats=args.repeats,
+            data_dir=args.data_dir,
         )
     )
     if "rows" in row:  # transformer-lm: the batch-1 decode summary, then every workload
@@ -325,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="MLP: keep the first layer dense on scaled pixels instead of folding the scaling",
     )
+    p.add_argument("--data-dir", help="where the run's data lives (default: as the run)")
     p.add_argument("--new-tokens", type=int, default=32, help="transformer-lm: tokens (32)")
     p.add_argument("--repeats", type=int, default=7, help="transformer-lm: repetitions (7)")
     p.set_defaults(func=_speedup)

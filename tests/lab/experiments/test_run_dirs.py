@@ -45,7 +45,8 @@ def test_unnamed_runs_started_together_get_their_own_folders(tmp_path):
 def test_a_named_folder_that_exists_is_refused(tmp_path):
     first = make_run_dir(Cfg(str(tmp_path), "a"), "exp")
     save_results(first, "exp", Cfg(str(tmp_path), "a"), {"value": 1})
-    with pytest.raises(ActregError, match=r"exists: choose another run_name, set overwrite=true .* or resume=true"):
+    wanted = r"exists: choose another run_name, set overwrite=true .* or resume=true"
+    with pytest.raises(ActregError, match=wanted):
         make_run_dir(Cfg(str(tmp_path), "a"), "exp")
     assert json.loads((first / "results.json").read_text())["value"] == 1  # untouched
 
