@@ -47,7 +47,7 @@ from actreg.lab.experiments._config import from_dict
 from actreg.lab.experiments.transformer_lm import WEIGHTS, TransformerLMConfig, build_model
 from actreg.sparse.calibrate import time_interleaved
 
-__all__ = ["BATCHES", "decode_speedup", "load_lm"]
+__all__ = ["BATCHES", "NoFFN", "decode_speedup", "load_lm", "without_ffn"]
 
 BATCHES = (4, 16)  # greedy decoding batches beyond 1
 RELU = ("relu", "relu-l1", "relu-target")  # variants whose FFN zeros are exact
@@ -97,8 +97,13 @@ def load_lm(
     return model.eval(), corpus
 
 
-class _NoFFN(nn.Module):
-    """An FFN block that costs nothing: what a step costs when the FFN is free."""
+class NoFFN(nn.Module):
+    """An FFN block that costs nothing: what a step costs when the FFN is free.
+
+    Example:
+        >>> NoFFN()(torch.ones(2)).tolist()
+        [0.0, 0.0]
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.zeros_like(x)
@@ -110,10 +115,11 @@ def _blocks(model: nn.Module) -> list[Any]:
     return list(blocks)
 
 
-def _without_ffn(model: nn.Module) -> nn.Module:
+def without_ffn(model: nn.Module) -> nn.Module:
+    """A copy of a GPT-2 model whose FFN blocks are :class:`NoFFN` (for the FFN's share)."""
     free = copy.deepcopy(model)
     for block in _blocks(free):
-        block.mlp = _NoFFN()
+        block.mlp = NoFFN()
     return free
 
 
@@ -237,7 +243,7 @@ def decode_speedup(
         raise ActregError(f"the test split has {len(test)} tokens, too few for {need} prompts")
     starts = [i * stride for i in range(need)]
     cut = torch.stack([test[s : s + p] for s in starts])
-    free = _without_ffn(dense)
+    free = without_ffn(dense)
     models = {"dense": dense, "converted": converted, "free": free}
     single = {k: [_greedy(m, cut[i : i + 1], n) for i in range(prompts)] for k, m in models.items()}
 

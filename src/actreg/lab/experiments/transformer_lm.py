@@ -346,14 +346,12 @@ def goals(variants: dict[str, Any]) -> dict[str, Any]:
     if "relu" not in variants:
         return out
     base = variants["relu"]["val_ppl"]
-    for name in ("relu-l1", "relu-target"):
-        if name not in variants:
-            continue
+    for name in (n for n in ("relu-l1", "relu-target") if n in variants):
         v = variants[name]
-        row: dict[str, Any] = {"zero_fraction": v["zero_fraction"]}
-        row["zeros_met"] = v["zero_fraction"] >= 0.9
-        row["val_ppl_vs_relu"] = v["val_ppl"] / base - 1
-        row["ppl_met"] = row["val_ppl_vs_relu"] <= 0.02
+        vs_relu = v["val_ppl"] / base - 1
+        row: dict[str, Any] = {"zero_fraction": v["zero_fraction"], "zeros_met":
+                               v["zero_fraction"] >= 0.9, "val_ppl_vs_relu": vs_relu,
+                               "ppl_met": vs_relu <= 0.02}  # fmt: skip
         for other in (k for k in variants if k.endswith("+threshold")):
             row[f"beats_{other}"] = v["val_ppl"] < variants[other]["val_ppl"]
         out[name] = row
@@ -369,10 +367,10 @@ def run(cfg: TransformerLMConfig) -> dict[str, Any]:
     models: dict[str, nn.Module] = {}
     for variant in (v for v in cfg.variants if v != "threshold"):
         models[variant], results["variants"][variant] = train_variant(cfg, corpus, variant)
-        (run_dir / variant).mkdir(exist_ok=True)  # weights for `actreg speedup` (plain data)
-        act = "gelu" if variant == "gelu" else "relu"
-        weights = {"model": models[variant].state_dict(), "activation": act, "vocab": corpus.vocab}
-        atomic_save(weights, run_dir / variant / WEIGHTS)
+        (run_dir / variant).mkdir(exist_ok=True)  # for `actreg speedup`: plain data only
+        atomic_save({"model": models[variant].state_dict(), "vocab": corpus.vocab,
+                     "activation": "gelu" if variant == "gelu" else "relu"},
+                    run_dir / variant / WEIGHTS)  # fmt: skip
     if "threshold" in cfg.variants:
         sparsity = _threshold_sparsity(cfg, results["variants"])
         for base in ("gelu", "relu"):
