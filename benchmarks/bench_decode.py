@@ -47,6 +47,7 @@ from _common import interleave, machine_line, md_table, quartiles, setup_threads
 from torch import Tensor, nn
 
 from actreg import sparse
+from actreg.lab.experiments._lm_speedup import without_ffn  # shared with `actreg speedup`
 from actreg.sparse._kernels import sparse_linear
 from actreg.sparse.calibrate import crossover
 
@@ -142,20 +143,6 @@ def zero_fraction(model: GPT2LMHeadModel, ids: Tensor) -> float:
     for h in handles:
         h.remove()
     return zeros[0] / total[0]
-
-
-class NoFFN(nn.Module):
-    """The FFN block replaced by a zero: what a step costs when the FFN is free."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.zeros_like(x)
-
-
-def without_ffn(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
-    free = copy.deepcopy(model)
-    for block in free.transformer.h:
-        block.mlp = NoFFN()
-    return free
 
 
 # ------------------------------------------------------------------------------- timings

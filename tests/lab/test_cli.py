@@ -103,7 +103,7 @@ def test_speedup_converts_a_trained_run(runs, name, flags, capsys):
 
 def test_speedup_refuses_other_runs(runs, capsys):
     assert main(["speedup", runs["cnn"]["run_dir"]]) == 2
-    assert "sparse-rectifier and sparse-ae" in capsys.readouterr().err
+    assert "sparse-rectifier, sparse-ae and transformer-lm" in capsys.readouterr().err
     assert main(["speedup", runs["sparse-ae"]["run_dir"], "--variant", "nope"]) == 2
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from actreg import ActregError, __version__, load_checkpoint
 
-__all__ = ["CHECKPOINT", "resume_state", "save_checkpoint"]
+__all__ = ["CHECKPOINT", "atomic_save", "resume_state", "save_checkpoint"]
 
 CHECKPOINT = "checkpoint.pt"  # in a run folder: best weights, config, and the resume state
 _FREE = ("progress", "threads")  # settings a resumed run may change: results stay the same
@@ -36,10 +36,15 @@ def save_checkpoint(
         "version": __version__,
         "resume": last,
     }
-    path = run_dir / CHECKPOINT
+    atomic_save(ckpt, run_dir / CHECKPOINT)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj, path)`` whole or not at all (temporary file, then rename); what was
+    at ``path`` stays intact when writing fails."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(ckpt, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)

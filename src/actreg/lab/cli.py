@@ -186,8 +186,15 @@ def _speedup(args: argparse.Namespace) -> int:
             threads=args.threads,
             extension=not args.no_extension,
             fold_input=not args.no_fold,
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            data_dir=args.data_dir,
         )
     )
+    if "rows" in row:  # transformer-lm: the batch-1 decode summary, then every workload
+        head = {k: row[k] for k in ("variant", "threads", "kernels")}
+        print(format_table([{**head, **row["decode"]}]) + "\n\n" + format_table(row["rows"]))
+        return 0
     zeros = row.pop("zero_fractions")
     print(format_table([row]))
     print(
@@ -304,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "speedup", help="convert a trained run's model to sparse-input layers and time it"
     )
-    p.add_argument("run_dir", help="a sparse-rectifier or sparse-ae run folder")
+    p.add_argument("run_dir", help="a sparse-rectifier, sparse-ae or transformer-lm run folder")
     p.add_argument("--variant", help="trained variant (default: the penalized one)")
     p.add_argument("--examples", type=int, default=500, help="test images to time (500)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward (1)")
@@ -319,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="MLP: keep the first layer dense on scaled pixels instead of folding the scaling",
     )
+    p.add_argument("--data-dir", help="where the run's data lives (default: as the run)")
+    p.add_argument("--new-tokens", type=int, default=32, help="transformer-lm: tokens (32)")
+    p.add_argument("--repeats", type=int, default=7, help="transformer-lm: repetitions (7)")
     p.set_defaults(func=_speedup)
 
     p = sub.add_parser("report", help="write a Markdown report of runs side by side")

@@ -1,5 +1,10 @@
 """``actreg speedup RUN_DIR``: turn a trained model's zeros into inference speed, measured.
 
+A ``transformer-lm`` run is measured by decoding (tokens/s at batch 1 with the KV cache,
+identical greedy tokens, the FFN's share of the time and its Amdahl limit, batches 4 and
+16, prefill): see :mod:`actreg.lab.experiments._lm_speedup`. The rest of this docstring is
+about the image models.
+
 Rebuilds a trained ``sparse-rectifier`` or ``sparse-ae`` model from its run folder
 (``results.json`` for the settings, ``VARIANT/checkpoint.pt`` for the weights, loaded with
 ``weights_only=True``), converts it with :func:`actreg.sparse.convert`, and measures dense
@@ -33,6 +38,7 @@ from actreg.lab.data import load_vision
 from actreg.lab.data.vision import affine_scaler
 from actreg.lab.experiments._ae_codes import build_model
 from actreg.lab.experiments._config import from_dict
+from actreg.lab.experiments._lm_speedup import decode_speedup, default_variant, load_lm
 from actreg.lab.experiments._rundir import load_results
 from actreg.lab.experiments.sparse_ae import variant_configs
 from actreg.lab.models import Autoencoder, mlp
@@ -44,14 +50,16 @@ __all__ = ["SpeedupConfig", "speedup"]
 class SpeedupConfig:
     """What to measure."""
 
-    POSITIVE: ClassVar[tuple[str, ...]] = (
-        "examples",
-        "batch_size",
-        "threads",
-    )  # settings that must be >= 1 (counts, widths)
+    POSITIVE: ClassVar[tuple[str, ...]] = (  # settings that must be >= 1 (counts, widths)
+        "examples", "batch_size", "threads", "prompts", "prompt_tokens", "new_tokens", "repeats",
+    )  # fmt: skip
 
-    run_dir: str  # a folder written by `actreg run sparse-rectifier|sparse-ae`
+    run_dir: str  # a folder written by `actreg run sparse-rectifier|sparse-ae|transformer-lm`
     variant: str | None = None  # which trained variant (default: the penalized one)
+    prompts: int = 4  # transformer-lm: test-split prompts decoded at batch 1
+    prompt_tokens: int = 16  # transformer-lm: tokens per prompt (at most half the context)
+    new_tokens: int = 32  # transformer-lm: greedy tokens per prompt (within the context)
+    repeats: int = 7  # transformer-lm: interleaved repetitions (medians and IQR)
     examples: int = 500  # test images to time
     batch_size: int = 1  # images per forward (1 = latency)
     threads: int = 1  # torch threads while timing
@@ -77,17 +85,41 @@ def _model(doc: dict[str, Any], variant: str, data: Any) -> tuple[nn.Module, lis
     return ae, ["decoder.fc1" if cfg.hidden else "decoder.out"]
 
 
+def _lm(cfg: SpeedupConfig, doc: dict[str, Any], variant: str) -> dict[str, Any]:
+    model, corpus = load_lm(doc, variant, cfg.data_dir)
+    backend = sparse.backend("auto" if cfg.extension else "torch")
+    kernels = "PyTorch" if backend.load() is None else "C++"
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        converted = sparse.convert(model, kernels=backend)  # threshold calibrated here too
+        out = decode_speedup(
+            model, converted, corpus.test, context=doc["config"]["context"],
+            prompts=cfg.prompts, prompt_tokens=cfg.prompt_tokens, new_tokens=cfg.new_tokens,
+            repeats=cfg.repeats,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(old_threads)
+    head = {"run": str(cfg.run_dir), "variant": variant, "threads": cfg.threads,
+            "kernels": kernels}  # fmt: skip
+    return {**head, **out}
+
+
 def speedup(cfg: SpeedupConfig) -> dict[str, Any]:
     """Convert the run's model and measure it; returns a row for the table and the report."""
     doc = load_results(cfg.run_dir)
-    if doc["experiment"] not in ("sparse-rectifier", "sparse-ae"):
+    if doc["experiment"] not in ("sparse-rectifier", "sparse-ae", "transformer-lm"):
         raise ActregError(
-            f"speedup works on sparse-rectifier and sparse-ae runs, got {doc['experiment']!r}"
+            "speedup works on sparse-rectifier, sparse-ae and transformer-lm runs, got "
+            f"{doc['experiment']!r}"
         )
     variants = list(doc["variants"])
-    variant = cfg.variant or variants[0]
+    lm = doc["experiment"] == "transformer-lm"
+    variant = cfg.variant or (default_variant(variants) if lm else variants[0])
     if variant not in variants:
         raise ActregError(f"no variant {variant!r} in {cfg.run_dir}; it has {variants}")
+    if lm:
+        return _lm(cfg, doc, variant)
     c = doc["config"]
     raw = load_vision(  # the run's split, unscaled; the run's scaling is refitted below
         c["data"],

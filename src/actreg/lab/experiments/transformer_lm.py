@@ -18,6 +18,8 @@ calibrated on training batches to the zero fraction ``relu-target`` reached in e
 (else ``threshold_sparsity`` or ``target_sparsity``), applied to the trained ``gelu`` and
 ``relu`` models. Each model is reported with validation and test perplexity and, per FFN
 layer, the zero fraction and dead units on the validation split (:class:`actreg.Monitor`).
+Each trained variant's weights, activation and vocabulary go to ``VARIANT/model.pt``
+(plain data: loads with ``weights_only=True``), which ``actreg speedup`` rebuilds.
 
 Design:
 
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 import actreg
 from actreg import sparse
 from actreg._errors import ActregError
+from actreg.lab._checkpoint import atomic_save
 from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import Corpus
 from actreg.lab.experiments._common import check_targets, layer_penalties
@@ -64,6 +67,7 @@ from actreg.lab.train import choose_threads, seed_everything
 __all__ = [
     "FFN",
     "VARIANTS",
+    "WEIGHTS",
     "TransformerLMConfig",
     "build_model",
     "evaluate_lm",
@@ -77,6 +81,8 @@ VARIANTS = ("gelu", "relu", "relu-l1", "relu-target", "threshold")
 FFN = "transformer.h.*.mlp.act"
 """The FFN activation modules of a GPT-2 model (the input of each ``mlp.c_proj``)."""
 INSTALL = 'pip install "actreg[transformers]"'
+WEIGHTS = "model.pt"
+"""In ``RUN_DIR/VARIANT/``: ``{"model": state_dict, "activation", "vocab": id -> word}``."""
 
 
 @dataclass
@@ -340,14 +346,12 @@ def goals(variants: dict[str, Any]) -> dict[str, Any]:
     if "relu" not in variants:
         return out
     base = variants["relu"]["val_ppl"]
-    for name in ("relu-l1", "relu-target"):
-        if name not in variants:
-            continue
+    for name in (n for n in ("relu-l1", "relu-target") if n in variants):
         v = variants[name]
-        row: dict[str, Any] = {"zero_fraction": v["zero_fraction"]}
-        row["zeros_met"] = v["zero_fraction"] >= 0.9
-        row["val_ppl_vs_relu"] = v["val_ppl"] / base - 1
-        row["ppl_met"] = row["val_ppl_vs_relu"] <= 0.02
+        vs_relu = v["val_ppl"] / base - 1
+        row: dict[str, Any] = {"zero_fraction": v["zero_fraction"], "zeros_met":
+                               v["zero_fraction"] >= 0.9, "val_ppl_vs_relu": vs_relu,
+                               "ppl_met": vs_relu <= 0.02}  # fmt: skip
         for other in (k for k in variants if k.endswith("+threshold")):
             row[f"beats_{other}"] = v["val_ppl"] < variants[other]["val_ppl"]
         out[name] = row
@@ -363,6 +367,10 @@ def run(cfg: TransformerLMConfig) -> dict[str, Any]:
     models: dict[str, nn.Module] = {}
     for variant in (v for v in cfg.variants if v != "threshold"):
         models[variant], results["variants"][variant] = train_variant(cfg, corpus, variant)
+        (run_dir / variant).mkdir(exist_ok=True)  # for `actreg speedup`: plain data only
+        atomic_save({"model": models[variant].state_dict(), "vocab": corpus.vocab,
+                     "activation": "gelu" if variant == "gelu" else "relu"},
+                    run_dir / variant / WEIGHTS)  # fmt: skip
     if "threshold" in cfg.variants:
         sparsity = _threshold_sparsity(cfg, results["variants"])
         for base in ("gelu", "relu"):
