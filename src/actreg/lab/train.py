@@ -68,6 +68,7 @@ __all__ = [
     "choose_threads",
     "evaluate",
     "fit",
+    "lr_factor",
     "regularize",
     "seed_everything",
 ]
@@ -173,11 +174,18 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "cosine":
-        done = (step - cfg.warmup_steps) / max(total - cfg.warmup_steps, 1)
+def lr_factor(step: int, total: int, warmup_steps: int, schedule: str = "cosine") -> float:
+    """The learning rate's factor at ``step`` (0-based) of ``total``: a linear warm-up over
+    ``warmup_steps``, then a cosine decay to 0 at ``total`` (``schedule="constant"``: 1).
+
+    Example:
+        >>> [round(lr_factor(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
+        [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        done = (step - warmup_steps) / max(total - warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
     return 1.0
 
@@ -324,7 +332,9 @@ def fit(
             )
             for i, idx in enumerate(bar, start=1):
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * _lr_factor(step, total_steps, cfg)
+                    group["lr"] = cfg.lr * lr_factor(
+                        step, total_steps, cfg.warmup_steps, cfg.schedule
+                    )
                 counter = FlopCounterMode(display=False) if count_flops else None
                 with counter if counter is not None else contextlib.nullcontext():
                     task = loss_fn(model, x_train[idx], y_train[idx])

@@ -62,7 +62,7 @@ from actreg.lab.experiments._common import check_targets, layer_penalties
 from actreg.lab.experiments._contract import layer_means
 from actreg.lab.experiments._rundir import save_results
 from actreg.lab.experiments._seq import SeqConfig
-from actreg.lab.train import choose_threads, seed_everything
+from actreg.lab.train import choose_threads, lr_factor, seed_everything
 
 __all__ = [
     "FFN",
@@ -260,11 +260,8 @@ def train_variant(
         bar = tqdm(range(steps), desc=f"{variant} {epoch}/{cfg.epochs}",
                    disable=not cfg.progress, leave=False)  # fmt: skip
         for i in bar:
-            factor = min(1.0, (step + 1) / warm)
-            if step >= warm:
-                factor = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * factor
+                group["lr"] = cfg.lr * lr_factor(step, total, warm)
             task = _loss(model, data[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
             penalty = reg.penalty() if reg is not None else torch.zeros(())
             opt.zero_grad(set_to_none=True)
