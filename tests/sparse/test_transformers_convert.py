@@ -15,6 +15,7 @@ from sparse_nets import close
 from torch import nn
 
 from actreg import ActregError, sparse
+from actreg.sparse import _recognize as rec
 from actreg.sparse import transformer as tr
 
 transformers = pytest.importorskip(
@@ -84,7 +85,7 @@ def _mlp_of(model: nn.Module, kind: str, i: int = 0) -> nn.Module:
 def test_ffns_found_and_eligible(kind: str) -> None:
     model = MODELS[kind]()
     names = [MLP[kind].format(i) for i in range(2)]
-    assert tr.ffns(model) == dict.fromkeys(names, "conv1d" if kind == "gpt2" else "gated")
+    assert rec.ffns(model) == dict.fromkeys(names, "conv1d" if kind == "gpt2" else "gated")
     assert sparse.eligible(model) == names
 
 
@@ -97,7 +98,7 @@ def test_lookalike_with_another_forward_is_not_an_ffn() -> None:
 
     odd = copy.deepcopy(mlp)
     odd.__class__ = ActLast
-    assert tr.ffn_kind(mlp) == "conv1d" and tr.ffn_kind(odd) is None
+    assert rec.ffn_kind(mlp) == "conv1d" and rec.ffn_kind(odd) is None
 
 
 def test_gelu_and_silu_eligible_lists_none() -> None:
@@ -276,7 +277,7 @@ def test_block_shared_between_layers_stays_shared(kind: str, kernels: Any) -> No
     model = MODELS[kind]()
     layers = model.transformer.h if kind == "gpt2" else model.model.layers
     layers[1].mlp = layers[0].mlp
-    assert len(tr.ffns(model)) == 2
+    assert len(rec.ffns(model)) == 2
     fast = sparse.convert(model, threshold=0.0, kernels=kernels)
     new = fast.transformer.h if kind == "gpt2" else fast.model.layers
     assert new[0].mlp is new[1].mlp and type(new[0].mlp) is WRAPPER[kind]

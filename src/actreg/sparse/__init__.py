@@ -8,10 +8,13 @@ measured on this machine (:func:`calibrate`). :func:`measure` compares a model w
 converted copy.
 
 Transformer FFNs are converted too: GPT-2's ``Conv1D`` MLP (:class:`SparseConv1DMLP`: the
-second layer reads only the weight rows of non-zero activations) and gated MLPs such as
+second layer reads only the weight rows of non-zero activations), gated MLPs such as
 Llama's (:class:`SparseGatedMLP`: the gate, then only the active units' ``up`` rows and
-``down`` columns); :func:`ffns` lists them. Exact with ReLU; other activations are refused
-unless ``convert(..., cutoff=...)`` asks for magnitude sparsity.
+``down`` columns), two-``nn.Linear`` MLPs such as GPT-NeoX's, Phi's, GPT-J's, Falcon's and
+T5's (:class:`SparseLinearMLP`), and BERT-style layers (their ``output.dense`` becomes a
+:class:`SparseInputLinear`); :func:`ffns` lists them and :func:`ffn_kind` names a module's
+kind, both recognising code, not class names. Exact with ReLU; other activations are
+refused unless ``convert(..., cutoff=...)`` asks for magnitude sparsity.
 
 The fast path is the default: the converted layers run C++ kernels (``actreg/csrc/sparse.cpp``)
 built on first use where a compiler is present (once per machine, cached; one log line),
@@ -22,10 +25,12 @@ Modules: :mod:`~actreg.sparse.convert` (what to convert, :func:`convert`,
 :func:`fold_input_scaling`), :mod:`~actreg.sparse.linear` (:class:`SparseInputLinear`),
 :mod:`~actreg.sparse.runtime` (:class:`SparseSequential`, fused runs),
 :mod:`~actreg.sparse.calibrate` (thresholds, timing), :mod:`~actreg.sparse.measure`
-(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (FFN blocks),
+(:func:`measure`, :func:`flop_limit`), :mod:`~actreg.sparse.transformer` (GPT-2 and gated
+FFN blocks), :mod:`~actreg.sparse.linear_mlp` (two-Linear FFN blocks),
 :mod:`~actreg.sparse.threshold` (training-free magnitude thresholds:
 :func:`magnitude_thresholds`, :func:`apply_thresholds`); private: ``_kernels``
-(pure-PyTorch kernels) and ``_backend`` (the choice of kernels).
+(pure-PyTorch kernels), ``_backend`` (the choice of kernels) and ``_recognize`` (which
+modules are FFNs: :func:`ffns`, :func:`ffn_kind`).
 
 Example:
     >>> import torch, actreg.sparse
@@ -44,13 +49,15 @@ Example:
 """
 
 from actreg.sparse._backend import Backend, backend
+from actreg.sparse._recognize import ffn_kind, ffns
 from actreg.sparse.calibrate import calibrate
 from actreg.sparse.convert import convert, eligible, fold_input_scaling
 from actreg.sparse.linear import SparseInputLinear
+from actreg.sparse.linear_mlp import SparseLinearMLP
 from actreg.sparse.measure import SparseReport, flop_limit, measure
 from actreg.sparse.runtime import SparseSequential
 from actreg.sparse.threshold import MagnitudeThresholds, apply_thresholds, magnitude_thresholds
-from actreg.sparse.transformer import SparseConv1DMLP, SparseGatedMLP, ffns
+from actreg.sparse.transformer import SparseConv1DMLP, SparseGatedMLP
 
 __all__ = [
     "Backend",
@@ -58,6 +65,7 @@ __all__ = [
     "SparseConv1DMLP",
     "SparseGatedMLP",
     "SparseInputLinear",
+    "SparseLinearMLP",
     "SparseReport",
     "SparseSequential",
     "apply_thresholds",
@@ -65,6 +73,7 @@ __all__ = [
     "calibrate",
     "convert",
     "eligible",
+    "ffn_kind",
     "ffns",
     "flop_limit",
     "fold_input_scaling",

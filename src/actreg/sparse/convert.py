@@ -3,7 +3,9 @@
 :func:`eligible` lists the layers :func:`convert` picks; :func:`convert` swaps them for
 :class:`~actreg.sparse.SparseInputLinear` (same parameters, calibrated thresholds) and makes
 their ``nn.Sequential`` a :class:`~actreg.sparse.SparseSequential`, and swaps transformer
-FFNs (GPT-2 ``Conv1D`` MLPs, gated MLPs) for the blocks of :mod:`actreg.sparse.transformer`;
+FFNs (found by :func:`actreg.sparse.ffns`: GPT-2 ``Conv1D`` MLPs, gated MLPs, two-Linear MLPs,
+BERT-style ``output.dense``) for the blocks of :mod:`actreg.sparse.transformer` and
+:mod:`actreg.sparse.linear_mlp` (a BERT-style ``output.dense`` for a ``SparseInputLinear``);
 :func:`fold_input_scaling` folds an input standardization into a first layer so that it reads
 raw zeros.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +24,12 @@ from actreg._errors import ActregError
 from actreg._resolve import check_model, lookup, resolve
 from actreg.layers import ActivityRegularization, TopK
 from actreg.sparse._backend import Backend, Kernels, backend
+from actreg.sparse._recognize import activation, ffn_parts, ffns, inline_candidates
 from actreg.sparse.calibrate import calibrate
 from actreg.sparse.linear import SparseInputLinear, Threshold, _check_threshold
+from actreg.sparse.linear_mlp import SparseLinearMLP
 from actreg.sparse.runtime import SparseSequential
-from actreg.sparse.transformer import WRAPPERS, activation, ffns
+from actreg.sparse.transformer import SparseConv1DMLP, SparseGatedMLP, _SparseFFN
 
 __all__ = ["ZERO_KEEPERS", "ZERO_MAKERS", "convert", "eligible", "fold_input_scaling"]
 
@@ -37,6 +41,13 @@ ZERO_MAKERS: tuple[type[nn.Module], ...] = (
 ZERO_KEEPERS: tuple[type[nn.Module], ...] = (
     nn.Dropout, nn.Identity, nn.Flatten, ActivityRegularization,
 )  # fmt: skip
+#: The wrapper class for each kind of FFN block (see :func:`actreg.sparse.ffns`); a
+#: ``"split"`` FFN's ``output.dense`` becomes a :class:`SparseInputLinear`.
+WRAPPERS: dict[str, Callable[..., _SparseFFN]] = {
+    "conv1d": SparseConv1DMLP,
+    "gated": SparseGatedMLP,
+    "linear": SparseLinearMLP,
+}
 
 
 def _producer(children: list[nn.Module], i: int) -> nn.Module | None:
@@ -51,7 +62,9 @@ def eligible(model: nn.Module) -> list[str]:
     """Names of the modules that :func:`convert` picks by default and can make exact: the
     ``nn.Linear`` layers that follow a ReLU-like module (:data:`ZERO_MAKERS`, looking through
     :data:`ZERO_KEEPERS`) inside an ``nn.Sequential``, then the transformer FFNs (see
-    :func:`actreg.sparse.transformer.ffns`) whose activation is ReLU-like.
+    :func:`actreg.sparse.ffns`) whose activation is ReLU-like. An FFN written inline in a
+    layer's ``forward`` (OPT's ``fc1``/``fc2``) is not listed: name its second layer, and
+    :func:`convert` names such candidates in its warning when it finds nothing else.
 
     Example:
         >>> import torch
@@ -64,7 +77,7 @@ def eligible(model: nn.Module) -> list[str]:
 
 
 def _zero_making(model: nn.Module, ffn: str) -> bool:
-    act = activation(model.get_submodule(ffn))
+    act = activation(model, ffn)
     return isinstance(act, ZERO_MAKERS) and (not isinstance(act, nn.Threshold) or act.value == 0)
 
 
@@ -91,13 +104,14 @@ def _named(
     linears: list[str] = []
     found: list[str] = []
     for key, hits in resolve(model, keys).items():
-        linear = [n for n, m in hits if isinstance(m, nn.Linear)]
         ffn = [n for n, _ in hits if n in blocks]
+        linear = [n for n, m in hits if isinstance(m, nn.Linear) and n not in blocks]
         if not linear and not ffn:
             kinds = ", ".join(f"{n!r} is {type(m).__name__}" for n, m in hits[:5])
             raise ActregError(
                 f"{key!r} names no nn.Linear and no transformer FFN ({kinds}); sparse.convert "
-                "converts nn.Linear layers and GPT-2 / gated (Llama-style) MLP blocks"
+                "converts nn.Linear layers and the transformer FFN blocks that "
+                "actreg.sparse.ffns(model) lists"
             )
         linears += [n for n in linear if n not in linears]
         found += [n for n in ffn if n not in found]
@@ -105,7 +119,10 @@ def _named(
 
 
 def _cutoffs(
-    model: nn.Module, chosen: list[str], cutoff: float | Mapping[str, float] | None
+    model: nn.Module,
+    chosen: list[str],
+    cutoff: float | Mapping[str, float] | None,
+    kinds: dict[str, str],
 ) -> dict[str, float]:
     """Each chosen FFN's cutoff (0: exact zeros), or an error for an activation without
     exact zeros and no cutoff."""
@@ -114,14 +131,23 @@ def _cutoffs(
     out = {}
     for name in chosen:
         c = lookup(name, cutoff, None) if isinstance(cutoff, Mapping) else cutoff
+        split = kinds[name] == "split"
+        if split and c is not None and c != 0:
+            raise ActregError(
+                f"cutoff= does not apply to {name!r}, the output.dense of a BERT-style layer "
+                "(its activation lives in the sibling intermediate module). Zero the small "
+                "activations with actreg.sparse.apply_thresholds on '*.intermediate.*act*' "
+                "and convert the output.dense layers by name, or leave them out with names="
+            )
         if c is None or c == 0:
             if not _zero_making(model, name):
-                act = activation(model.get_submodule(name))
+                act = activation(model, name)
                 raise ActregError(
                     f"the FFN {name!r} has the activation {type(act).__name__}, which gives no "
                     "exact zeros, so skipping zeros would change its outputs. Train the model "
                     "with ReLU (GPT2Config(activation_function='relu'), "
-                    "LlamaConfig(hidden_act='relu')) for exact zeros, or pass cutoff= (a "
+                    "LlamaConfig(hidden_act='relu'), hidden_act='relu' elsewhere) for exact "
+                    "zeros, or pass cutoff= (a "
                     "magnitude below which an activation counts as zero, per block name or "
                     "pattern: approximate, e.g. thresholds calibrated to a target sparsity), "
                     "or leave these blocks out with names="
@@ -151,9 +177,11 @@ def convert(
         names: the Linear layers and FFN blocks to convert (names or glob patterns from
             ``model.named_modules()``). By default, every Linear that follows a ReLU-like
             module (:data:`ZERO_MAKERS`, looking through dropout and identities) inside an
-            ``nn.Sequential``, and every transformer FFN block (GPT-2 ``Conv1D`` MLPs, gated
-            MLPs such as Llama's: see :mod:`actreg.sparse.transformer`); Linear layers
-            after activations applied in ``forward`` code must be named.
+            ``nn.Sequential``, and every transformer FFN block that :func:`actreg.sparse.ffns`
+            lists (GPT-2 ``Conv1D`` MLPs; gated MLPs such as Llama's; two-Linear MLPs such
+            as GPT-NeoX's, Phi's, GPT-J's, Falcon's, T5's; BERT-style ``output.dense``);
+            Linear layers after activations applied in ``forward`` code (OPT's ``fc2``) must
+            be named, and the warning for a model where nothing is found names them.
         threshold: ``"auto"`` (:func:`calibrate` each layer shape on this machine; takes a
             second or so per shape), a zero fraction in ``[0, 1]``, or ``{batch: fraction}``
             (for an FFN block, the zero fraction of its activations and the number of rows,
@@ -170,7 +198,8 @@ def convert(
         cutoff: for FFN blocks whose activation has no exact zeros (GELU, SiLU), which are
             otherwise refused: the magnitude below which an activation counts as zero, one
             number for all or ``{block name or pattern: number}``. This changes the outputs
-            (training-free magnitude sparsity); with ReLU it is not needed (exact).
+            (training-free magnitude sparsity); with ReLU it is not needed (exact). Not for a
+            BERT-style ``output.dense`` (an error names the alternative).
 
     Returns:
         The converted model (``model`` itself when ``inplace``). Parameters are shared with
@@ -182,7 +211,8 @@ def convert(
     Raises:
         ActregError: for unknown names (with close matches), names of modules that are not
             ``nn.Linear`` or FFN blocks, an FFN whose activation gives no exact zeros without
-            a ``cutoff``, a bad threshold, cutoff or ``kernels``, or ``kernels="cpp"`` (or
+            a ``cutoff`` (or a ``cutoff`` for a BERT-style ``output.dense``), a bad
+            threshold, cutoff or ``kernels``, or ``kernels="cpp"`` (or
             ``ACTREG_EXTENSION=1``) where the C++ kernels do not build.
 
     Example:
@@ -201,7 +231,7 @@ def convert(
         chosen, chosen_ffns = _linears(model), list(blocks)
     else:
         chosen, chosen_ffns = _named(model, names, blocks)
-    cutoffs = _cutoffs(model, chosen_ffns, cutoff)
+    cutoffs = _cutoffs(model, chosen_ffns, cutoff, blocks)
     kernels = backend(kernels)
     target = model if inplace else copy.deepcopy(model)
     modules = dict(target.named_modules(remove_duplicate=False))
@@ -210,9 +240,19 @@ def convert(
     if any(w.device.type == "cpu" for w in weights):
         kernels.load()  # build (once per machine) before calibrating: time what will run
     if not chosen and not chosen_ffns:
+        hint = inline_candidates(model, ZERO_MAKERS)
+        shown = ", ".join(repr(n) for n in hint[:3]) + (" ..." if len(hint) > 3 else "")
         warnings.warn(
             f"no nn.Linear after a ReLU-like module and no transformer FFN found in "
-            f"{type(model).__name__}; pass names= to choose layers",
+            f"{type(model).__name__}; pass names= to choose layers"
+            + (
+                f". These nn.Linear layers sit next to a ReLU-like activation applied in "
+                f"forward code (as OPT's fc1 -> activation_fn -> fc2), which convert does not "
+                f"read: if each reads that activation's output, name them for exact, faster "
+                f"inference: names=[{shown}]"
+                if hint
+                else ""
+            ),
             stacklevel=2,
         )
     for name in chosen:
@@ -254,11 +294,10 @@ def _convert_ffns(
         if id(old) in done:
             continue
         t: Threshold
+        kind = blocks[name]
         if isinstance(threshold, str):
-            conv1d = blocks[name] == "conv1d"
-            w = old.get_submodule("c_proj" if conv1d else "down_proj").weight
-            assert isinstance(w, Tensor)
-            inter, d = w.shape if conv1d else w.shape[::-1]  # (in, out) or (out, in)
+            w = _second_weight(old, kind)
+            inter, d = w.shape if kind == "conv1d" else w.shape[::-1]  # (in, out) or (out, in)
             t = (
                 calibrate(inter, d, dtype=w.dtype, device=w.device, kernels=kernels)
                 if w.device.type == "cpu"
@@ -266,7 +305,12 @@ def _convert_ffns(
             )
         else:
             t = threshold
-        new = WRAPPERS[blocks[name]](old, threshold=t, cutoff=cutoffs[name], kernels=kernels)
+        new: nn.Module
+        if kind == "split":
+            assert isinstance(old, nn.Linear)
+            new = SparseInputLinear.from_linear(old, threshold=t, kernels=kernels)
+        else:
+            new = WRAPPERS[kind](old, threshold=t, cutoff=cutoffs[name], kernels=kernels)
         done[id(old)] = new
     if not done:
         return target
@@ -277,6 +321,18 @@ def _convert_ffns(
             if id(child) in done:
                 setattr(parent, child_name, done[id(child)])
     return target
+
+
+def _second_weight(block: nn.Module, kind: str) -> Tensor:
+    """The weight of the layer that reads the activations."""
+    if kind == "split":
+        w = block.weight
+    else:
+        parts = ffn_parts(block)
+        assert parts is not None
+        w = block.get_submodule(parts.roles["out"]).weight
+    assert isinstance(w, Tensor)
+    return w
 
 
 def fold_input_scaling(

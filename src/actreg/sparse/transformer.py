@@ -1,8 +1,10 @@
 """Transformer FFNs that skip their zero activations: GPT-2 ``Conv1D`` MLPs and gated MLPs.
 
-:func:`ffns` finds the feed-forward blocks of Hugging Face ``transformers`` models (and any
-module written the same way); :func:`actreg.sparse.convert` swaps each for one of these, with
-the same children under the same names (so the same ``state_dict``):
+:func:`~actreg.sparse.ffns` finds the feed-forward blocks of Hugging Face ``transformers``
+models (and any module written the same way: see :mod:`actreg.sparse._recognize`);
+:func:`actreg.sparse.convert` swaps each for one of these (two-``nn.Linear`` MLPs for
+:class:`~actreg.sparse.SparseLinearMLP`), with the same children under the same names (so
+the same ``state_dict``):
 
 * :class:`SparseConv1DMLP` for GPT-2's ``c_fc -> act -> c_proj -> dropout``: ``c_fc`` stays
   dense (its input, the layer norm's output, has no zeros); ``c_proj`` reads only the rows of
@@ -19,12 +21,11 @@ outputs (training-free magnitude sparsity, as in CATS and TEAL) and is never the
 
 Design choices:
 
-* Recognition by code, not by class name: a module is a GPT-2 MLP (a gated MLP) when its
-  class's ``forward`` compiles to the same bytecode as ``GPT2MLP.forward``
-  (``LlamaMLP.forward``) and its children have the expected kinds; a ``Conv1D`` likewise.
-  This finds the many copies ``transformers`` generates (``ImageGPTMLP``, ``MistralMLP``,
-  ``Qwen2MLP``, ...) without importing ``transformers`` or keeping a list of names, and
-  never picks a look-alike whose forward computes something else.
+* Recognition by code, not by class name (:mod:`actreg.sparse._recognize`): a module is a
+  GPT-2 MLP (a gated MLP) when its class's ``forward`` compiles to the same bytecode as
+  ``GPT2MLP.forward`` (``LlamaMLP.forward``) and its children have the expected kinds. This
+  finds the many copies ``transformers`` generates (``ImageGPTMLP``, ``MistralMLP``,
+  ``Qwen2MLP``, ...) and never picks a look-alike whose forward computes something else.
 * A wrapper module rather than changing the class of the original (as
   :class:`~actreg.sparse.SparseSequential` does): it pickles, and nothing in
   ``transformers`` checks ``isinstance(mlp, GPT2MLP)`` at run time.
@@ -39,7 +40,6 @@ Design choices:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,109 +50,10 @@ from torch.nn.modules import module as _module_globals
 from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
+from actreg.sparse._recognize import _gated_mlp_forward, _gpt2_mlp_forward
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
-__all__ = ["SparseConv1DMLP", "SparseGatedMLP", "ffn_kind", "ffns"]
-
-
-# The reference code, token for token (see the module docstring): transformers'
-# pytorch_utils.Conv1D.forward, models/gpt2 GPT2MLP.forward, models/llama LlamaMLP.forward.
-def _conv1d_forward(self: Any, x: Any) -> Any:
-    size_out = x.size()[:-1] + (self.nf,)  # noqa: RUF005 (the reference, as written)
-    x = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
-    x = x.view(size_out)
-    return x
-
-
-def _gpt2_mlp_forward(self: Any, hidden_states: Any) -> Any:
-    hidden_states = self.c_fc(hidden_states)
-    hidden_states = self.act(hidden_states)
-    hidden_states = self.c_proj(hidden_states)
-    hidden_states = self.dropout(hidden_states)
-    return hidden_states
-
-
-def _gated_mlp_forward(self: Any, x: Any) -> Any:
-    down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
-    return down_proj
-
-
-def _code(fn: object) -> tuple[Any, ...] | None:
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return None
-    return (code.co_code, code.co_names, code.co_consts, code.co_argcount)
-
-
-_CONV1D = _code(_conv1d_forward)
-_GPT2_MLP = _code(_gpt2_mlp_forward)
-_GATED_MLP = _code(_gated_mlp_forward)
-
-
-def _is_conv1d(m: object) -> bool:
-    """A module computing ``x @ weight + bias`` with a 2-D ``(in, out)`` weight (GPT-2's
-    ``Conv1D``)."""
-    if not isinstance(m, nn.Module) or _code(type(m).forward) != _CONV1D:
-        return False
-    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
-    return (
-        isinstance(w, Tensor)
-        and isinstance(b, Tensor)
-        and w.dim() == 2
-        and b.shape == (w.shape[1],)
-        and getattr(m, "nf", None) == w.shape[1]
-    )
-
-
-def _own_state(m: nn.Module) -> bool:
-    return bool(m._parameters or m._buffers)
-
-
-def ffn_kind(module: nn.Module) -> str | None:
-    """``"conv1d"`` for a GPT-2-style MLP, ``"gated"`` for a Llama-style gated MLP, else None.
-
-    Example:
-        >>> import torch
-        >>> ffn_kind(torch.nn.Linear(2, 2)) is None
-        True
-    """
-    forward = _code(type(module).forward)
-    if forward == _GPT2_MLP and not _own_state(module):
-        c_fc, c_proj = getattr(module, "c_fc", None), getattr(module, "c_proj", None)
-        act, drop = getattr(module, "act", None), getattr(module, "dropout", None)
-        if _is_conv1d(c_fc) and _is_conv1d(c_proj) and isinstance(act, nn.Module):
-            w_fc: Any = getattr(c_fc, "weight", None)
-            w_proj: Any = getattr(c_proj, "weight", None)
-            fits = w_fc.shape[::-1] == w_proj.shape  # d -> inter -> d
-            if fits and isinstance(drop, nn.Dropout):
-                return "conv1d"
-    if forward == _GATED_MLP and not _own_state(module):
-        lins = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-        if all(isinstance(m, nn.Linear) for m in lins) and isinstance(
-            getattr(module, "act_fn", None), nn.Module
-        ):
-            g, u, d = (m.weight for m in lins if isinstance(m, nn.Linear))
-            if g.shape == u.shape and d.shape == g.shape[::-1]:
-                return "gated"
-    return None
-
-
-def ffns(model: nn.Module) -> dict[str, str]:
-    """The feed-forward blocks of ``model`` that :func:`actreg.sparse.convert` can swap:
-    ``{name: "conv1d" | "gated"}`` (see :func:`ffn_kind`), every name under which a shared
-    block appears included.
-
-    Example:
-        >>> import torch
-        >>> ffns(torch.nn.Sequential(torch.nn.Linear(2, 2)))
-        {}
-    """
-    out = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        kind = ffn_kind(m)
-        if kind is not None:
-            out[name] = kind
-    return out
+__all__ = ["SparseConv1DMLP", "SparseGatedMLP"]
 
 
 _FLOATS = (torch.float32, torch.float64)
@@ -394,17 +295,3 @@ class SparseGatedMLP(_SparseFFN):
             else:
                 out = gated_sparse(x2, g, wu, bu, wdt, bd)
         return out.view(*x.shape[:-1], out.shape[-1])
-
-
-#: The wrapper class for each kind of :func:`ffn_kind`.
-WRAPPERS: dict[str, Callable[..., _SparseFFN]] = {
-    "conv1d": SparseConv1DMLP,
-    "gated": SparseGatedMLP,
-}
-
-
-def activation(module: nn.Module) -> nn.Module:
-    """The activation module of an FFN of :func:`ffn_kind`."""
-    act = getattr(module, "act" if ffn_kind(module) == "conv1d" else "act_fn")
-    assert isinstance(act, nn.Module)
-    return act
