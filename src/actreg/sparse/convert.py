@@ -104,8 +104,9 @@ def _named(
     linears: list[str] = []
     found: list[str] = []
     for key, hits in resolve(model, keys).items():
-        ffn = [n for n, _ in hits if n in blocks]
-        linear = [n for n, m in hits if isinstance(m, nn.Linear) and n not in blocks]
+        # a named split FFN's output.dense is a plain nn.Linear to convert, whatever feeds it
+        ffn = [n for n, _ in hits if blocks.get(n, "split") != "split"]
+        linear = [n for n, m in hits if isinstance(m, nn.Linear) and n not in ffn]
         if not linear and not ffn:
             kinds = ", ".join(f"{n!r} is {type(m).__name__}" for n, m in hits[:5])
             raise ActregError(
