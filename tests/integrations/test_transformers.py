@@ -1,7 +1,9 @@
 """Hugging Face transformers: attach/Monitor/TargetSparsity on real model classes, the Trainer.
 
-Models are built from small configs (nothing is downloaded). FFN activations are found by
-glob, as a user would write them.
+Models are built from small configs (nothing is downloaded): GPT-2, Llama, BERT, and the
+families actreg.sparse.convert also handles (GPT-NeoX, Phi, GPT-J, Falcon, T5, RoBERTa, and
+OPT, whose FFN sits in the decoder layer). FFN activations are found by glob, as a user
+would write them.
 """
 
 from __future__ import annotations
@@ -45,11 +47,63 @@ def bert() -> nn.Module:
     return transformers.BertForMaskedLM(cfg)
 
 
+SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def gpt_neox() -> nn.Module:
+    cfg = transformers.GPTNeoXConfig(**SMALL, intermediate_size=64, hidden_act="relu")
+    return transformers.GPTNeoXForCausalLM(cfg)
+
+
+def phi() -> nn.Module:
+    cfg = transformers.PhiConfig(**SMALL, intermediate_size=64, hidden_act="relu")
+    return transformers.PhiForCausalLM(cfg)
+
+
+def gptj() -> nn.Module:
+    cfg = transformers.GPTJConfig(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, rotary_dim=4, n_positions=32,
+        activation_function="relu",
+    )  # fmt: skip
+    return transformers.GPTJForCausalLM(cfg)
+
+
+def falcon() -> nn.Module:
+    return transformers.FalconForCausalLM(transformers.FalconConfig(**SMALL, activation="relu"))
+
+
+def t5() -> nn.Module:
+    cfg = transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=16, num_layers=2, num_heads=2,
+        dense_act_fn="relu", decoder_start_token_id=0,
+    )  # fmt: skip
+    return transformers.T5ForConditionalGeneration(cfg)
+
+
+def roberta() -> nn.Module:
+    cfg = transformers.RobertaConfig(
+        **SMALL, intermediate_size=64, max_position_embeddings=40, hidden_act="relu"
+    )
+    return transformers.RobertaForMaskedLM(cfg)
+
+
+def opt() -> nn.Module:
+    cfg = transformers.OPTConfig(**SMALL, ffn_dim=64, word_embed_proj_dim=32)  # ReLU by default
+    return transformers.OPTForCausalLM(cfg)
+
+
 # (builder, glob of the FFN activations, number of layers it matches)
 ARCHS = {
     "gpt2": (gpt2, "transformer.h.*.mlp.act"),
     "llama": (llama, "model.layers.*.mlp.act_fn"),
     "bert": (bert, "bert.encoder.layer.*.intermediate.intermediate_act_fn"),
+    "gpt_neox": (gpt_neox, "gpt_neox.layers.*.mlp.act"),
+    "phi": (phi, "model.layers.*.mlp.activation_fn"),
+    "gptj": (gptj, "transformer.h.*.mlp.act"),
+    "falcon": (falcon, "transformer.h.*.mlp.act"),
+    "t5": (t5, "encoder.block.*.layer.1.DenseReluDense.act"),
+    "roberta": (roberta, "roberta.encoder.layer.*.intermediate.intermediate_act_fn"),
+    "opt": (opt, "model.decoder.layers.*.activation_fn"),
 }
 
 
@@ -98,7 +152,8 @@ def test_monitor_sees_relu_zeros(arch):
     model, glob = arch
     model.eval()
     with actreg.Monitor(model, glob) as mon, torch.no_grad():
-        model(input_ids=tokens())
+        x = tokens()
+        model(input_ids=x, labels=x)  # labels: T5 makes its decoder inputs from them
         stats = mon.compute()
     assert len(stats) == 2
     for values in stats.values():
