@@ -9,17 +9,19 @@ at the same place in ``co_names`` fills the role; every other name (``torch``, `
 ``dtype``) must be the same. The kinds:
 
 * ``"conv1d"``: GPT-2's ``c_fc -> act -> c_proj -> dropout`` with ``Conv1D`` layers
-  (:class:`~actreg.sparse.SparseConv1DMLP`): ``GPT2MLP``, ``GPTBigCodeMLP``, ``GPTNeoMLP``,
-  ``ImageGPTMLP``, ...
-* ``"gated"``: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (:class:`~actreg.sparse.
-  SparseGatedMLP`): Llama, Mistral, Qwen2/3, Gemma/Gemma2, Cohere, ... (over 130 classes).
-* ``"linear"``: two ``nn.Linear`` around an activation (:class:`~actreg.sparse.
-  SparseLinearMLP`), four code shapes: ``in -> act -> out`` (``GPTNeoXMLP``, ``PhiMLP``,
-  ``PersimmonMLP``, ``CLIPMLP`` and some 80 vision/audio copies), ``in -> act -> out ->
-  drop`` (``GPTJMLP``, ``CodeGenMLP``, ``BarkMLP``), ``out(act(in(x)))`` (``FalconMLP``,
-  whose ``FalconLinear`` computes ``x @ W.T + b``) and T5's ``in -> act -> drop -> (cast)
-  -> out`` (``T5DenseActDense`` and its copies in MT5, LongT5, UMT5, SwitchTransformers,
-  Udop, Pop2Piano).
+  (:class:`~actreg.sparse.SparseConv1DMLP`): ``GPT2MLP``, ``ImageGPTMLP``,
+  ``DecisionTransformerGPT2MLP``.
+* ``"gated"``: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``
+  (:class:`~actreg.sparse.SparseGatedMLP`): Llama, Mistral, Qwen2/3, Gemma/Gemma2, Cohere,
+  ... (over 130 classes, all with these names, which the wrapper knows).
+* ``"linear"``: two ``nn.Linear`` around an activation
+  (:class:`~actreg.sparse.SparseLinearMLP`), four code shapes: ``in -> act -> out``
+  (``GPTNeoXMLP``, ``PhiMLP``, ``PersimmonMLP``, ``CLIPMLP`` and some 80 vision/audio
+  copies); ``in -> act -> out -> drop`` (``GPTJMLP``, ``CodeGenMLP``, ``GPTNeoMLP``,
+  ``GPTBigCodeMLP``, ``BarkMLP``);
+  ``out(act(in(x)))`` (``FalconMLP``, whose ``FalconLinear`` computes ``x @ W.T + b``);
+  T5's ``in -> act -> drop -> (cast) -> out`` (``T5DenseActDense`` and its copies in MT5,
+  LongT5, UMT5, SwitchTransformers, Udop, Pop2Piano).
 * ``"split"``: BERT-style layers whose ``feed_forward_chunk`` runs ``intermediate``
   (``dense -> act``) then ``output`` (``dense -> dropout -> norm(h + input)``): BERT,
   RoBERTa, ELECTRA, CamemBERT, XLM-R, BigBird and some 35 more. What converts is
@@ -31,6 +33,11 @@ Design choices:
 * Bytecode with role names, not class-name lists: this catches the copies ``transformers``
   generates (``# Copied from``, modular files) and never a look-alike that computes something
   else. One reference per distinct code shape; the role map replaces a table of names.
+* A BERT-style FFN converts its ``output.dense`` alone, for a ``SparseInputLinear`` (exact
+  for any input: it only skips zeros), rather than wrapping ``output``: the C++ kernels,
+  calibration and caches of that layer apply unchanged, and ``intermediate`` and the norm
+  keep their code. The price: no ``cutoff=`` there (the activation is in the sibling
+  module); :func:`actreg.sparse.apply_thresholds` on it does the same job.
 * Not recognised: FFNs written inline in a layer's ``forward`` (OPT, BioGPT, Whisper and
   BART-style ``fc1``/``fc2`` in the decoder layer): matching a fragment of a long forward
   would be guessing. Naming their ``fc2`` converts it exactly (any ``nn.Linear`` may be
