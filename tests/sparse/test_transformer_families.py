@@ -218,7 +218,8 @@ GELU = ["gpt_neox", "phi", "t5", "bert", "mistral"]
 def test_gelu_is_not_eligible_and_convert_explains(fam: str) -> None:
     model = make(fam, "gelu")
     assert len(rec.ffns(model)) >= 2 and sparse.eligible(model) == []
-    with pytest.raises(ActregError, match=r"no exact zeros.*relu.*cutoff="):
+    fix = "apply_thresholds" if FAMILIES[fam].kind == "split" else "cutoff="
+    with pytest.raises(ActregError, match=rf"no exact zeros.*relu.*{fix}"):
         sparse.convert(model, threshold=0.0)
 
 
@@ -251,8 +252,10 @@ def test_cutoff_zeroes_small_activations_as_asked(fam: str, kernels: Any) -> Non
 
 def test_cutoff_on_a_split_ffn_names_the_alternative() -> None:
     model = make("bert", "gelu")
-    with pytest.raises(ActregError, match="does not apply.*apply_thresholds"):
+    with pytest.raises(ActregError, match="cutoff= does not apply.*apply_thresholds"):
         sparse.convert(model, threshold=0.0, cutoff=0.05)
+    with pytest.raises(ActregError, match="takes no cutoff="):  # ReLU: no cutoff needed
+        sparse.convert(make("bert"), threshold=0.0, cutoff=0.05)
     thresholds = {f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn": 0.05 for i in (0, 1)}
     fast = sparse.convert(model, "bert.encoder.layer.*.output.dense", threshold=0.0)
     ids = tokens(2, 6)

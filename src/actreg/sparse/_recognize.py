@@ -339,7 +339,14 @@ def inline_candidates(model: nn.Module, zero_makers: tuple[type[nn.Module], ...]
     ``forward`` the recognition cannot read (OPT's decoder layer: children ``fc1``,
     ``activation_fn``, ``fc2``): a module holding two ``nn.Linear`` children ``a`` and ``b``
     with ``a.out_features == b.in_features`` and an activation child of ``zero_makers``;
-    ``b`` is listed where it narrows (``in_features > out_features``, a down projection). A hint for the user, never converted without being named."""
+    ``b`` is listed where it narrows (``in_features > out_features``, a down projection).
+    A hint for the user, never converted without being named.
+
+    Example:
+        >>> import torch
+        >>> inline_candidates(torch.nn.Linear(2, 2), (torch.nn.ReLU,))
+        []
+    """
     out = []
     for name, m in model.named_modules():
         kids = dict(m.named_children())

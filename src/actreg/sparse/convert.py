@@ -132,14 +132,10 @@ def _cutoffs(
     out = {}
     for name in chosen:
         c = lookup(name, cutoff, None) if isinstance(cutoff, Mapping) else cutoff
-        split = kinds[name] == "split"
-        if split and c is not None and c != 0:
-            raise ActregError(
-                f"cutoff= does not apply to {name!r}, the output.dense of a BERT-style layer "
-                "(its activation lives in the sibling intermediate module). Zero the small "
-                "activations with actreg.sparse.apply_thresholds on '*.intermediate.*act*' "
-                "and convert the output.dense layers by name, or leave them out with names="
-            )
+        if kinds[name] == "split":
+            _check_split(model, name, c)
+            out[name] = 0.0
+            continue
         if c is None or c == 0:
             if not _zero_making(model, name):
                 act = activation(model, name)
@@ -158,6 +154,23 @@ def _cutoffs(
             raise ActregError(f"cutoff must be a number >= 0 or a mapping to them, got {c!r}")
         out[name] = float(c)
     return out
+
+
+def _check_split(model: nn.Module, name: str, cutoff: object) -> None:
+    """A BERT-style ``output.dense`` converts exactly, without a cutoff, after an activation
+    with exact zeros; anything else is an error naming the way that works."""
+    zeros = _zero_making(model, name)
+    if zeros and cutoff in (None, 0):
+        return
+    act = type(activation(model, name)).__name__
+    why = "takes no cutoff=" if zeros else "has no exact zeros, and cutoff= does not apply there"
+    raise ActregError(
+        f"{name!r} is the output.dense of a BERT-style layer: it reads the {act} activations "
+        f"of the sibling intermediate module, so it {why}. For exact zeros train with "
+        "hidden_act='relu'; for approximate ones zero the small activations with "
+        "actreg.sparse.apply_thresholds on '*.intermediate.intermediate_act_fn' and convert "
+        "these layers by name (names='*.output.dense'); or leave them out with names="
+    )
 
 
 def convert(
