@@ -126,7 +126,7 @@ def _cutoffs(
     kinds: dict[str, str],
 ) -> dict[str, float]:
     """Each chosen FFN's cutoff (0: exact zeros), or an error for an activation without
-    exact zeros and no cutoff."""
+    exact zeros and no cutoff (for a BERT-style ``output.dense``: see :func:`_check_split`)."""
     if isinstance(cutoff, Mapping):
         resolve(model, cutoff.keys())  # unknown names: an error with close matches
     out = {}
