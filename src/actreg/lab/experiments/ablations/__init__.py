@@ -16,6 +16,18 @@ picture per question.
 
 Defaults are the budget of docs/RESULTS.md (its ablations section): MNIST, 10,000 training images
 (validation and test cut to 2,000 each), 3 epochs, a 256-unit code, a 3,000-example probe.
+
+Target mode: ``--set target_sparsity=0.9`` (or ``target_l0=N``) runs every penalty on a ReLU
+code under the lab's controller, so all penalized variants ask for the same sparsity (the
+coefficient, ``coef`` or which-norm's grid choice, becomes the starting value) and their
+dead units are revived (``revive_rounds``, 5 by default; 0: none); penalties on codes
+without exact zeros keep their fixed coefficient (see :mod:`._questions`), and which-norm
+runs no grid. Design: target mode is an opt-in setting, not the default, as in every other
+lab experiment (``target_sparsity=None``): the documented fixed-coefficient commands then
+reproduce their tables as they are, and questions whose subject is the coefficient (the
+which-norm grid, ``scaling``'s "does the coefficient follow the scaling?") keep their
+meaning; the target-mode reruns (docs/RESULTS.md, "Rerun in target mode") ask for it.
+``binary-code`` refuses a target: its penalty acts on a sigmoid code, which has no zeros.
 """
 
 from __future__ import annotations
@@ -45,11 +57,13 @@ from actreg.lab.experiments.ablations._ae import (
 from actreg.lab.experiments.ablations._binary import BINARY_METRICS, measure_binary
 from actreg.lab.experiments.ablations._questions import (
     QUESTIONS,
+    UNSTEERED_PENALTIES,
     Variant,
     choose,
     grid_variants,
     pairs_for,
     plan,
+    target_label,
 )
 from actreg.lab.experiments.ablations._stats import SPREAD_FACTOR, aggregate, compare, fmt_mean_std
 from actreg.lab.experiments.sparse_ae import SparseAEConfig
@@ -125,11 +139,34 @@ class AblationConfig(VisionConfig):
             raise ActregError(
                 f"min_zeros and max_dead must lie in [0, 1], got {self.min_zeros}, {self.max_dead}"
             )
+        self._check_target()
         # every variant's sparse-AE config must be valid before hours of training
         base = self.ae_base()
         if self.question != "binary-code":
             for v in _variants_for_check(self):
                 ae_config(base, self.seed, v.change_dict())
+
+    def _check_target(self) -> None:
+        """Target mode needs a penalty that exact zeros can steer (the base class checked
+        the target's range)."""
+        if target_label(self) is None:
+            return
+        if self.question == "binary-code":
+            raise ActregError(
+                "binary-code's Binary penalty acts on a sigmoid code, which gives no exact "
+                "zeros, so a target cannot steer it: drop target_sparsity/target_l0"
+            )
+        if self.question != "which-norm" and self.penalty in UNSTEERED_PENALTIES:
+            raise ActregError(
+                f"penalty={self.penalty} needs a sigmoid code, which gives no exact zeros, "
+                "so a target cannot steer it: use a ReLU penalty (e.g. penalty=l1) or drop "
+                "target_sparsity/target_l0"
+            )
+
+    def start_coefs(self) -> dict[str, float]:
+        """Which-norm in target mode: each penalty's starting coefficient (``coef``; KL,
+        which keeps a fixed coefficient, ``kl_coef``) in place of the grid's choice."""
+        return {p: self.kl_coef if p == "kl" else self.coef for p in self.norms}
 
     def ae_base(self) -> SparseAEConfig:
         """The sparse-AE config every variant starts from."""
@@ -148,6 +185,8 @@ class AblationConfig(VisionConfig):
 
 
 def _variants_for_check(cfg: AblationConfig) -> list[Variant]:
+    if cfg.question == "which-norm" and target_label(cfg) is not None:
+        return plan(cfg, cfg.start_coefs())
     if cfg.question == "which-norm":
         return grid_variants(cfg) + plan(cfg, {p: cfg.grid[0] for p in cfg.norms})
     return plan(cfg)
@@ -240,7 +279,12 @@ def run(cfg: AblationConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"question": cfg.question, "spread_rule": SPREAD_RULE}
     pictures: dict[str, str] = {}
     chosen = None
-    if cfg.question == "which-norm":
+    target = target_label(cfg)
+    if target is not None:
+        results["target"] = target
+    if cfg.question == "which-norm" and target is not None:
+        results["chosen"] = chosen = cfg.start_coefs()  # starting values; no grid
+    elif cfg.question == "which-norm":
         results["grid"], chosen = _grid(runner, cfg)
         results["chosen"] = chosen
         pictures["grid"] = str(grid_plot(results["grid"], run_dir / "grid.png", cfg.min_zeros))
