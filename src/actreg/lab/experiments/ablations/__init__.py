@@ -28,6 +28,10 @@ reproduce their tables as they are, and questions whose subject is the coefficie
 which-norm grid, ``scaling``'s "does the coefficient follow the scaling?") keep their
 meaning; the target-mode reruns (docs/RESULTS.md, "Rerun in target mode") ask for it.
 ``binary-code`` refuses a target: its penalty acts on a sigmoid code, which has no zeros.
+
+The probe standardizes each code unit (``probe_scaling=feature``), as when the documented
+tables were made; ``sparse-ae`` has since moved to one global scale (``probe_scaling=global``,
+docs/RESULTS.md "The probe, corrected"), which the ablations take as a setting.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class AblationConfig(VisionConfig):
     kl_coef: float = 0.003  # KL coefficient for activation's "sigmoid kl" (grid's choice)
     kl_target: float = 0.05  # KL target rate
     probe_size: int = 3000  # training codes for the linear probe
+    probe_scaling: str = "feature"  # per-feature std: the documented tables' probe (or global)
     resample_dead: float = 0.0  # resample dead units (off: sparse-ae restores a resampled epoch)
     unit_norm_decoder: bool = True  # unit-length decoder columns (as sparse-ae)
     zero_eps: float = 0.01  # near_zero counts |h| <= zero_eps
@@ -178,6 +183,7 @@ class AblationConfig(VisionConfig):
             coef=self.coef,
             kl_target=self.kl_target,
             probe_size=self.probe_size,
+            probe_scaling=self.probe_scaling,
             resample_dead=self.resample_dead,
             unit_norm_decoder=self.unit_norm_decoder,
             compare=False,

@@ -202,7 +202,9 @@ def plan(cfg: Any, chosen: dict[str, float] | None = None) -> list[Variant]:
             Variant("none", _c(weight_decay=0.0), False, group="none"),
             Variant(f"weight decay {wd:g}", _c(weight_decay=wd), False, group="wd"),
             Variant(alone, _c(weight_decay=0.0), True, group="act"),
-            Variant("both", _c(weight_decay=wd), True, group="both"),
+            Variant(
+                "both" if target is None else f"{lab} + wd", _c(weight_decay=wd), True, group="both"
+            ),
         ]
     if q == "binary-code":
         out = [
