@@ -3,6 +3,7 @@
 Usage::
 
     actreg run ablation --set question=which-norm --set threads=1 --set progress=false
+    actreg run ablation --set question=scaling --set target_sparsity=0.9   # target mode
 
 One question per run (``question=``): ``which-norm``, ``where``, ``width``, ``activation``,
 ``scaling``, ``weight-decay``, ``binary-code``. Each trains the variants of its question
@@ -18,16 +19,16 @@ Defaults are the budget of docs/RESULTS.md (its ablations section): MNIST, 10,00
 (validation and test cut to 2,000 each), 3 epochs, a 256-unit code, a 3,000-example probe.
 
 Target mode: ``--set target_sparsity=0.9`` (or ``target_l0=N``) runs every penalty on a ReLU
-code under the lab's controller, so all penalized variants ask for the same sparsity (the
-coefficient, ``coef`` or which-norm's grid choice, becomes the starting value) and their
-dead units are revived (``revive_rounds``, 5 by default; 0: none); penalties on codes
-without exact zeros keep their fixed coefficient (see :mod:`._questions`), and which-norm
-runs no grid. Design: target mode is an opt-in setting, not the default, as in every other
-lab experiment (``target_sparsity=None``): the documented fixed-coefficient commands then
-reproduce their tables as they are, and questions whose subject is the coefficient (the
-which-norm grid, ``scaling``'s "does the coefficient follow the scaling?") keep their
-meaning; the target-mode reruns (docs/RESULTS.md, "Rerun in target mode") ask for it.
-``binary-code`` refuses a target: its penalty acts on a sigmoid code, which has no zeros.
+code under the lab's controller, so all penalized variants ask for the same sparsity
+(``coef`` becomes the starting coefficient) and their dead units are revived
+(``revive_rounds``, 5 by default; 0: none); penalties on codes without exact zeros keep
+their fixed coefficient (see :mod:`._questions`), and which-norm runs no grid. Design:
+target mode is an opt-in setting, not the default, as in every other lab experiment
+(``target_sparsity=None``): the documented fixed-coefficient commands then reproduce their
+tables as they are, and questions whose subject is the coefficient (the which-norm grid,
+``scaling``'s "does the coefficient follow the scaling?") keep their meaning; the
+target-mode reruns (docs/RESULTS.md, "Rerun in target mode") ask for it. ``binary-code``
+refuses a target: its penalty acts on a sigmoid code, which has no zeros.
 
 The probe standardizes each code unit (``probe_scaling=feature``), as when the documented
 tables were made; ``sparse-ae`` has since moved to one global scale (``probe_scaling=global``,
