@@ -182,10 +182,124 @@ def test_choose_skips_collapsed_and_breaks_ties_by_smaller_coef():
         ("penalty=l3", "unknown penalty"),
         ("scalings=none,zscore", "unknown scaling or activation"),
         ("activations=relu,gelu", "unknown scaling or activation"),
+        ("probe_scaling=pca", "unknown probe_scaling"),
     ],
-    ids=["question", "seeds", "grid", "binary", "max-dead", "penalty", "scaling", "activation"],
+    ids=[
+        "question",
+        "seeds",
+        "grid",
+        "binary",
+        "max-dead",
+        "penalty",
+        "scaling",
+        "activation",
+        "probe-scaling",
+    ],
 )
 def test_bad_config_errors(override, match):
     question = {"scalings": "scaling", "activati": "activation"}.get(override[:8], "which-norm")
     with pytest.raises(ActregError, match=match):
         apply_overrides(AblationConfig(data="digits"), [f"question={question}", override])
+
+
+# Target mode: every ReLU penalty asks for one sparsity; codes without zeros keep a coefficient.
+
+TARGET_QUESTIONS = ("which-norm", "where", "width", "activation", "scaling", "weight-decay")
+PENALIZED_LAYERS = {"code": ["encoder.code"], "encoder": ["encoder.act1", "encoder.code"]}
+PENALIZED_LAYERS["all"] = [*PENALIZED_LAYERS["encoder"], "decoder.act1"]
+FIXED_IN_TARGET_MODE = {  # question -> variants that keep their coefficient
+    "which-norm": {"kl 0.003"},
+    "activation": {"sigmoid l1 0.003", "sigmoid kl 0.003"},
+}
+
+
+@pytest.fixture(scope="module")
+def target_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("abl-target")
+    exp = get("ablation")
+    done = {}
+
+    def run(question, *extra):
+        key = (question, *extra)
+        if key not in done:
+            name = "-".join(key).replace("=", "")
+            sets = [*TINY, f"question={question}", "target_sparsity=0.9", *extra]
+            cfg = apply_overrides(exp.config(), [*sets, f"out_dir={out}", f"run_name={name}"])
+            done[key] = exp.run(cfg)
+        return done[key]
+
+    return run
+
+
+@pytest.mark.parametrize("question", TARGET_QUESTIONS, ids=TARGET_QUESTIONS)
+def test_target_mode_steers_relu_penalties_and_fixes_the_others(target_runs, question):
+    doc = target_runs(question)
+    assert doc["target"] == "target 0.9"
+    fixed = FIXED_IN_TARGET_MODE.get(question, set())
+    penalized = [v for v in doc["variants"] if v["penalized"]]
+    assert {v["name"] for v in penalized} >= fixed and len(penalized) > len(fixed)
+    for v in penalized:
+        rows = doc["per_seed"][v["name"]]
+        if v["name"] in fixed:  # out of target mode: no controller, no revival
+            assert v["changes"]["target_sparsity"] is None
+            assert all(r["revived_units"] == {} for r in rows)
+        else:
+            assert "target 0.9" in v["name"] and "target_sparsity" not in v["changes"]
+            layers = PENALIZED_LAYERS[v["changes"].get("where", "code")]
+            assert all(sorted(r["revived_units"]) == sorted(layers) for r in rows)
+            assert all(r["resampled_units"] == [] for r in rows)
+    for v in doc["variants"]:
+        if not v["penalized"]:
+            assert all(r["revived_units"] == {} for r in doc["per_seed"][v["name"]])
+
+
+def test_target_mode_which_norm_runs_no_grid(target_runs):
+    doc = target_runs("which-norm")
+    assert "grid" not in doc and "grid" not in doc["pictures"]
+    assert doc["chosen"] == {"l1": 0.003, "kl": 0.003}  # starting values: coef, kl_coef
+
+
+@pytest.mark.parametrize(
+    ("extra", "revived"),
+    [((), True), (("revive_rounds=0",), False), (("resample_dead=0.5",), True)],
+    ids=["default-revives", "revive-rounds-0", "revival-replaces-resampling"],
+)
+def test_target_mode_revival_setting(target_runs, extra, revived):
+    doc = target_runs("weight-decay", *extra)
+    rows = doc["per_seed"]["l1 target 0.9"]
+    assert all(bool(r["revived_units"]) is revived for r in rows)
+    assert all(r["resampled_units"] == [] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ("weight-decay", ["none", "weight decay 0.001", "l1 0.003", "both"]),
+        ("activation", ["relu l1", "tanh l1", "sigmoid l1", "sigmoid kl"]),
+        ("where", ["none", "l1 on code", "l1 on encoder", "l1 on all"]),
+    ],
+    ids=["weight-decay", "activation", "where"],
+)
+def test_fixed_mode_keeps_the_documented_variants(question, expected):
+    from actreg.lab.experiments.ablations._questions import plan
+
+    variants = plan(AblationConfig(data="digits", question=question))
+    assert [v.name for v in variants] == expected
+    assert all("target_sparsity" not in v.change_dict() for v in variants)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["question=binary-code", "target_sparsity=0.9"], "Binary penalty acts on a sigmoid"),
+        (["question=where", "penalty=kl", "target_sparsity=0.9"], "penalty=kl needs a sigmoid"),
+        (["question=width", "target_sparsity=1.5"], "strictly between 0 and 1"),
+        (["question=width", "target_sparsity=0.9", "target_l0=10"], "not both"),
+        (["question=width", "widths=8,64", "target_l0=20"], "not sparse in a code of 8"),
+        (["question=where", "target_sparsity=0.9", "revive_rounds=-1"], "revive_rounds"),
+    ],
+    ids=["binary-code", "kl-penalty", "range", "both-targets", "l0-wider-than-code", "rounds"],
+)
+def test_bad_target_settings(overrides, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(AblationConfig(data="digits"), overrides)

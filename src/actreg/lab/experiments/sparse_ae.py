@@ -28,7 +28,13 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_choice, check_fraction
 from actreg.lab.experiments import _ae_codes
-from actreg.lab.experiments._common import PROBE_SCALINGS, VisionConfig, features, linear_probe
+from actreg.lab.experiments._common import (
+    PROBE_SCALINGS,
+    VisionConfig,
+    features,
+    linear_probe,
+    make_reviver,
+)
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.experiments._rundir import make_run_dir, resume_from, save_results
 from actreg.lab.models import ACTIVATIONS, Autoencoder
@@ -156,7 +162,10 @@ def train_variant(
     spec = _ae_codes.code_penalties(cfg, model, _targets(cfg), make) if penalized else None
     loss_fn, aux = _ae_codes.loss_fn(cfg, model, len(data.x_train))
     after_step = _ae_codes.AfterStep(cfg, model, len(data.x_train))
-    revival = cfg.resample_dead > 0 and cfg.code_type in _ae_codes.REVIVED_CODES
+    # ReLU code in target mode (target_sparsity/target_l0): the lab's step-wise revival
+    # (revive_rounds, 5 by default) instead of the epoch-end resampling below.
+    reviver = make_reviver(model, spec, data.x_train, cfg) if cfg.code_type == "relu" else None
+    revival = reviver is None and cfg.resample_dead > 0 and cfg.code_type in _ae_codes.REVIVED_CODES
     metrics_fn, objective = _ae_codes.selection(cfg) if penalized else (_metrics, "mse")
 
     def resample(epoch: int) -> None:
@@ -184,9 +193,12 @@ def train_variant(
         resume=resume_from(cfg, run_dir / name),
         after_step=after_step,
         after_epoch=resample if revival else None,
+        reviver=reviver,
         desc=name,
     )
     after_step.close()
+    if reviver is not None:
+        out["revived_units"] = reviver.revived
     monitor.reset()
     test = evaluate(model, data.x_test, data.y_test, _metrics)
     stats = monitor.compute()["encoder.code"]
@@ -207,6 +219,7 @@ class AEVariant(TypedDict):
     steps: int
     seconds: float
     resampled_units: list[int]  # dead units resampled after each early epoch (relu)
+    revived_units: NotRequired[dict[str, int]]  # target mode: units the reviver revived per layer
     test_mse: float
     code: dict[str, Any]  # the Monitor's statistics of encoder.code on the test split
     aux_dead_fraction: NotRequired[float]  # topk, batchtopk: latents AuxK counts dead at the end

@@ -3,6 +3,7 @@
 Usage::
 
     actreg run ablation --set question=which-norm --set threads=1 --set progress=false
+    actreg run ablation --set question=scaling --set target_sparsity=0.9   # target mode
 
 One question per run (``question=``): ``which-norm``, ``where``, ``width``, ``activation``,
 ``scaling``, ``weight-decay``, ``binary-code``. Each trains the variants of its question
@@ -16,6 +17,22 @@ picture per question.
 
 Defaults are the budget of docs/RESULTS.md (its ablations section): MNIST, 10,000 training images
 (validation and test cut to 2,000 each), 3 epochs, a 256-unit code, a 3,000-example probe.
+
+Target mode: ``--set target_sparsity=0.9`` (or ``target_l0=N``) runs every penalty on a ReLU
+code under the lab's controller, so all penalized variants ask for the same sparsity
+(``coef`` becomes the starting coefficient) and their dead units are revived
+(``revive_rounds``, 5 by default; 0: none); penalties on codes without exact zeros keep
+their fixed coefficient (see :mod:`._questions`), and which-norm runs no grid. Design:
+target mode is an opt-in setting, not the default, as in every other lab experiment
+(``target_sparsity=None``): the documented fixed-coefficient commands then reproduce their
+tables as they are, and questions whose subject is the coefficient (the which-norm grid,
+``scaling``'s "does the coefficient follow the scaling?") keep their meaning; the
+target-mode reruns (docs/RESULTS.md, "Rerun in target mode") ask for it. ``binary-code``
+refuses a target: its penalty acts on a sigmoid code, which has no zeros.
+
+The probe standardizes each code unit (``probe_scaling=feature``), as when the documented
+tables were made; ``sparse-ae`` has since moved to one global scale (``probe_scaling=global``,
+docs/RESULTS.md "The probe, corrected"), which the ablations take as a setting.
 """
 
 from __future__ import annotations
@@ -45,11 +62,13 @@ from actreg.lab.experiments.ablations._ae import (
 from actreg.lab.experiments.ablations._binary import BINARY_METRICS, measure_binary
 from actreg.lab.experiments.ablations._questions import (
     QUESTIONS,
+    UNSTEERED_PENALTIES,
     Variant,
     choose,
     grid_variants,
     pairs_for,
     plan,
+    target_label,
 )
 from actreg.lab.experiments.ablations._stats import SPREAD_FACTOR, aggregate, compare, fmt_mean_std
 from actreg.lab.experiments.sparse_ae import SparseAEConfig
@@ -84,6 +103,7 @@ class AblationConfig(VisionConfig):
     kl_coef: float = 0.003  # KL coefficient for activation's "sigmoid kl" (grid's choice)
     kl_target: float = 0.05  # KL target rate
     probe_size: int = 3000  # training codes for the linear probe
+    probe_scaling: str = "feature"  # per-feature std: the documented tables' probe (or global)
     resample_dead: float = 0.0  # resample dead units (off: sparse-ae restores a resampled epoch)
     unit_norm_decoder: bool = True  # unit-length decoder columns (as sparse-ae)
     zero_eps: float = 0.01  # near_zero counts |h| <= zero_eps
@@ -125,11 +145,34 @@ class AblationConfig(VisionConfig):
             raise ActregError(
                 f"min_zeros and max_dead must lie in [0, 1], got {self.min_zeros}, {self.max_dead}"
             )
+        self._check_target()
         # every variant's sparse-AE config must be valid before hours of training
         base = self.ae_base()
         if self.question != "binary-code":
             for v in _variants_for_check(self):
                 ae_config(base, self.seed, v.change_dict())
+
+    def _check_target(self) -> None:
+        """Target mode needs a penalty that exact zeros can steer (the base class checked
+        the target's range)."""
+        if target_label(self) is None:
+            return
+        if self.question == "binary-code":
+            raise ActregError(
+                "binary-code's Binary penalty acts on a sigmoid code, which gives no exact "
+                "zeros, so a target cannot steer it: drop target_sparsity/target_l0"
+            )
+        if self.question != "which-norm" and self.penalty in UNSTEERED_PENALTIES:
+            raise ActregError(
+                f"penalty={self.penalty} needs a sigmoid code, which gives no exact zeros, "
+                "so a target cannot steer it: use a ReLU penalty (e.g. penalty=l1) or drop "
+                "target_sparsity/target_l0"
+            )
+
+    def start_coefs(self) -> dict[str, float]:
+        """Which-norm in target mode: each penalty's starting coefficient (``coef``; KL,
+        which keeps a fixed coefficient, ``kl_coef``) in place of the grid's choice."""
+        return {p: self.kl_coef if p == "kl" else self.coef for p in self.norms}
 
     def ae_base(self) -> SparseAEConfig:
         """The sparse-AE config every variant starts from."""
@@ -141,6 +184,7 @@ class AblationConfig(VisionConfig):
             coef=self.coef,
             kl_target=self.kl_target,
             probe_size=self.probe_size,
+            probe_scaling=self.probe_scaling,
             resample_dead=self.resample_dead,
             unit_norm_decoder=self.unit_norm_decoder,
             compare=False,
@@ -148,6 +192,8 @@ class AblationConfig(VisionConfig):
 
 
 def _variants_for_check(cfg: AblationConfig) -> list[Variant]:
+    if cfg.question == "which-norm" and target_label(cfg) is not None:
+        return plan(cfg, cfg.start_coefs())
     if cfg.question == "which-norm":
         return grid_variants(cfg) + plan(cfg, {p: cfg.grid[0] for p in cfg.norms})
     return plan(cfg)
@@ -240,7 +286,12 @@ def run(cfg: AblationConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"question": cfg.question, "spread_rule": SPREAD_RULE}
     pictures: dict[str, str] = {}
     chosen = None
-    if cfg.question == "which-norm":
+    target = target_label(cfg)
+    if target is not None:
+        results["target"] = target
+    if cfg.question == "which-norm" and target is not None:
+        results["chosen"] = chosen = cfg.start_coefs()  # starting values; no grid
+    elif cfg.question == "which-norm":
         results["grid"], chosen = _grid(runner, cfg)
         results["chosen"] = chosen
         pictures["grid"] = str(grid_plot(results["grid"], run_dir / "grid.png", cfg.min_zeros))

@@ -62,7 +62,8 @@ def measure_ae(
         ``nmse`` (test MSE over the MSE of predicting the training mean), ``zero_fraction``
         (exact zeros), ``near_zero``, ``l0``, ``dead_fraction`` (units never active on the
         test split), ``probe_acc`` (logistic regression on ``probe_size`` training codes),
-        ``test_mse``, ``best_epoch``, ``resampled_units`` and ``seconds``.
+        ``test_mse``, ``best_epoch``, ``resampled_units``, ``revived_units`` (target mode:
+        units revived per penalized layer, else ``{}``) and ``seconds``.
     """
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,6 +91,7 @@ def measure_ae(
         "probe_acc": probe["test"],
         "best_epoch": out["best_epoch"],
         "resampled_units": out["resampled_units"],
+        "revived_units": out.get("revived_units", {}),
         "seconds": time.perf_counter() - start,
     }
 

@@ -16,13 +16,22 @@ from actreg.lab.experiments.ablations._stats import all_pairs
 
 __all__ = [
     "QUESTIONS",
+    "UNSTEERED_PENALTIES",
+    "ZERO_ACTS",
     "Variant",
     "choose",
+    "controlled",
     "grid_variants",
     "norm_variant",
     "pairs_for",
     "plan",
+    "target_label",
 ]
+
+ZERO_ACTS = ("relu",)
+"""Code activations that give exact zeros, so that target mode can steer their penalty."""
+UNSTEERED_PENALTIES = ("kl", "binary")
+"""Penalties that need a sigmoid code (no exact zeros): fixed coefficient in target mode."""
 
 QUESTIONS = (
     "which-norm",
@@ -55,12 +64,48 @@ def _c(**changes: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(changes.items()))
 
 
-def norm_variant(penalty: str, coef: float, kl_target: float) -> Variant:
-    """The which-norm variant of ``penalty`` at ``coef`` (KL needs a sigmoid code)."""
+def target_label(cfg: Any) -> str | None:
+    """``target 0.9`` (or ``target_l0 25``) in target mode, else None.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> target_label(NS(target_sparsity=0.9, target_l0=None))
+        'target 0.9'
+        >>> target_label(NS(target_sparsity=None, target_l0=None)) is None
+        True
+    """
+    if cfg.target_sparsity is not None:
+        return f"target {cfg.target_sparsity:g}"
+    if cfg.target_l0 is not None:
+        return f"target_l0 {cfg.target_l0:g}"
+    return None
+
+
+def controlled(penalty: str, act: str) -> bool:
+    """Whether target mode can steer ``penalty`` on an ``act`` code (it needs exact zeros).
+
+    Example:
+        >>> controlled("l1", "relu"), controlled("l1", "tanh"), controlled("kl", "sigmoid")
+        (True, False, False)
+    """
+    return act in ZERO_ACTS and penalty not in UNSTEERED_PENALTIES
+
+
+_FIXED = _c(target_sparsity=None, target_l0=None)
+"""Changes that take a variant out of target mode (its coefficient stays fixed)."""
+
+
+def norm_variant(penalty: str, coef: float, kl_target: float, target: str | None = None) -> Variant:
+    """The which-norm variant of ``penalty`` at ``coef`` (KL needs a sigmoid code); with
+    ``target`` (target mode) a ReLU penalty is named by the target, ``coef`` its start."""
     if penalty == "kl":
         changes = _c(penalty="kl", coef=coef, act="sigmoid", kl_target=kl_target)
     else:
         changes = _c(penalty=penalty, coef=coef)
+    if target is not None and controlled(penalty, "relu"):
+        return Variant(f"{penalty} {target}", changes, True, group=penalty, x=coef)
+    if target is not None:
+        changes = tuple(sorted(dict(changes + _FIXED).items()))
     return Variant(f"{penalty} {coef:g}", changes, True, group=penalty, x=coef)
 
 
@@ -98,48 +143,68 @@ def choose(rows: Sequence[dict[str, Any]], min_zeros: float, max_dead: float) ->
 
 
 def plan(cfg: Any, chosen: dict[str, float] | None = None) -> list[Variant]:
-    """The seeded variants of ``cfg.question`` (which-norm: at the ``chosen`` coefficients)."""
+    """The seeded variants of ``cfg.question`` (which-norm: at the ``chosen`` coefficients).
+
+    In target mode the penalized variants that :func:`controlled` refuses get their target
+    switched off (fixed coefficient, named by it); the others are named by the target.
+    """
     q = cfg.question
     pen = cfg.penalty
+    target = target_label(cfg)
+    lab = pen if target is None else f"{pen} {target}"  # the penalty as variant names show it
     if q == "which-norm":
         assert chosen is not None
         out = [
             Variant("none", (), False, group="none"),
             Variant("none (sigmoid)", _c(act="sigmoid"), False, group="none"),
         ]
-        return out + [norm_variant(p, chosen[p], cfg.kl_target) for p in cfg.norms]
+        return out + [norm_variant(p, chosen[p], cfg.kl_target, target) for p in cfg.norms]
     if q == "where":
         deep = {"hidden": (cfg.hidden,)}
         out = [Variant("none", _c(**deep), False, group="none")]
         return out + [
-            Variant(f"{pen} on {w}", _c(**deep, where=w), True, group=w)
+            Variant(f"{lab} on {w}", _c(**deep, where=w), True, group=w)
             for w in ("code", "encoder", "all")
         ]
     if q == "width":
         return [
             Variant(f"{name} w={w}", _c(code=w), on, group=name, x=w)
             for w in cfg.widths
-            for name, on in ((pen, True), ("none", False))
+            for name, on in ((lab, True), ("none", False))
         ]
     if q == "activation":
-        out = [Variant(f"{a} {pen}", _c(act=a), True, group=a) for a in cfg.activations]
+        out = []
+        for a in cfg.activations:
+            if target is None:
+                out.append(Variant(f"{a} {pen}", _c(act=a), True, group=a))
+            elif controlled(pen, a):
+                out.append(Variant(f"{a} {lab}", _c(act=a), True, group=a))
+            else:
+                fixed = tuple(sorted(dict(_c(act=a) + _FIXED).items()))
+                out.append(Variant(f"{a} {pen} {cfg.coef:g}", fixed, True, group=a))
         if "sigmoid" in cfg.activations:
             kl = _c(act="sigmoid", penalty="kl", coef=cfg.kl_coef, kl_target=cfg.kl_target)
-            out.append(Variant("sigmoid kl", kl, True, group="sigmoid kl"))
+            name = "sigmoid kl"
+            if target is not None:
+                kl, name = tuple(sorted(dict(kl + _FIXED).items())), f"sigmoid kl {cfg.kl_coef:g}"
+            out.append(Variant(name, kl, True, group="sigmoid kl"))
         return out
     if q == "scaling":
         return [
             Variant(f"{s} {name}", _c(scaling=s), on, group=name, x=s)
             for s in cfg.scalings
-            for name, on in ((pen, True), ("none", False))
+            for name, on in ((lab, True), ("none", False))
         ]
     if q == "weight-decay":
         wd = cfg.wd
+        alone = f"{pen} {cfg.coef:g}" if target is None else lab
         return [
             Variant("none", _c(weight_decay=0.0), False, group="none"),
             Variant(f"weight decay {wd:g}", _c(weight_decay=wd), False, group="wd"),
-            Variant(f"{pen} {cfg.coef:g}", _c(weight_decay=0.0), True, group="act"),
-            Variant("both", _c(weight_decay=wd), True, group="both"),
+            Variant(alone, _c(weight_decay=0.0), True, group="act"),
+            Variant(
+                "both" if target is None else f"{lab} + wd", _c(weight_decay=wd), True, group="both"
+            ),
         ]
     if q == "binary-code":
         out = [
