@@ -260,15 +260,19 @@ def test_target_mode_which_norm_runs_no_grid(target_runs):
 
 
 @pytest.mark.parametrize(
-    ("extra", "revived"),
-    [((), True), (("revive_rounds=0",), False), (("resample_dead=0.5",), True)],
-    ids=["default-revives", "revive-rounds-0", "revival-replaces-resampling"],
+    ("extra", "revived", "resampled"),
+    [
+        ((), True, False),
+        (("revive_rounds=0",), False, False),
+        (("resample_dead=0.5", "epochs=2"), False, True),
+    ],
+    ids=["default-revives", "revive-rounds-0", "resampling-takes-precedence"],
 )
-def test_target_mode_revival_setting(target_runs, extra, revived):
+def test_target_mode_revival_setting(target_runs, extra, revived, resampled):
     doc = target_runs("weight-decay", *extra)
     rows = doc["per_seed"]["l1 target 0.9"]
     assert all(bool(r["revived_units"]) is revived for r in rows)
-    assert all(r["resampled_units"] == [] for r in rows)
+    assert all((r["resampled_units"] != []) is resampled for r in rows)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ class SparseAEConfig(VisionConfig):
     jump_lr: float = 30.0  # JumpReLU thresholds' learning rate, x lr
     variants: tuple[str, ...] = ()  # several methods at l0: relu,relu-target,topk,batchtopk,...
     unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
-    resample_dead: float = 0.95  # relu, jumprelu: resample dead units after early epochs (share)
+    resample_dead: float = 0.95  # relu, jumprelu: resample dead units after early epochs (0: revive_rounds)
     compare: bool = True  # also train the same model without the penalty
     probe_size: int = 20000  # training examples for the linear probe (0 = the whole split)
     noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)
@@ -162,9 +162,11 @@ def train_variant(
     spec = _ae_codes.code_penalties(cfg, model, _targets(cfg), make) if penalized else None
     loss_fn, aux = _ae_codes.loss_fn(cfg, model, len(data.x_train))
     after_step = _ae_codes.AfterStep(cfg, model, len(data.x_train))
-    # ReLU code in target mode (target_sparsity/target_l0): the lab's step-wise revival
-    # (revive_rounds, 5 by default) instead of the epoch-end resampling below.
-    reviver = make_reviver(model, spec, data.x_train, cfg) if cfg.code_type == "relu" else None
+    # Dead code units: the epoch-end resampling below (resample_dead, the documented runs'
+    # choice) takes precedence; with resample_dead=0 a ReLU code in target mode
+    # (target_sparsity/target_l0) gets the lab's step-wise revival (revive_rounds) instead.
+    stepwise = cfg.code_type == "relu" and cfg.resample_dead == 0
+    reviver = make_reviver(model, spec, data.x_train, cfg) if stepwise else None
     revival = reviver is None and cfg.resample_dead > 0 and cfg.code_type in _ae_codes.REVIVED_CODES
     metrics_fn, objective = _ae_codes.selection(cfg) if penalized else (_metrics, "mse")
 
