@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -192,14 +193,24 @@ REVIVE_EXAMPLES = 5000  # training inputs a unit must be zero on to count as dea
 
 
 def make_reviver(
-    model: nn.Module, spec: dict[str, Any] | None, x_train: Tensor, cfg: Any
+    model: nn.Module,
+    spec: dict[str, Any] | None,
+    x_train: Tensor,
+    cfg: Any,
+    *,
+    steps: int | None = None,
+    examples: int = REVIVE_EXAMPLES,
+    forward: Callable[[nn.Module, Tensor], Any] | None = None,
+    batch_size: int = 2000,
 ) -> actreg.Reviver | None:
     """The :class:`actreg.Reviver` of a penalized model's layers (``None``: no revival).
 
     ``cfg.revive_rounds`` revivals (by default 5 in target mode, none otherwise) spread over
-    the first 70% of training, each on a fixed sample of up to 5,000 training inputs. In
-    target mode a unit killed early (before its firing rate is known) would otherwise stay
-    dead: docs/TARGET.md has the comparison.
+    the first 70% of training's ``steps`` (default: :func:`planned_steps` of ``x_train``),
+    each on a fixed sample of up to ``examples`` rows of ``x_train``. In target mode a unit
+    killed early (before its firing rate is known) would otherwise stay dead:
+    docs/TARGET.md has the comparison. ``forward`` and ``batch_size`` go to the Reviver
+    (how to run a model not called as ``model(batch)``, and rows per forward).
     """
     rounds = getattr(cfg, "revive_rounds", None)
     if rounds is None:
@@ -207,11 +218,14 @@ def make_reviver(
         rounds = 5 if target is not None else 0
     if not spec or rounds == 0:
         return None
-    total = planned_steps(len(x_train), cfg)
+    total = planned_steps(len(x_train), cfg) if steps is None else steps
     until = max(1, int(REVIVE_UNTIL * total))
     gen = torch.Generator().manual_seed(cfg.seed)
-    sample = x_train[torch.randperm(len(x_train), generator=gen)[:REVIVE_EXAMPLES]]
-    return actreg.Reviver(model, list(spec), sample, every=max(1, until // rounds), until=until)
+    sample = x_train[torch.randperm(len(x_train), generator=gen)[:examples]]
+    return actreg.Reviver(
+        model, list(spec), sample, every=max(1, until // rounds), until=until,
+        forward=forward, batch_size=batch_size,
+    )  # fmt: skip
 
 
 def train_classifier(
