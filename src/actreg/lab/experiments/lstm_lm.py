@@ -16,8 +16,8 @@ same penalties are attached and measured (``reg.last``) but not added to the los
 Perplexities are of the task loss only. Truncated BPTT carries the hidden state across
 chunks, detached; gradients are clipped; the learning rate is divided by ``lr_decay``
 whenever validation perplexity does not improve (in target mode: while the ReLU block's
-validation sparsity is off the target by more than 0.02 and not getting closer, or on it
-and not improving; the weights kept are the best on the target, see
+validation sparsity is off the target and not getting closer, or on it and not
+improving; the weights kept are the best on the target, see
 :mod:`~actreg.lab.experiments._targets`).
 
 The ReLU variant (``ffn=N``, ``penalty=l1``): a residual ReLU feed-forward block
@@ -232,7 +232,7 @@ def train_variant(
         history.append(row)
         # in target mode an epoch off the target ranks by its distance to it, behind any
         # on it: the weights kept are at the target, and reaching it counts as progress
-        miss = target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse is not None else 0.0
+        miss = target_miss(cfg, val_ffn.get(FFN_ACT)) if sparse is not None else 0.0
         rank = (miss, val_loss)
         if best is None or rank < best[0]:
             best = (rank, epoch, copy.deepcopy(model.state_dict()))
