@@ -19,21 +19,10 @@ from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
 from actreg.lab.train import choose_threads
 
-WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
-
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_corpus")
-    gen = torch.Generator().manual_seed(0)
-    for split, n_lines in (("train", 60), ("valid", 12), ("test", 12)):
-        lines = []
-        for _ in range(n_lines):
-            n = int(torch.randint(3, 9, (1,), generator=gen))
-            idx = torch.randint(0, len(WORDS), (n,), generator=gen).tolist()
-            lines.append(" ".join(WORDS[i] for i in idx))
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return folder
+def corpus_dir(tiny_corpus):
+    return tiny_corpus(train=60, valid=12, test=12)
 
 
 COMMON = ["epochs=2", "batch_size=4", "progress=false", "threads=0", "vocab_size=12"]
