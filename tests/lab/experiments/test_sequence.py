@@ -148,6 +148,8 @@ def test_hidden_state_carried_and_detached_between_chunks():
         (LSTMLMConfig, "ffn=-1", "ffn must not be negative"),
         (LSTMLMConfig, "target_sparsity=0.9", "set ffn=N and penalty=l1"),
         (LSTMLMConfig, "target_l0=-2", "target_l0 must not be negative"),
+        (LSTMLMConfig, "revive_rounds=3", "revive_rounds revives the ReLU block"),
+        (LSTMLMConfig, "revive_rounds=-1", "revive_rounds must not be negative"),
         (Seq2SeqConfig, "max_len=1", "max_len must be >= 2"),
         (Seq2SeqConfig, "coef=-0.1", "coef must not be negative"),
         (Seq2SeqConfig, "code=0", "code must be >= 1"),

@@ -127,6 +127,11 @@ class LSTMLMConfig(SeqConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_relu_block(self, "ar_tar")
+        if self.revive_rounds and self.penalty == "ar_tar":
+            raise ActregError(
+                "revive_rounds revives the ReLU block's units, which penalty=ar_tar leaves "
+                "out: set ffn=N and penalty=l1, or drop revive_rounds"
+            )
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
         for name in ("dropout", "dropout_h", "dropout_i"):
