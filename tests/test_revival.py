@@ -184,6 +184,82 @@ def test_revive_explicit_producer_for_a_shared_activation():
         actreg.revive(model, "act", x, producer="fc")
 
 
+class Stateful(nn.Module):
+    """A model called with a state besides its input (as a recurrent language model)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.act = nn.ReLU()
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x, state):
+        return self.out(self.act(self.fc(x + state))), state
+
+
+def _stateful_forward(calls):
+    def forward(model, batch):
+        calls.append(len(batch))
+        return model(batch, torch.zeros(batch.shape[-1]))
+
+    return forward
+
+
+@pytest.mark.parametrize("init", ["resample", "fresh"], ids=["resample", "fresh"])
+def test_revive_runs_the_model_through_forward(init):
+    model = Stateful()
+    _kill(model)
+    x = torch.randn(100, 5, 6)  # 100 sequences of 5 positions
+    with pytest.raises(TypeError):  # model(batch) alone does not run this model
+        actreg.revive(model, "act", x)
+    calls = []
+    revived = actreg.revive(
+        model, "act", x, init=init, batch_size=30, forward=_stateful_forward(calls)
+    )
+    assert revived.tolist() == DEAD
+    assert max(calls) <= 30 and sum(calls[1:5]) == 100  # the trace, then chunks of 30
+    out = []
+    model.act.register_forward_hook(lambda m, a, o: out.append(o))
+    model(x, torch.zeros(6))
+    assert bool((out[0].reshape(-1, 8)[:, DEAD] > 0).any(0).all())
+
+
+def test_revive_forward_output_goes_to_the_loss():
+    # Every revived row points at the one example whose loss, computed from the output
+    # that forward returns (a tuple), is not 0.
+    model = Stateful()
+    _kill(model)
+    x = torch.randn(32, 6)
+    target = torch.zeros(32)
+    target[7] = 1.0
+
+    def loss_fn(out, t):
+        assert isinstance(out, tuple)
+        return t
+
+    actreg.revive(
+        model, "act", x, targets=target, loss_fn=loss_fn, scale=1.0,
+        forward=_stateful_forward([]),
+    )  # fmt: skip
+    direction = x[7] - x.mean(0)
+    rows = model.fc.weight[DEAD]
+    cos = rows @ direction / (rows.norm(dim=1) * direction.norm())
+    torch.testing.assert_close(cos, torch.ones(3))
+
+
+def test_reviver_passes_forward_and_batch_size_on():
+    model = Stateful()
+    calls = []
+    reviver = actreg.Reviver(
+        model, ["act"], torch.randn(50, 6), every=5, until=5,
+        forward=_stateful_forward(calls), batch_size=20,
+    )  # fmt: skip
+    _kill(model)
+    assert reviver(5)["act"].tolist() == DEAD
+    assert calls[1:] == [20, 20, 10]
+    assert "Reviver(layers=['act']" in repr(reviver)
+
+
 BAD = {
     "no-producer": (
         lambda: nn.Sequential(OrderedDict(act=nn.ReLU())),
@@ -202,6 +278,7 @@ BAD = {
     ),
     "unknown-layer": (_plain, {"layer": "actt"}, "no module named 'actt'"),
     "bad-init": (_plain, {"init": "zeros"}, "unknown init"),
+    "bad-forward": (_plain, {"forward": "model"}, "forward must be a callable"),
 }
 
 
@@ -309,8 +386,18 @@ def test_reviver_revives_at_its_steps_only_and_counts():
         ({"every": 2, "until": 0}, "until must be a whole number"),
         ({"every": 2, "until": 5, "layers": "act"}, "non-empty list"),
         ({"every": 2, "until": 5, "inputs": torch.zeros(0, 6)}, "non-empty tensor"),
+        ({"every": 2, "until": 5, "batch_size": 0}, "batch_size must be a whole number"),
+        ({"every": 2, "until": 5, "forward": 3}, "forward must be a callable"),
     ],
-    ids=["every-zero", "every-float", "until-zero", "layers-str", "no-inputs"],
+    ids=[
+        "every-zero",
+        "every-float",
+        "until-zero",
+        "layers-str",
+        "no-inputs",
+        "batch-zero",
+        "forward-not-callable",
+    ],
 )
 def test_reviver_rejects(kwargs, match):
     args = {"layers": ["act"], "inputs": torch.randn(4, 6), **kwargs}

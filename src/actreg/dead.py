@@ -33,12 +33,14 @@ Design choices:
   3.5% to 1.0 / 0.1 / 0.5% (unpenalized: 1.8 / 10.4 / 18.5%). Reviving later (80%) kept
   fewer dead but left the last revived units too little time to become sparse (0.95 target:
   higher error); stopping at 60% let the third layer die again. It is stateless given the
-  step number, so a resumed run revives at the same steps.
+  step number, so a resumed run revives at the same steps. A model not called as
+  ``model(batch)`` (an LSTM language model takes its hidden state too) gives ``forward``,
+  passed on to :func:`actreg.revive`: the sample stays a tensor of examples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -305,6 +307,9 @@ class Reviver:
         init: ``"fresh"`` (random directions) or ``"resample"`` (toward badly handled
             inputs; for autoencoders), as in :func:`actreg.revive`.
         scale: new weight rows get ``scale`` times the live rows' mean norm.
+        forward: ``(model, batch) -> output``, how to run the model on a batch of
+            ``inputs`` (default ``model(batch)``), as in :func:`actreg.revive`.
+        batch_size: examples of ``inputs`` per forward.
 
     Example:
         >>> import torch, actreg
@@ -326,17 +331,25 @@ class Reviver:
         optimizer: torch.optim.Optimizer | None = None,
         init: str = "fresh",
         scale: float = 1.0,
+        forward: Callable[[nn.Module, Tensor], Any] | None = None,
+        batch_size: int = 2000,
     ) -> None:
         if isinstance(layers, str) or not layers:
             raise ActregError(f"layers must be a non-empty list of module names, got {layers!r}")
-        for name, value in (("every", every), ("until", until)):
+        for name, value in (("every", every), ("until", until), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ActregError(f"{name} must be a whole number of steps >= 1, got {value!r}")
+                what = "examples" if name == "batch_size" else "steps"
+                raise ActregError(f"{name} must be a whole number of {what} >= 1, got {value!r}")
+        if forward is not None and not callable(forward):
+            raise ActregError(
+                f"forward must be a callable (model, batch) -> output, got {type(forward).__name__}"
+            )
         if not isinstance(inputs, Tensor) or len(inputs) == 0:
             raise ActregError("Reviver needs a non-empty tensor of inputs to measure firing on")
         self.model, self.layers, self.inputs = model, list(layers), inputs
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
+        self.forward, self.batch_size = forward, batch_size
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
@@ -352,6 +365,8 @@ class Reviver:
                 optimizer=self.optimizer,
                 init=self.init,
                 scale=self.scale,
+                forward=self.forward,
+                batch_size=self.batch_size,
             )
             if len(dead):
                 out[layer] = dead

@@ -22,6 +22,11 @@ Design choices:
   ``init="resample"`` where the direction lives in its output space (an autoencoder's
   decoder): its column for the unit becomes that direction, unit norm. Elsewhere the
   consumer column is left as is: the revived unit gets gradient through it.
+* Models that are not called as ``model(batch)`` (a recurrent language model takes a hidden
+  state with its tokens) pass ``forward(model, batch)``: how to run the model on a batch of
+  the examples in ``inputs``. It keeps everything that works per example (batching, the
+  two-example trace, loss weighting and ``init="resample"``'s choice of examples), which a
+  callable that ran the model over a whole sample by itself would lose.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = ["revive"]
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 Producer = nn.Linear | nn.Conv1d | nn.Conv2d
+Forward = Callable[[nn.Module, Tensor], Any]
 _PROBE = 2  # examples of the tracing forward
 
 
@@ -60,7 +66,13 @@ def _module(model: nn.Module, ref: str | nn.Module, role: str) -> tuple[str, nn.
     return resolve(model, [ref])[ref][0]
 
 
-def _trace(model: nn.Module, layer: nn.Module, x: Tensor) -> tuple[list[Any], list[Any]]:
+def _call(model: nn.Module, x: Tensor) -> Any:
+    return model(x)
+
+
+def _trace(
+    model: nn.Module, layer: nn.Module, x: Tensor, forward: Forward
+) -> tuple[list[Any], list[Any]]:
     """Run ``model`` on ``x``: (event, name, module) in call order, and the layer's outputs."""
     events: list[Any] = []
     outputs: list[Any] = []
@@ -80,7 +92,7 @@ def _trace(model: nn.Module, layer: nn.Module, x: Tensor) -> tuple[list[Any], li
     handles.append(layer.register_forward_hook(lambda m, a, out: outputs.append(out)))
     handles.append(layer.register_forward_hook(record("layer_end", "")))
     try:
-        model(x)
+        forward(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -119,6 +131,7 @@ def _capture(
     dim: int,
     eps: float,
     batch_size: int,
+    forward: Forward,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Fired mask per unit, per-example losses, and the producer's mean input row.
 
@@ -146,7 +159,7 @@ def _capture(
     try:
         for i in range(0, len(inputs), batch_size):
             chunk = inputs[i : i + batch_size]
-            out = model(chunk)
+            out = forward(model, chunk)
             target = chunk if targets is None else targets[i : i + batch_size]
             if loss_fn is not None:
                 losses.append(loss_fn(out, target).detach().reshape(len(chunk), -1).sum(1))
@@ -166,12 +179,14 @@ def _capture(
     return torch.stack(fired).any(0), torch.cat(losses), mean
 
 
-def _producer_inputs(model: nn.Module, producer: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _producer_inputs(
+    model: nn.Module, producer: nn.Module, x: Tensor, batch_size: int, forward: Forward
+) -> Tensor:
     seen: list[Tensor] = []
     handle = producer.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     try:
         for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
+            forward(model, x[i : i + batch_size])
     finally:
         handle.remove()
     return torch.cat(seen)
@@ -205,6 +220,7 @@ def _directions(
     n: int,
     init: str,
     batch_size: int,
+    forward: Forward,
 ) -> Tensor:
     """``n`` unit-norm rows shaped like the producer's weight rows (flattened)."""
     fan_in = producer.weight[0].numel()
@@ -218,7 +234,7 @@ def _directions(
         # Distinct examples while there are enough with a positive loss.
         distinct = int((weights > 0).sum())
         picks = torch.multinomial(weights / weights.sum(), n, replacement=n > distinct)
-        seen = _producer_inputs(model, producer, inputs[picks], batch_size).float()
+        seen = _producer_inputs(model, producer, inputs[picks], batch_size, forward).float()
         if isinstance(producer, nn.Linear):
             rows = seen.reshape(n, -1, seen.shape[-1])  # sequences: several positions each
             where = (
@@ -260,6 +276,7 @@ def revive(
     scale: float = 0.2,
     eps: float = 0.0,
     batch_size: int = 2000,
+    forward: Forward | None = None,
 ) -> Tensor:
     """Re-initialize the units of ``layer`` that are zero on every example of ``inputs``.
 
@@ -281,6 +298,10 @@ def revive(
         scale: new weight rows get ``scale`` times the live rows' mean norm.
         eps: values with ``|x| <= eps`` count as zero.
         batch_size: examples per forward.
+        forward: ``(model, batch) -> output``, how to run the model on a batch of
+            ``inputs`` (default: ``model(batch)``); e.g. a recurrent language model with
+            its hidden state, ``lambda m, x: m(x.T, m.init_hidden(len(x)))`` for rows of
+            tokens. The output goes to ``loss_fn`` as ``model(batch)``'s would.
 
     Returns:
         The indices of the revived units (empty when none was dead).
@@ -314,11 +335,16 @@ def revive(
             f"{scale!r}; the default is 0.2"
         )
     scale = float(scale)
+    if forward is not None and not callable(forward):
+        raise ActregError(
+            f"forward must be a callable (model, batch) -> output, got {type(forward).__name__}"
+        )
+    run = _call if forward is None else forward
     name, module = _module(model, layer, "layer")
     was_training = model.training
     model.eval()
     try:
-        events, outputs = _trace(model, module, inputs[:_PROBE])
+        events, outputs = _trace(model, module, inputs[:_PROBE], run)
         if not outputs:
             raise ActregError(f"module {name!r} did not run in model(inputs)")
         if producer is None and len(outputs) != 1:
@@ -352,11 +378,13 @@ def revive(
         else:
             cons = _module(model, consumer, "consumer")[1]
         fired, losses, mean = _capture(
-            model, module, prod, inputs, targets, loss_fn, dim, eps, batch_size
+            model, module, prod, inputs, targets, loss_fn, dim, eps, batch_size, run
         )
         dead = (~fired).nonzero().flatten()
         if len(dead):
-            directions = _directions(model, prod, inputs, losses, mean, len(dead), init, batch_size)
+            directions = _directions(
+                model, prod, inputs, losses, mean, len(dead), init, batch_size, run
+            )
     finally:
         model.train(was_training)
     if len(dead):

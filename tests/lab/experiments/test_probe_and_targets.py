@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 import actreg
 from actreg import ActregError
-from actreg.lab.experiments import get
+from actreg.lab.experiments import _ae_codes, get
 from actreg.lab.experiments._common import (
     layer_penalties,
     linear_probe,
@@ -18,6 +19,8 @@ from actreg.lab.experiments._common import (
     warn_if_target_missed,
 )
 from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments._targets import at_target, target_miss
+from actreg.lab.experiments.sparse_ae import SparseAEConfig
 
 
 def separable_with_flat_features(n: int = 400, flat: int = 50, seed: int = 0):
@@ -180,3 +183,101 @@ def test_cnn_target_mode_reaches_the_target_in_each_map(tmp_path, target, label)
     assert "val_target_error" not in results["variants"]["none"]["history"][0]
     rows = exp.summary(results)
     assert {"features.act1_dead_fraction", "features.act2_zero_fraction"} <= set(rows[0])
+
+
+# --- one definition of "on target" (issue 15): its boundaries, and every user of it ---------
+
+UNITS = 100
+
+
+def _code(counts):
+    """A (len(counts), UNITS) code whose row i has counts[i] active units."""
+    code = torch.zeros(len(counts), UNITS)
+    for row, n in enumerate(counts):
+        code[row, :n] = 1.0
+    return code
+
+
+def _mean_counts(whole, off_by_one=0):
+    """100 rows of ``whole`` active units, one of them ``whole + off_by_one``: mean +- 0.01."""
+    return [whole] * 99 + [whole + off_by_one]
+
+
+# (targets, active counts per row, on target?): zero fraction 0.9 +- 0.02 (absolute; 12 and
+# 8 active of 100 units are 0.88 and 0.92 zeros), L0 10 +- 10% (relative: 9 and 11 units).
+BOUNDARY = {
+    "zeros-low-edge": (Targets(0.9), _mean_counts(12), True),
+    "zeros-high-edge": (Targets(0.9), _mean_counts(8), True),
+    "zeros-below": (Targets(0.9), _mean_counts(12, 1), False),  # 0.8799
+    "zeros-above": (Targets(0.9), _mean_counts(8, -1), False),  # 0.9201
+    "zeros-centre": (Targets(0.9), _mean_counts(10), True),
+    "l0-low-edge": (Targets(target_l0=10), _mean_counts(9), True),
+    "l0-high-edge": (Targets(target_l0=10), _mean_counts(11), True),
+    "l0-below": (Targets(target_l0=10), _mean_counts(9, -1), False),  # 8.99
+    "l0-above": (Targets(target_l0=10), _mean_counts(11, 1), False),  # 11.01
+    # was on target under the old L0 rule of target_miss (active share within 0.02: 12 of
+    # 100 units is 0.02 from 10) and off under the old warning's (5%); now off at 20%
+    "l0-was-share-rule": (Targets(target_l0=10), _mean_counts(12), False),
+    "no-target": (Targets(), _mean_counts(50), True),
+}
+
+
+def _stats(counts):
+    code = _code(counts)
+    return {
+        "zero_fraction": float(actreg.metrics.zero_fraction(code)),
+        "l0": float(actreg.metrics.l0(code)),
+    }
+
+
+@pytest.mark.parametrize("case", list(BOUNDARY), ids=list(BOUNDARY))
+def test_target_miss_is_zero_exactly_inside_the_band(case):
+    targets, counts, on = BOUNDARY[case]
+    miss = target_miss(targets, _stats(counts))
+    assert (miss == 0) == on, miss
+    assert miss >= 0
+
+
+@pytest.mark.parametrize("case", list(BOUNDARY), ids=list(BOUNDARY))
+def test_the_end_of_run_warning_fires_exactly_off_target(case):
+    targets, counts, on = BOUNDARY[case]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        missed = warn_if_target_missed({"a": _stats(counts)}, targets, 100)
+    assert missed == ([] if on else ["a"]) and len(seen) == (0 if on else 1)
+
+
+@pytest.mark.parametrize("case", list(BOUNDARY), ids=list(BOUNDARY))
+def test_the_vision_epoch_choice_ranks_on_target_first_exactly_inside_the_band(case):
+    targets, counts, on = BOUNDARY[case]
+    code = _code(counts)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return code
+
+    model = torch.nn.Sequential(Fixed())
+    fn = at_target(lambda m, x, y: {"error": 0.25, "n": float(len(m(x)))}, targets, ["0"])
+    out = fn(model, torch.zeros(len(counts), 4), torch.zeros(len(counts)))
+    assert (out["target_miss"] == 0) == on
+    assert out["target_error"] == (0.25 if on else pytest.approx(1 + out["target_miss"]))
+
+
+@pytest.mark.parametrize("case", [c for c in BOUNDARY if c != "no-target"], ids=str)
+def test_the_sparse_ae_epoch_choice_ranks_on_target_first_exactly_inside_the_band(
+    case, monkeypatch
+):
+    targets, counts, on = BOUNDARY[case]
+    cfg = SparseAEConfig(code=UNITS, target_sparsity=targets.target_sparsity)
+    if targets.target_l0 is not None:
+        cfg = SparseAEConfig(code=UNITS, l0=targets.target_l0)
+    model = _ae_codes.build_model(cfg, 16)
+    code = _code(counts)
+    monkeypatch.setattr(model, "encode", lambda x: code)
+    metrics, objective = _ae_codes.selection(cfg)
+    with torch.no_grad():
+        out = metrics(model, torch.zeros(len(counts), 16), torch.zeros(len(counts)))
+    assert objective == "mse_on_target"
+    assert (out["mse_on_target"] == out["mse"]) == on
+    if not on:  # off target ranks behind any MSE an epoch on target could have
+        assert out["mse_on_target"] > _ae_codes.OFF_TARGET

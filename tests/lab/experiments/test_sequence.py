@@ -10,7 +10,7 @@ from torch import nn
 
 from actreg import ActregError
 from actreg.lab.data.text import batchify, bptt_batches, load_corpus
-from actreg.lab.experiments import get, load_results
+from actreg.lab.experiments import get, load_results, lstm_lm
 from actreg.lab.experiments._config import apply_overrides
 from actreg.lab.experiments._seq import ReLUFFN
 from actreg.lab.experiments._targets import target_miss
@@ -19,21 +19,10 @@ from actreg.lab.experiments.seq2seq import Seq2SeqConfig
 from actreg.lab.report import write_report
 from actreg.lab.train import choose_threads
 
-WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
-
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_corpus")
-    gen = torch.Generator().manual_seed(0)
-    for split, n_lines in (("train", 60), ("valid", 12), ("test", 12)):
-        lines = []
-        for _ in range(n_lines):
-            n = int(torch.randint(3, 9, (1,), generator=gen))
-            idx = torch.randint(0, len(WORDS), (n,), generator=gen).tolist()
-            lines.append(" ".join(WORDS[i] for i in idx))
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return folder
+def corpus_dir(tiny_corpus):
+    return tiny_corpus(train=60, valid=12, test=12)
 
 
 COMMON = ["epochs=2", "batch_size=4", "progress=false", "threads=0", "vocab_size=12"]
@@ -159,6 +148,8 @@ def test_hidden_state_carried_and_detached_between_chunks():
         (LSTMLMConfig, "ffn=-1", "ffn must not be negative"),
         (LSTMLMConfig, "target_sparsity=0.9", "set ffn=N and penalty=l1"),
         (LSTMLMConfig, "target_l0=-2", "target_l0 must not be negative"),
+        (LSTMLMConfig, "revive_rounds=3", "revive_rounds revives the ReLU block"),
+        (LSTMLMConfig, "revive_rounds=-1", "revive_rounds must not be negative"),
         (Seq2SeqConfig, "max_len=1", "max_len must be >= 2"),
         (Seq2SeqConfig, "coef=-0.1", "coef must not be negative"),
         (Seq2SeqConfig, "code=0", "code must be >= 1"),
@@ -218,13 +209,13 @@ def test_relu_block_is_residual_and_hooked_where_the_penalty_goes():
     [
         ({"target_sparsity": 0.9, "target_l0": None}, {"zero_fraction": 0.8}, 0.08),
         ({"target_sparsity": 0.9, "target_l0": None}, {"zero_fraction": 0.915}, 0.0),
-        ({"target_sparsity": None, "target_l0": 10}, {"l0": 30}, 0.18),
+        ({"target_sparsity": None, "target_l0": 10}, {"l0": 30}, 1.9),
         ({"target_sparsity": None, "target_l0": None}, {"l0": 30}, 0.0),
     ],
     ids=["below", "within", "l0-above", "no-target"],
 )
 def test_target_miss(cfg, stats, gap):
-    assert target_miss(type("C", (), cfg), stats, 100) == pytest.approx(gap)
+    assert target_miss(type("C", (), cfg), stats) == pytest.approx(gap)
 
 
 def test_lstm_lm_relu_variant_reaches_the_target(corpus_dir, tmp_path):
@@ -236,20 +227,77 @@ def test_lstm_lm_relu_variant_reaches_the_target(corpus_dir, tmp_path):
     assert plain["ffn"]["zero_fraction"] < 0.7
     assert target["history"][-1]["ffn_coef"] > 0 and "ffn_coef" not in plain["history"][-1]
     assert target["trace"][0]["ar"] > 0  # AR/TAR still measured
+    assert target["revived_units"]["ffn.act"] > 0 and "revived_units" not in plain
     rows = exp.summary(results)
     assert rows[0]["ffn_zero_fraction"] == target["ffn"]["zero_fraction"]
 
 
 @pytest.mark.parametrize(
-    ("target", "check"),
-    [("target_l0=4", lambda s: s["l0"] < 8), ("coef=1", lambda s: s["zero_fraction"] > 0.7)],
+    ("target", "check", "revived"),
+    [
+        ("target_l0=4", lambda s: s["l0"] < 8, True),
+        ("coef=1", lambda s: s["zero_fraction"] > 0.7, False),
+    ],
     ids=["target-l0", "coefficient"],
 )
-def test_lstm_lm_relu_variant_other_modes(corpus_dir, tmp_path, target, check):
+def test_lstm_lm_relu_variant_other_modes(corpus_dir, tmp_path, target, check, revived):
     exp = get("lstm-lm")
     sets = [*COMMON, *RELU, f"data={corpus_dir}", f"out_dir={tmp_path}", target, "compare=false"]
     out = next(iter(exp.run(apply_overrides(exp.config(), sets))["variants"].values()))
     assert check(out["ffn"]), out["ffn"]  # about 15 active units and 55% zeros unpenalized
+    assert ("revived_units" in out) == revived  # revival comes with a target only
+
+
+DEAD = [0, 3, 7]
+
+
+def _relu_lm():
+    model = LSTMLM(12, emb_size=8, hidden=8, layers=1, ffn=16)
+    with torch.no_grad():  # units DEAD of the ReLU block never fire, the others always
+        model.ffn.up.bias.fill_(10.0)
+        model.ffn.up.weight[DEAD] *= 0.01
+        model.ffn.up.bias[DEAD] = -100.0
+    return model
+
+
+@pytest.mark.parametrize(
+    ("sets", "every", "until"),
+    [
+        (["target_sparsity=0.9"], 14, 70),  # 100 steps: 5 revivals at 14, 28, ..., 70
+        (["target_l0=4", "revive_rounds=2"], 35, 70),
+        (["target_sparsity=0.9", "revive_rounds=0"], None, None),
+        (["coef=0.1"], None, None),  # no target: no revival unless asked
+        (["coef=0.1", "revive_rounds=7"], 10, 70),
+    ],
+    ids=["target-default", "two-rounds", "rounds-zero", "coefficient", "coefficient-asked"],
+)
+def test_lstm_lm_reviver_schedule_and_sample(sets, every, until):
+    model = _relu_lm()
+    cfg = apply_overrides(LSTMLMConfig(), [*RELU, "bptt=5", *sets])
+    spec = {"ffn.act": None}
+    ids = torch.randint(0, 12, (1003,))  # 200 windows of 5 tokens (the tail of 3 is cut)
+    reviver = lstm_lm._reviver(cfg, model, ids, spec, 100, None)
+    if every is None:
+        assert reviver is None
+        return
+    assert (reviver.every, reviver.until) == (every, until)
+    assert reviver.inputs.shape == (min(200, lstm_lm.REVIVE_TOKENS // 5), 5)
+    assert reviver.batch_size == 2000 // 5
+
+
+def test_lstm_lm_reviver_brings_the_relu_blocks_dead_units_back():
+    model = _relu_lm()
+    cfg = apply_overrides(LSTMLMConfig(), [*RELU, "bptt=5", "target_sparsity=0.9"])
+    opt = torch.optim.Adam(model.parameters())
+    ids = torch.randint(0, 12, (500,))
+    reviver = lstm_lm._reviver(cfg, model, ids, {"ffn.act": None}, 100, opt)
+    assert reviver.optimizer is opt
+    assert reviver(reviver.every)["ffn.act"].tolist() == DEAD
+    seen = []
+    model.ffn.act.register_forward_hook(lambda m, a, out: seen.append(out))
+    with torch.no_grad():
+        model(ids.view(-1, 5)[:20].T, model.init_hidden(20))
+    assert bool((seen[0].reshape(-1, 16)[:, DEAD] > 0).any(0).all())
 
 
 @pytest.mark.parametrize(

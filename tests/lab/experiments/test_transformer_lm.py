@@ -28,7 +28,6 @@ from actreg.lab.report import write_report
 
 pytest.importorskip("transformers")
 
-WORDS = "the cat sat on a mat and dog ran to big red house in small garden".split()
 TINY = [
     "layers=2", "width=16", "heads=2", "context=8", "batch_size=8", "eval_batch_size=8",
     "vocab_size=20", "epochs=3", "dropout=0", "lr=3e-3", "log_every=5", "progress=false",
@@ -36,17 +35,8 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny_corpus")
-    gen = torch.Generator().manual_seed(0)
-    for split, n_lines in (("train", 300), ("valid", 40), ("test", 40)):
-        lines = []
-        for _ in range(n_lines):
-            n = int(torch.randint(3, 9, (1,), generator=gen))
-            idx = torch.randint(0, len(WORDS), (n,), generator=gen).tolist()
-            lines.append(" ".join(WORDS[i] for i in idx))
-        (folder / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return folder
+def corpus_dir(tiny_corpus):
+    return tiny_corpus(train=300, valid=40, test=40)
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -60,6 +61,7 @@ from torch import Tensor, nn
 import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._common import layer_penalties
+from actreg.lab.experiments._targets import target_miss
 from actreg.lab.models import Autoencoder, activation
 
 __all__ = [
@@ -86,9 +88,7 @@ REVIVED_CODES = ("relu", "jumprelu")  # dead units resampled after early epochs
 VARIANTS = ("relu", "relu-target", "topk", "batchtopk", "jumprelu")
 """The methods ``variants=`` can compare: ``relu`` at ``coef``, the others at ``l0``."""
 THRESHOLD_SAMPLE = 2000  # training examples that set JumpReLU's initial thresholds
-L0_TOLERANCE = 0.1  # target mode: an epoch's L0 within 10% of the target is on target
-ZERO_TOLERANCE = 0.02  # ... its zero fraction within 0.02 of the target
-OFF_TARGET = 1e3  # added to the selection MSE per unit of distance beyond the tolerance
+OFF_TARGET = 1e3  # the selection MSE of an epoch off target: OFF_TARGET * (1 + its miss)
 
 
 def code_k(cfg: Any) -> float | None:
@@ -276,26 +276,27 @@ def selection(cfg: Any) -> tuple[Callable[[nn.Module, Tensor, Tensor], dict[str,
 
     At a coefficient or a fixed k: the MSE. In target mode (relu or jumprelu with ``l0``,
     ``target_l0`` or ``target_sparsity``) the code is far from its target in the first
-    epochs, which reconstruct best: ``mse_on_target`` adds :data:`OFF_TARGET` per unit of
-    distance beyond the tolerance (L0 within 10%, zero fraction within 0.02), so an epoch
-    on target always beats one off it, and among those the best MSE wins.
+    epochs, which reconstruct best: ``mse_on_target`` is the MSE of an epoch on the target
+    (:func:`~actreg.lab.experiments._targets.target_miss`: L0 within 10%, zero fraction
+    within 0.02) and ``OFF_TARGET * (1 + miss)`` off it, so an epoch on target always beats
+    one off it, the best MSE wins among those on it and the closest among those off it.
     """
     k = None if cfg.code_type in TOPK_CODES else code_k(cfg)
     zeros = cfg.target_sparsity
     if k is None and zeros is None:
         return _metrics, "mse"
+    target = SimpleNamespace(target_sparsity=zeros, target_l0=k)
 
     def metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         assert isinstance(model, Autoencoder)
         code = model.encode(x)
         mse = float(nn.functional.mse_loss(model.decoder(code), x))
-        if k is not None:
-            l0 = float((code != 0).sum(-1).float().mean())
-            off = max(0.0, abs(l0 / k - 1) - L0_TOLERANCE)
-        else:
-            zero = float((code == 0).float().mean())
-            off = max(0.0, abs(zero - zeros) - ZERO_TOLERANCE) / ZERO_TOLERANCE
-        return {"mse": mse, "mse_on_target": mse + OFF_TARGET * off}
+        stats = {
+            "l0": float((code != 0).sum(-1).float().mean()),
+            "zero_fraction": float((code == 0).float().mean()),
+        }
+        miss = target_miss(target, stats)
+        return {"mse": mse, "mse_on_target": mse if miss == 0 else OFF_TARGET * (1 + miss)}
 
     return metrics, "mse_on_target"
 

@@ -16,8 +16,8 @@ same penalties are attached and measured (``reg.last``) but not added to the los
 Perplexities are of the task loss only. Truncated BPTT carries the hidden state across
 chunks, detached; gradients are clipped; the learning rate is divided by ``lr_decay``
 whenever validation perplexity does not improve (in target mode: while the ReLU block's
-validation sparsity is off the target by more than 0.02 and not getting closer, or on it
-and not improving; the weights kept are the best on the target, see
+validation sparsity is off the target and not getting closer, or on it and not
+improving; the weights kept are the best on the target, see
 :mod:`~actreg.lab.experiments._targets`).
 
 The ReLU variant (``ffn=N``, ``penalty=l1``): a residual ReLU feed-forward block
@@ -27,13 +27,21 @@ instead of AR/TAR; ``target_sparsity`` or ``target_l0`` wrap it in
 :class:`actreg.TargetSparsity` (units: the last axis of the time-first ``(T, B, N)``
 activations; ``coef`` is then the starting coefficient). AR/TAR are still measured, not
 added. The zero share, dead share and active units of ``ffn.act`` are measured on the
-validation split every epoch and on the test split at the end.
+validation split every epoch and on the test split at the end. In target mode the block's
+dead units are revived as in the vision experiments (``revive_rounds``, by default 5 over
+the first 70% of the planned steps, :class:`actreg.Reviver` with ``init="fresh"``); a unit
+is dead when it is zero on a fixed sample of :data:`REVIVE_TOKENS` training tokens, cut into
+``bptt``-token windows that each start from a zero hidden state.
 
 Design: a residual block rather than a ReLU bottleneck before the decoder. A bottleneck
 changes the decoder's input width (no weight tying) and makes every token's prediction
 pass through the sparse code, so dead units cost perplexity directly; the residual block
 keeps the tied decoder and is where activation sparsity is studied in language models
-(the FFN of ProSparse).
+(the FFN of ProSparse). Revival runs the model on windows of training tokens through the
+Reviver's ``forward`` (:func:`~actreg.lab.experiments._lstm_model.run_windows`) rather than
+on the training loop's own chunks with the carried hidden state: the sample stays a tensor
+of examples, so the library's batching and per-example choices apply unchanged, and a zero
+starting state only adds the first positions of a stream to what a unit is measured on.
 """
 
 from __future__ import annotations
@@ -52,23 +60,31 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_fraction
 from actreg.lab.data.text import Corpus, batchify, bptt_batches
-from actreg.lab.experiments._common import layer_penalties
-from actreg.lab.experiments._rundir import save_results
-from actreg.lab.experiments._seq import (
-    LockedDropout,
-    ReLUFFN,
-    SeqConfig,
-    check_relu_block,
-    monitored,
+from actreg.lab.experiments._common import layer_penalties, make_reviver
+from actreg.lab.experiments._lstm_model import (
+    LSTMLM,
+    attach_ar_tar,
+    detach,
+    evaluate_lm,
+    run_windows,
 )
+from actreg.lab.experiments._rundir import save_results
+from actreg.lab.experiments._seq import SeqConfig, check_relu_block, monitored
 from actreg.lab.experiments._targets import penalized_label, target_miss
 from actreg.lab.train import seed_everything
 
-__all__ = ["LSTMLM", "LSTMLMConfig", "attach_ar_tar", "evaluate_lm", "run", "summary_rows"]
-
-Hidden = list[tuple[Tensor, Tensor]]
+__all__ = [
+    "LSTMLM",
+    "LSTMLMConfig",
+    "attach_ar_tar",
+    "detach",
+    "evaluate_lm",
+    "run",
+    "summary_rows",
+]
 
 FFN_ACT = "ffn.act"  # the ReLU of the feed-forward block: where the sparse penalty goes
+REVIVE_TOKENS = 20_000  # training tokens a ReLU-block unit must be zero on to count as dead
 
 
 @dataclass
@@ -106,10 +122,16 @@ class LSTMLMConfig(SeqConfig):
     coef: float = 0.01  # the l1 coefficient (mean over values; the start in target mode)
     target_sparsity: float | None = None  # ask for this zero fraction in the ReLU block
     target_l0: float | None = None  # or for this many active ReLU units per token
+    revive_rounds: int | None = None  # ReLU-block revivals over 70% of training (None: 5 if target)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_relu_block(self, "ar_tar")
+        if self.revive_rounds and self.penalty == "ar_tar":
+            raise ActregError(
+                "revive_rounds revives the ReLU block's units, which penalty=ar_tar leaves "
+                "out: set ffn=N and penalty=l1, or drop revive_rounds"
+            )
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
         for name in ("dropout", "dropout_h", "dropout_i"):
@@ -125,114 +147,6 @@ class LSTMLMConfig(SeqConfig):
                 f"limit_tokens={self.limit_tokens} is too small for batch_size={self.batch_size}; "
                 f"use at least {3 * self.batch_size} (or none for the whole training split)"
             )
-
-
-class LSTMLM(nn.Module):
-    """Embedding, 1-3 LSTM layers with locked dropout between them, output dropout, decoder.
-
-    Time-first: ``forward(x (T, B), hidden) -> (logits (T, B, V), hidden)``. The modules
-    ``rnns.K`` (the last LSTM) and ``drop_out`` (its dropout) are where TAR and AR attach.
-    With ``ffn > 0`` a residual ReLU block ``ffn`` (its ReLU: ``ffn.act``) follows the last
-    LSTM, before ``drop_out``.
-
-    Example:
-        >>> model = LSTMLM(50, emb_size=8, hidden=16, layers=2)
-        >>> logits, h = model(torch.zeros(5, 3, dtype=torch.long), model.init_hidden(3))
-        >>> tuple(logits.shape), len(h)
-        ((5, 3, 50), 2)
-    """
-
-    def __init__(
-        self,
-        vocab: int,
-        emb_size: int = 256,
-        hidden: int = 512,
-        layers: int = 2,
-        dropout: float = 0.4,
-        dropout_h: float = 0.25,
-        dropout_i: float = 0.4,
-        tie_weights: bool = True,
-        ffn: int = 0,
-    ) -> None:
-        super().__init__()
-        self.encoder = nn.Embedding(vocab, emb_size)
-        self.drop_in = LockedDropout(dropout_i)
-        sizes = [emb_size] + [hidden] * (layers - 1) + [emb_size if tie_weights else hidden]
-        self.sizes = sizes
-        self.rnns = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1]) for i in range(layers))
-        self.drop_h = nn.ModuleList(LockedDropout(dropout_h) for _ in range(layers - 1))
-        self.ffn = ReLUFFN(sizes[-1], ffn) if ffn else None
-        self.drop_out = LockedDropout(dropout)
-        self.decoder = nn.Linear(sizes[-1], vocab)
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if tie_weights:
-            self.decoder.weight = self.encoder.weight
-        else:
-            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-
-    @property
-    def last_rnn(self) -> str:
-        """The name of the last LSTM module (where TAR attaches)."""
-        return f"rnns.{len(self.rnns) - 1}"
-
-    def init_hidden(self, batch_size: int) -> Hidden:
-        """Zero ``(h, c)`` per layer for ``batch_size`` streams."""
-        weight = self.decoder.weight
-        return [
-            (weight.new_zeros(1, batch_size, n), weight.new_zeros(1, batch_size, n))
-            for n in self.sizes[1:]
-        ]
-
-    def forward(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
-        out = self.drop_in(self.encoder(x))
-        new: Hidden = []
-        for i, rnn in enumerate(self.rnns):
-            out, state = rnn(out, hidden[i])
-            new.append(state)
-            if i < len(self.drop_h):
-                out = self.drop_h[i](out)
-        if self.ffn is not None:
-            out = self.ffn(out)
-        return self.decoder(self.drop_out(out)), new
-
-
-def detach(hidden: Hidden) -> Hidden:
-    """The hidden state cut from its history (truncated BPTT)."""
-    return [(h.detach(), c.detach()) for h, c in hidden]
-
-
-def attach_ar_tar(model: LSTMLM, alpha: float = 2.0, beta: float = 1.0) -> actreg.Regularizer:
-    """AR on ``drop_out`` (after dropout) and TAR on the last LSTM (before dropout), via attach.
-
-    Example:
-        >>> model = LSTMLM(50, emb_size=8, hidden=16, layers=1)
-        >>> reg = attach_ar_tar(model)
-        >>> _ = model(torch.zeros(4, 2, dtype=torch.long), model.init_hidden(2))
-        >>> _ = reg.penalty()
-        >>> sorted(reg.last)
-        ['drop_out', 'rnns.0']
-    """
-    return actreg.attach(
-        model, {"drop_out": actreg.AR(alpha), model.last_rnn: actreg.TAR(beta, time_dim=0)}
-    )
-
-
-@torch.no_grad()
-def evaluate_lm(model: LSTMLM, data: Tensor, bptt: int) -> float:
-    """Mean cross-entropy per token over the ``(T, B)`` streams, hidden state carried."""
-    was_training = model.training
-    model.eval()
-    hidden = model.init_hidden(data.size(1))
-    total, count = 0.0, 0
-    for x, y in bptt_batches(data, bptt):
-        logits, hidden = model(x, hidden)
-        total += float(
-            nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
-        )
-        count += y.numel()
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def _ppl(loss: float) -> float:
@@ -271,6 +185,7 @@ def train_variant(
     opt = cfg.optimizer_for(model)
     lr = cfg.lr
     chunks = math.ceil((train.size(0) - 1) / cfg.bptt)
+    reviver = None if sparse is None else _reviver(cfg, model, ids, spec, chunks * cfg.epochs, opt)
     history: list[dict[str, Any]] = []
     trace: list[dict[str, float]] = []
     best: tuple[tuple[float, float], int, dict[str, Tensor]] | None = None
@@ -301,6 +216,8 @@ def train_variant(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             step += 1
+            if reviver is not None:
+                reviver(step)
             last = reg.last
             values = {"task": float(task.detach()) * y.numel(), "ar": last[ar_name],
                       "tar": last[tar_name], "tokens": y.numel(), "chunks": 1}  # fmt: skip
@@ -320,7 +237,7 @@ def train_variant(
         history.append(row)
         # in target mode an epoch off the target ranks by its distance to it, behind any
         # on it: the weights kept are at the target, and reaching it counts as progress
-        miss = target_miss(cfg, val_ffn.get(FFN_ACT), cfg.ffn) if sparse is not None else 0.0
+        miss = target_miss(cfg, val_ffn.get(FFN_ACT)) if sparse is not None else 0.0
         rank = (miss, val_loss)
         if best is None or rank < best[0]:
             best = (rank, epoch, copy.deepcopy(model.state_dict()))
@@ -348,9 +265,26 @@ def train_variant(
         "test_ppl": _ppl(test_loss),
         "ffn": test_ffn.get(FFN_ACT, {}),  # the ReLU block's sparsity (test split)
         "steps": step,
+        **({"revived_units": reviver.revived} if reviver is not None else {}),
         "parameters": sum(p.numel() for p in model.parameters()),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _reviver(
+    cfg: LSTMLMConfig, model: LSTMLM, ids: Tensor, spec: Any, steps: int, opt: Any
+) -> actreg.Reviver | None:
+    """The ReLU block's reviver (:func:`~actreg.lab.experiments._common.make_reviver`, the
+    vision experiments' defaults): ``bptt``-token windows of the training tokens, each run
+    from a zero hidden state, :data:`REVIVE_TOKENS` tokens in all, about 2,000 per forward."""
+    rows = ids[: len(ids) // cfg.bptt * cfg.bptt].view(-1, cfg.bptt)
+    reviver = make_reviver(
+        model, spec, rows, cfg, steps=steps, examples=max(1, REVIVE_TOKENS // cfg.bptt),
+        forward=run_windows, batch_size=max(1, 2000 // cfg.bptt),
+    )  # fmt: skip
+    if reviver is not None:
+        reviver.optimizer = opt
+    return reviver
 
 
 def _point(step: int, epoch: int, acc: dict[str, float]) -> dict[str, Any]:

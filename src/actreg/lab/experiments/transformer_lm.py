@@ -23,17 +23,11 @@ Each trained variant's weights, activation and vocabulary go to ``VARIANT/model.
 
 Design:
 
-* The model is Hugging Face's ``GPT2LMHeadModel`` built from a ``GPT2Config`` (nothing is
-  downloaded), not a nanoGPT-style module of our own: the FFN is GPT-2's ``Conv1D`` pair
-  with a named activation module (``mlp.act``), so what this experiment trains is exactly
-  what users hook by glob, what ``generate`` decodes with its KV cache, and what the sparse
-  conversion of GPT-2 MLPs converts, with no second model to keep in step. transformers is
-  an optional extra: without it the run stops with the install command.
+* The model (Hugging Face's GPT-2 built from a config), its windows of tokens and its
+  evaluation are in :mod:`~actreg.lab.experiments._transformer_model`, with the reasons.
 * The model at the end of training is evaluated (linear warm-up, cosine decay to the end),
   not the best validation epoch: a penalized model gets sparser as it trains, so its best
   validation epoch can be a less sparse one.
-* Evaluation cuts a split into consecutive windows of ``context`` tokens (no sliding
-  window), the same for every variant; the tail shorter than a window is dropped.
 * Every default that sets a length of training is a share of the steps (warm-up, L1 ramp),
   and the L1 penalty is a mean over the activation's elements, so the defaults carry over
   to other corpora, widths and context lengths; ``threads=0`` picks the thread count from
@@ -50,7 +44,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import actreg
 from actreg import sparse
@@ -62,6 +56,13 @@ from actreg.lab.experiments._common import check_targets, layer_penalties
 from actreg.lab.experiments._contract import layer_means
 from actreg.lab.experiments._rundir import save_results
 from actreg.lab.experiments._seq import SeqConfig
+from actreg.lab.experiments._transformer_model import (
+    FFN,
+    build_model,
+    evaluate_lm,
+    loss,
+    windows,
+)
 from actreg.lab.train import choose_threads, lr_factor, seed_everything
 
 __all__ = [
@@ -78,9 +79,6 @@ __all__ = [
 ]
 
 VARIANTS = ("gelu", "relu", "relu-l1", "relu-target", "threshold")
-FFN = "transformer.h.*.mlp.act"
-"""The FFN activation modules of a GPT-2 model (the input of each ``mlp.c_proj``)."""
-INSTALL = 'pip install "actreg[transformers]"'
 WEIGHTS = "model.pt"
 """In ``RUN_DIR/VARIANT/``: ``{"model": state_dict, "activation", "vocab": id -> word}``."""
 
@@ -144,72 +142,6 @@ class TransformerLMConfig(SeqConfig):
             raise ActregError("threshold needs relu-target, threshold_sparsity or target_sparsity")
 
 
-def build_model(cfg: TransformerLMConfig, vocab: int, activation: str) -> nn.Module:
-    """A ``GPT2LMHeadModel`` from a ``GPT2Config`` (``activation``: ``"relu"`` or ``"gelu"``,
-    GPT-2's tanh approximation); ``<eos>`` (id 1) is its BOS and EOS token.
-
-    Raises:
-        ActregError: when transformers is not installed, naming the install command.
-    """
-    try:
-        from transformers import GPT2Config, GPT2LMHeadModel
-    except ImportError as err:
-        raise ActregError(
-            f"transformer-lm builds Hugging Face GPT-2 models: install transformers with {INSTALL}"
-        ) from err
-    config = GPT2Config(
-        vocab_size=vocab,
-        n_positions=cfg.context,
-        n_embd=cfg.width,
-        n_layer=cfg.layers,
-        n_head=cfg.heads,
-        activation_function="gelu_new" if activation == "gelu" else activation,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        bos_token_id=1,
-        eos_token_id=1,
-    )
-    return GPT2LMHeadModel(config)
-
-
-def windows(ids: Tensor, context: int, offset: int = 0) -> Tensor:
-    """Consecutive ``(N, context + 1)`` windows of a token stream from ``offset`` (each
-    window's last token is the next one's first: inputs ``w[:, :-1]``, targets ``w[:, 1:]``).
-
-    Example:
-        >>> windows(torch.arange(10), 3).tolist()
-        [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
-    """
-    n = (len(ids) - offset - 1) // context
-    if n < 1:
-        raise ActregError(f"{len(ids)} tokens make no window of context={context}; lower context")
-    idx = offset + torch.arange(n).unsqueeze(1) * context + torch.arange(context + 1)
-    return ids[idx]
-
-
-def _loss(model: nn.Module, batch: Tensor) -> Tensor:
-    logits = model(input_ids=batch[:, :-1]).logits
-    return nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
-
-
-@torch.no_grad()
-def evaluate_lm(model: nn.Module, data: Tensor, batch_size: int) -> dict[str, Any]:
-    """Perplexity over ``data`` windows and the FFN layers' statistics (Monitor, eval mode)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with actreg.Monitor(model, FFN) as monitor:
-        for i in range(0, len(data), batch_size):
-            batch = data[i : i + batch_size]
-            total += float(_loss(model, batch)) * batch[:, 1:].numel()
-            count += batch[:, 1:].numel()
-        stats = monitor.compute()
-    model.train(was_training)
-    layers = {name: {k: v for k, v in s.items() if k != "firing_rate"} for name, s in stats.items()}
-    return {"ppl": math.exp(min(total / count, 50.0)), "layers": layers, **layer_means(layers)}
-
-
 def _penalties(cfg: TransformerLMConfig, variant: str, total: int) -> dict[str, actreg.Penalty]:
     names = [f"transformer.h.{i}.mlp.act" for i in range(cfg.layers)]
     if variant == "relu-target":
@@ -262,7 +194,7 @@ def train_variant(
         for i in bar:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warm)
-            task = _loss(model, data[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
+            task = loss(model, data[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
             penalty = reg.penalty() if reg is not None else torch.zeros(())
             opt.zero_grad(set_to_none=True)
             (task + penalty).backward()
