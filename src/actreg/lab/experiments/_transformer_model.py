@@ -19,7 +19,7 @@ Design:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,9 +28,6 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._contract import layer_means
 
-if TYPE_CHECKING:
-    from actreg.lab.experiments.transformer_lm import TransformerLMConfig
-
 __all__ = ["FFN", "INSTALL", "build_model", "evaluate_lm", "loss", "windows"]
 
 FFN = "transformer.h.*.mlp.act"
@@ -38,9 +35,10 @@ FFN = "transformer.h.*.mlp.act"
 INSTALL = 'pip install "actreg[transformers]"'
 
 
-def build_model(cfg: TransformerLMConfig, vocab: int, activation: str) -> nn.Module:
+def build_model(cfg: Any, vocab: int, activation: str) -> nn.Module:
     """A ``GPT2LMHeadModel`` from a ``GPT2Config`` (``activation``: ``"relu"`` or ``"gelu"``,
-    GPT-2's tanh approximation); ``<eos>`` (id 1) is its BOS and EOS token.
+    GPT-2's tanh approximation); ``<eos>`` (id 1) is its BOS and EOS token. ``cfg`` is a
+    ``TransformerLMConfig`` (typed ``Any``: this module must not import the experiment's).
 
     Raises:
         ActregError: when transformers is not installed, naming the install command.
