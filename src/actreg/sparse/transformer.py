@@ -50,6 +50,7 @@ from torch.nn.modules import module as _module_globals
 from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
+from actreg.sparse._screen import screened_mlp
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
 __all__ = ["SparseConv1DMLP", "SparseGatedMLP", "ffn_kind", "ffns"]
@@ -256,6 +257,7 @@ class _SparseFFN(nn.Module):
         state["_by_rows"] = {}
         if "_wt" in state:
             state["_wt"] = None
+        state.pop("_packed", None)  # the screen's cache (rebuilt on the first call)
         return state
 
 
@@ -295,6 +297,18 @@ class SparseConv1DMLP(_SparseFFN):
     act: nn.Module
     dropout: nn.Dropout
 
+    def __init__(
+        self,
+        source: nn.Module,
+        *,
+        threshold: Threshold = 0.5,
+        cutoff: float = 0.0,
+        kernels: Kernels | Backend = "auto",
+        screen: bool = True,
+    ) -> None:
+        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
+        self.screen = bool(screen)
+
     def forward(self, hidden_states: Tensor) -> Tensor:
         ps = self._fast(hidden_states)
         drop = self._modules.get("dropout")
@@ -306,10 +320,14 @@ class SparseConv1DMLP(_SparseFFN):
         assert w_fc is not None and w is not None
         if x2.shape[0] == 0 or x2.shape[1] != w_fc.shape[0] or b_fc is None:
             return _gpt2_mlp_forward(self, hidden_states)  # PyTorch's result or error
-        h = self._activate(torch.addmm(b_fc, x2, w_fc))
-        rows = h.shape[0]
+        rows = x2.shape[0]
         limit = self.threshold_for(rows)
         ext = self._ext()
+        if self.screen and limit <= 1.0 and self._act_type is nn.ReLU and not self.cutoff:
+            out = screened_mlp(self, ext, x2, w_fc, b_fc, w, b, limit)
+            if out is not None:
+                return out.view(*x.shape[:-1], w.shape[1])
+        h = self._activate(torch.addmm(b_fc, x2, w_fc))
         if takes(ext, h, w, b):  # one C++ call: count, then sparse rows or the same addmm
             out = ext.linear_auto(h, w.t(), w, b, limit, False)
         elif limit <= 1.0 and 1.0 - nonzero_fraction(h) >= limit:
