@@ -398,17 +398,31 @@ at::Tensor screen_mask(at::Tensor x, at::Tensor qpack, at::Tensor unit, at::Tens
 
 // The GPT-2 ReLU MLP: c_fc screened, its candidates computed exactly from wt = c_fc.weight.T
 // (k, d), ReLU, then c_proj (wproj: (k, o), Conv1D layout) reading the rows of the non-zero
-// units where the row's zero fraction is at least threshold, else a dense product.
-at::Tensor screened_mlp(at::Tensor x, at::Tensor qpack, at::Tensor unit, at::Tensor wt,
-                        at::Tensor bfc, at::Tensor wproj, c10::optional<at::Tensor> bproj,
-                        double threshold) {
+// units where the row's zero fraction is at least threshold, else a dense product. x: any
+// shape (..., d); the output (..., o). None (the caller runs its own path) where x has more
+// than max_rows rows, or x or a layer's tensor is not contiguous float32 of the right shape.
+c10::optional<at::Tensor> screened_mlp(at::Tensor x_in, at::Tensor qpack, at::Tensor unit,
+                                       at::Tensor wt, at::Tensor bfc, at::Tensor wproj,
+                                       c10::optional<at::Tensor> bproj, double threshold,
+                                       int64_t max_rows) {
+  const auto fits = [](const at::Tensor& t, int64_t dim) {
+    return t.dim() == dim && t.scalar_type() == at::kFloat && t.is_contiguous()
+           && t.device().is_cpu();
+  };
+  if (x_in.dim() < 1 || !fits(x_in, x_in.dim()) || !fits(wt, 2) || !fits(bfc, 1)
+      || !fits(wproj, 2) || x_in.size(-1) != wt.size(1) || wt.size(1) == 0
+      || bfc.size(0) != wt.size(0) || wproj.size(0) != wt.size(0)
+      || (bproj.has_value() && (!fits(*bproj, 1) || bproj->size(0) != wproj.size(1))))
+    return c10::nullopt;
+  const int64_t rows = x_in.numel() / wt.size(1);
+  if (rows < 1 || rows > max_rows) return c10::nullopt;
+  const at::Tensor x = x_in.view({rows, wt.size(1)});
   const ScreenArgs a = screen_args(x, qpack, unit, bfc);
-  const int64_t n = x.size(0), d = a.d, k = a.k;
-  TORCH_CHECK(wt.dim() == 2 && wt.size(0) == k && wt.size(1) == d && wt.is_contiguous()
-              && wt.scalar_type() == at::kFloat, "actreg screen: wt (k, d) float32 expected");
-  check(x.new_empty({1, k}), wproj, bproj);
+  const int64_t n = rows, d = a.d, k = a.k;
   const int64_t o = wproj.size(1);
-  at::Tensor out = at::empty({n, o}, x.options());
+  std::vector<int64_t> shape(x_in.sizes().begin(), x_in.sizes().end());
+  shape.back() = o;
+  at::Tensor out = at::empty(shape, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wtp = wt.data_ptr<float>();
   const float* wpp = wproj.data_ptr<float>();

@@ -113,34 +113,24 @@ def packed_for(owner: nn.Module, w: Tensor) -> Packed | None:
 
 
 def screened_mlp(
-    owner: nn.Module,
-    ext: Any,
-    x: Tensor,
-    w_fc: Tensor,
-    b_fc: Tensor,
-    w: Tensor,
-    b: Tensor | None,
-    limit: float,
+    owner: Any, ext: Any, x: Tensor, w_fc: Tensor, b_fc: Tensor, w: Tensor, b: Tensor | None
 ) -> Tensor | None:
-    """The block's output ``c_proj(relu(c_fc(x)))`` for ``x`` ``(n, d)`` with c_fc screened
-    (see the module docstring), or None where the screen does not apply (no C++ kernels,
-    not float32, too many rows, a non-finite or too wide weight): the caller runs its
-    own path."""
-    if (
-        ext is None
-        or x.dtype is not torch.float32
-        or x.shape[0] > SCREEN_ROWS
-        or b_fc.dtype is not torch.float32
-        or w.dtype is not torch.float32
-        or (b is not None and b.dtype is not torch.float32)
-    ):
+    """The block's output ``c_proj(relu(c_fc(x)))`` for ``x`` ``(..., d)`` with c_fc screened
+    (see the module docstring), or None where the screen does not run: no C++ kernels, not
+    float32 or not contiguous, more than ``SCREEN_ROWS`` rows, a sparse path the threshold
+    never takes, a non-finite or too wide weight. The caller runs its own path then.
+    ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache)."""
+    if ext is None or x.dtype is not torch.float32 or w_fc.dim() != 2:
+        return None
+    d = w_fc.shape[0]
+    rows = x.numel() // d if d else 0
+    if not 0 < rows <= SCREEN_ROWS:
+        return None
+    limit = owner.threshold_for(rows)
+    if limit > 1.0:
         return None
     p = packed_for(owner, w_fc)
     if p is None:
         return None
-    x = x if x.is_contiguous() else x.contiguous()
-    w = w if w.is_contiguous() else w.contiguous()
-    b_fc = b_fc if b_fc.is_contiguous() else b_fc.contiguous()
-    b = b if b is None or b.is_contiguous() else b.contiguous()
-    out: Tensor = ext.screened_mlp(x, p.qpack, p.unit, p.wt, b_fc, w, b, limit)
+    out: Tensor | None = ext.screened_mlp(x, p.qpack, p.unit, p.wt, b_fc, w, b, limit, SCREEN_ROWS)
     return out

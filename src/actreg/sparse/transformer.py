@@ -315,18 +315,18 @@ class SparseConv1DMLP(_SparseFFN):
         if ps is None or not isinstance(drop, nn.Dropout) or (drop.training and drop.p > 0):
             return _gpt2_mlp_forward(self, hidden_states)
         w_fc, b_fc, w, b = ps
+        assert w_fc is not None and w is not None
+        if self.screen and b_fc is not None and self._act_type is nn.ReLU and not self.cutoff:
+            out = screened_mlp(self, self._ext(), hidden_states, w_fc, b_fc, w, b)
+            if out is not None:
+                return out
         x = hidden_states
         x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
-        assert w_fc is not None and w is not None
         if x2.shape[0] == 0 or x2.shape[1] != w_fc.shape[0] or b_fc is None:
             return _gpt2_mlp_forward(self, hidden_states)  # PyTorch's result or error
         rows = x2.shape[0]
         limit = self.threshold_for(rows)
         ext = self._ext()
-        if self.screen and limit <= 1.0 and self._act_type is nn.ReLU and not self.cutoff:
-            out = screened_mlp(self, ext, x2, w_fc, b_fc, w, b, limit)
-            if out is not None:
-                return out.view(*x.shape[:-1], w.shape[1])
         h = self._activate(torch.addmm(b_fc, x2, w_fc))
         if takes(ext, h, w, b):  # one C++ call: count, then sparse rows or the same addmm
             out = ext.linear_auto(h, w.t(), w, b, limit, False)
