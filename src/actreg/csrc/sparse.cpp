@@ -294,6 +294,31 @@ void block_dots(const int8_t* qb, const int32_t* pp, int64_t npairs, double* out
 #endif
 }
 
+// a . b in float32 with four 8-wide FMA accumulators (the exact pass over the candidates).
+inline float fdot(const float* a, const float* b, int64_t n) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+    s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+  }
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  const __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
+  float r = _mm_cvtss_f32(h);
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+#else
+  return dot(a, b, n);
+#endif
+}
+
 struct ScreenArgs {
   const int8_t* qpack;  // (kp / 32, dp / 2, 32, 2)
   const double* unit;   // (4, kp): s_j, s_j |q_j|, |r_j|, |w_j|
@@ -438,7 +463,12 @@ c10::optional<at::Tensor> screened_mlp(at::Tensor x_in, at::Tensor qpack, at::Te
       int64_t m = 0;
       for (int64_t q = 0; q < c; ++q) {
         const int64_t j = cand[q];
-        const float v = a.bfc[j] + dot(xr, wtp + j * d, d);
+        if (q + 2 < c) {  // start streaming a later candidate's row (rows are far apart)
+          const char* nx = reinterpret_cast<const char*>(wtp + int64_t(cand[q + 2]) * d);
+          for (int64_t off = 0; off < std::min<int64_t>(d * 4, 512); off += 64)
+            __builtin_prefetch(nx + off);
+        }
+        const float v = a.bfc[j] + fdot(xr, wtp + j * d, d);
         h[j] = v;
         idx[m] = int32_t(j);
         m += !(v <= 0.0f);  // ReLU; a NaN stays (as torch.relu keeps it)

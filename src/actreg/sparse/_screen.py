@@ -52,7 +52,7 @@ __all__ = ["SCREEN_ROWS", "Packed", "pack", "packed_for", "screened_mlp"]
 
 #: At most this many rows (batch times sequence) per call are screened; more run the
 #: dense c_fc (measured: see the module docstring).
-SCREEN_ROWS = 4
+SCREEN_ROWS = 8
 _QMAX = 127  # int8 weights in [-127, 127]
 _MAX_D = 1 << 22  # widths the bound's double arithmetic covers (see csrc/sparse.cpp)
 
