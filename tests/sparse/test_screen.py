@@ -1,7 +1,7 @@
-"""The exact int8 screen of c_fc in SparseConv1DMLP (actreg.sparse._screen and the C++
-screened_mlp / screen_mask): every unit it drops is zero in the dense computation, outputs
-equal the dense block's, widths that would overflow an int32 sum, weight changes, pickling,
-the fallbacks, and greedy generate."""
+"""The exact int8 screen of c_fc in SparseConv1DMLP and of the gate in SparseGatedMLP
+(actreg.sparse._screen and the C++ screened_mlp / screened_gated / screen_mask): every unit
+it drops is zero in the dense computation, outputs equal the dense block's, widths that
+would overflow an int32 sum, weight changes, pickling, the fallbacks, and greedy generate."""
 
 from __future__ import annotations
 
@@ -289,3 +289,95 @@ def test_greedy_generate_identical(batch: int, cpp: Any) -> None:
     got = fast.generate(ids, **kw)
     assert torch.equal(got, want)
     assert all("_packed" in b.mlp.__dict__ for b in fast.transformer.h)  # screened
+
+
+# ------------------------------------------------------------------------ gated MLPs (Llama)
+
+
+def _gated(d: int, k: int, zeros: float, bias: bool, seed: int = 0) -> nn.Module:
+    """A Llama MLP (ReLU gate) whose gate units are off on a ``zeros`` fraction of normal
+    inputs: through the gate's bias, or without one, through a shift of its input."""
+    cfg = transformers.LlamaConfig(
+        hidden_size=d, intermediate_size=k, hidden_act="relu", mlp_bias=bias, num_attention_heads=1,
+        num_key_value_heads=1, head_dim=2,  # (attention is not used: no odd RoPE)
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    mlp = transformers.models.llama.modeling_llama.LlamaMLP(cfg).eval()
+    if bias:
+        with torch.no_grad():
+            pre = torch.randn(512, d) @ mlp.gate_proj.weight.t()
+            mlp.gate_proj.bias.copy_(-torch.quantile(pre, zeros, dim=0))
+            mlp.up_proj.bias.normal_(0.0, 0.02)
+            mlp.down_proj.bias.normal_(0.0, 0.02)
+    return mlp
+
+
+def _gated_screened(mlp: nn.Module, backend: Any, **kw: Any) -> tuple[nn.Module, list[int]]:
+    fast = sparse.SparseGatedMLP(mlp, threshold=0.0, kernels=backend, **kw)
+    ext, calls = backend.load(), []
+
+    class Counting:
+        def __getattr__(self, attr: str) -> Any:
+            fn = getattr(ext, attr)
+            if attr == "screened_gated":
+                return lambda *a: calls.append(1) or fn(*a)
+            return fn
+
+    fast.backend = copy.copy(backend)
+    fast.backend.load = Counting  # type: ignore[method-assign]
+    return fast, calls
+
+
+@pytest.mark.parametrize(
+    ("d", "k"), [(32, 128), (37, 70), (256, 1024)], ids=["32", "37-odd", "256"]
+)
+# (not "tiny": without biases the gated products of 1e-20 inputs are float32 subnormals)
+@pytest.mark.parametrize("how", HOWS[:1] + HOWS[2:], ids=HOWS[:1] + HOWS[2:])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("threshold", [0.0, 0.999], ids=["sparse-down", "dense-down"])
+def test_gated_output_equals_dense(
+    d: int, k: int, how: str, bias: bool, threshold: float, cpp: Any
+) -> None:
+    mlp = _gated(d, k, 0.9, bias)
+    fast, calls = _gated_screened(mlp, cpp)
+    fast.threshold = threshold
+    x = _inputs(d, how, rows=3).view(1, 3, d)
+    with torch.no_grad():
+        got, want = fast(x), mlp(x)
+    scale = float(want.abs().max()) or 1.0
+    assert calls and got.shape == want.shape and close(got / scale, want / scale)
+
+
+def test_gated_fallbacks_and_weight_change(cpp: Any) -> None:
+    mlp = _gated(32, 128, 0.9, True)
+    x = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        off, calls = _gated_screened(mlp, cpp, screen=False)
+        assert close(off(x), mlp(x)) and not calls
+        fast, calls = _gated_screened(mlp, cpp)
+        many = torch.randn(1, _screen.SCREEN_ROWS + 1, 32)
+        assert close(fast(many), mlp(many)) and not calls
+        before = fast(x)
+        mlp.gate_proj.weight.mul_(-1.0)  # in place: the cache must notice
+        after = fast(x)
+        assert len(calls) == 2 and not torch.allclose(after, before) and close(after, mlp(x))
+        back = pickle.loads(pickle.dumps(fast))
+        assert "_packed" not in back.__dict__ and close(back(x), mlp(x))
+
+
+def test_gated_greedy_generate_identical(cpp: Any) -> None:
+    cfg = transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=97, hidden_act="relu", mlp_bias=True,
+        max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate_proj.bias.normal_(-0.3, 0.05)
+    fast = sparse.convert(model, threshold=0.0, kernels=cpp)
+    ids = torch.randint(2, 97, (2, 5), generator=torch.Generator().manual_seed(0))
+    kw: dict[str, Any] = {"max_new_tokens": 24, "do_sample": False, "use_cache": True}
+    assert torch.equal(fast.generate(ids, **kw), model.generate(ids, **kw))
+    assert all("_packed" in layer.mlp.__dict__ for layer in fast.model.layers)

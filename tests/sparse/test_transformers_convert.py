@@ -121,10 +121,12 @@ def test_block_outputs_match_on_3d_inputs(
         real = tr.gated_sparse if kind == "llama" else tr.sparse_linear
         name = "gated_sparse" if kind == "llama" else "sparse_linear"
         monkeypatch.setattr(tr, name, lambda *a: ran.append(name) or real(*a))
-    else:  # count the C++ calls that take the sparse path (threshold 0; GPT-2: the screen
-        # up to its row limit, else the dense c_fc and linear_auto)
+    else:  # count the C++ calls that take the sparse path (threshold 0; the screen up to its
+        # row limit, else the dense first layer and gated_rows or linear_auto)
         ext = kernels.load()
-        names = ("gated_rows",) if kind == "llama" else ("linear_auto", "screened_mlp")
+        names = (
+            ("gated_rows", "screened_gated") if kind == "llama" else ("linear_auto", "screened_mlp")
+        )
 
         class Counting:
             def __getattr__(self, attr: str) -> Any:

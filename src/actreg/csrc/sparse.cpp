@@ -408,6 +408,71 @@ ScreenArgs screen_args(const at::Tensor& x, const at::Tensor& qpack, const at::T
 
 }  // namespace
 
+// A gated MLP (Llama's) whose gate (gate_proj with ReLU) is screened: x (..., d); wg the
+// gate's (k, d) weight (the screen's exact pass reads its rows), bg its bias or None; wu
+// (k, d), bu; wdt = down_proj.weight.T (k, o), bd. Each row: the screen, the candidates'
+// gates exactly, then for the non-zero ones g_j (x . wu_j + bu_j) and down_proj's row j.
+// None where the tensors do not fit (see screened_mlp).
+c10::optional<at::Tensor> screened_gated(at::Tensor x_in, at::Tensor qpack, at::Tensor unit,
+                                         at::Tensor wg, at::Tensor bg, at::Tensor wu,
+                                         c10::optional<at::Tensor> bu, at::Tensor wdt,
+                                         c10::optional<at::Tensor> bd, double threshold,
+                                         int64_t max_rows) {
+  const auto fits = [](const at::Tensor& t, int64_t dim) {
+    return t.dim() == dim && t.scalar_type() == at::kFloat && t.is_contiguous()
+           && t.device().is_cpu();
+  };
+  if (x_in.dim() < 1 || !fits(x_in, x_in.dim()) || !fits(wg, 2) || !fits(bg, 1) || !fits(wu, 2)
+      || !fits(wdt, 2) || x_in.size(-1) != wg.size(1) || wg.size(1) == 0
+      || bg.size(0) != wg.size(0) || wu.sizes() != wg.sizes() || wdt.size(0) != wg.size(0)
+      || (bu.has_value() && (!fits(*bu, 1) || bu->size(0) != wg.size(0)))
+      || (bd.has_value() && (!fits(*bd, 1) || bd->size(0) != wdt.size(1))))
+    return c10::nullopt;
+  const int64_t rows = x_in.numel() / wg.size(1);
+  if (rows < 1 || rows > max_rows) return c10::nullopt;
+  const at::Tensor x = x_in.view({rows, wg.size(1)});
+  const ScreenArgs a = screen_args(x, qpack, unit, bg);
+  const int64_t n = rows, d = a.d, k = a.k, o = wdt.size(1);
+  std::vector<int64_t> shape(x_in.sizes().begin(), x_in.sizes().end());
+  shape.back() = o;
+  at::Tensor out = at::empty(shape, x.options());
+  const float *xp = x.data_ptr<float>(), *wgp = wg.data_ptr<float>(), *wup = wu.data_ptr<float>();
+  const float* bup = bu.has_value() ? bu->data_ptr<float>() : nullptr;
+  const float* bdp = bd.has_value() ? bd->data_ptr<float>() : nullptr;
+  const float* wdp = wdt.data_ptr<float>();
+  auto body = [&](int64_t r0, int64_t r1) {
+    thread_local std::vector<int32_t> cand;
+    if (int64_t(cand.size()) < k + 16) cand.resize(k + 16);
+    int32_t* idx = index_buffer(k);
+    float* h = value_buffer<float>(k);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * d;
+      const int64_t c = screen_row(a, xr, cand.data());
+      int64_t m = 0;
+      for (int64_t q = 0; q < c; ++q) {
+        const int64_t j = cand[q];
+        const float g = a.bfc[j] + fdot(xr, wgp + j * d, d);
+        if (g <= 0.0f) continue;  // ReLU: zero (a NaN gate goes on, as in torch)
+        h[j] = g * (fdot(xr, wup + j * d, d) + (bup ? bup[j] : 0.0f));
+        idx[m++] = int32_t(j);
+      }
+      float* orow = out.data_ptr<float>() + r * o;
+      if (1.0 - double(m) / double(k) >= threshold) {
+        row_kernel(h, idx, m, wdp, bdp, orow, o, false);
+      } else {  // dense down_proj for this row (as the unscreened path's dense formula)
+        at::Tensor hr = at::zeros({1, k}, x.options());
+        float* hp = hr.data_ptr<float>();
+        for (int64_t q = 0; q < m; ++q) hp[idx[q]] = h[idx[q]];
+        at::Tensor y = bd.has_value() ? at::addmm(*bd, hr, wdt) : at::mm(hr, wdt);
+        std::memcpy(orow, y.data_ptr<float>(), sizeof(float) * o);
+      }
+    }
+  };
+  if (n == 1 || at::get_num_threads() == 1) body(0, n);
+  else at::parallel_for(0, n, 1, body);
+  return out;
+}
+
 // Which units of each row the screen leaves (True: not proven zero): (n, k) bool.
 at::Tensor screen_mask(at::Tensor x, at::Tensor qpack, at::Tensor unit, at::Tensor bfc) {
   const ScreenArgs a = screen_args(x, qpack, unit, bfc);
@@ -640,6 +705,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gated_rows", &gated_rows);
   m.def("screen_mask", &screen_mask);
   m.def("screened_mlp", &screened_mlp);
+  m.def("screened_gated", &screened_gated);
   py::class_<Chain>(m, "Chain")
       .def(py::init<std::vector<at::Tensor>, std::vector<at::Tensor>,
                     std::vector<c10::optional<at::Tensor>>, std::vector<bool>,

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from actreg.sparse.linear import _version
 
-__all__ = ["SCREEN_ROWS", "Packed", "pack", "packed_for", "screened_mlp"]
+__all__ = ["SCREEN_ROWS", "Packed", "pack", "packed_for", "screened_gated", "screened_mlp"]
 
 #: At most this many rows (batch times sequence) per call are screened; more run the
 #: dense c_fc (measured: see the module docstring).
@@ -63,6 +63,7 @@ class Packed(NamedTuple):
     qpack: Tensor  # int8 (ceil(k / 32), ceil(d / 2), 32, 2): 32 units x 2 inputs per 64 bytes
     unit: Tensor  # float64 (4, ceil(k / 32) * 32): s_j, s_j |q_j|, |w_j - s_j q_j|, |w_j|
     wt: Tensor  # float32 (k, d): the weight transposed, contiguous
+    zero_bias: Tensor  # float32 (k,) zeros: the bias of a layer without one
 
 
 def pack(w: Tensor) -> Packed | None:
@@ -98,16 +99,17 @@ def pack(w: Tensor) -> Packed | None:
         qp = torch.zeros(kp, dp, dtype=torch.int8)
         qp[:k, :d] = q.to(torch.int8)
         qpack = qp.view(kp // 32, 32, dp // 2, 2).permute(0, 2, 1, 3).contiguous()
-        return Packed(qpack, unit, w.t().contiguous())
+        return Packed(qpack, unit, w.t().contiguous(), torch.zeros(k))
 
 
-def packed_for(owner: nn.Module, w: Tensor) -> Packed | None:
-    """:func:`pack` of ``w``, cached in ``owner._packed`` until the weight changes (another
-    parameter object, storage or in-place version)."""
+def packed_for(owner: nn.Module, w: Tensor, linear: bool = False) -> Packed | None:
+    """:func:`pack` of ``w`` (``linear``: an ``nn.Linear`` weight ``(k, d)``, packed as its
+    transpose; its ``wt`` is then ``w`` itself, not a copy), cached in ``owner._packed``
+    until the weight changes (another parameter object, storage or in-place version)."""
     key = (w.data_ptr(), _version(w), w.dtype)
     cached = owner.__dict__.get("_packed")
     if cached is None or cached[1] is not w or cached[0] != key:
-        cached = (key, w, pack(w))
+        cached = (key, w, pack(w.t() if linear else w))
         owner.__dict__["_packed"] = cached
     return cached[2]
 
@@ -133,4 +135,34 @@ def screened_mlp(
     if p is None:
         return None
     out: Tensor | None = ext.screened_mlp(x, p.qpack, p.unit, p.wt, b_fc, w, b, limit, SCREEN_ROWS)
+    return out
+
+
+def screened_gated(
+    owner: Any,
+    ext: Any,
+    x: Tensor,
+    ps: list[Tensor | None],
+) -> Tensor | None:
+    """A gated MLP's output ``down_proj(relu(gate_proj(x)) * up_proj(x))`` with the gate
+    screened (as ``c_fc`` in :func:`screened_mlp`), or None where the screen does not run.
+    ``ps``: the weights and biases of gate, up and down; ``owner`` is the
+    :class:`SparseGatedMLP` (threshold, caches, ``down_proj``'s transposed weight)."""
+    wg, bg, wu, bu, wd, bd = ps
+    if ext is None or x.dtype is not torch.float32 or wg is None or wu is None or wd is None:
+        return None
+    d = wg.shape[-1]
+    rows = x.numel() // d if d else 0
+    if not 0 < rows <= SCREEN_ROWS:
+        return None
+    limit = owner.threshold_for(rows)
+    if limit > 1.0:
+        return None
+    p = packed_for(owner, wg, linear=True)
+    if p is None:
+        return None
+    bias = p.zero_bias if bg is None else bg
+    out: Tensor | None = ext.screened_gated(
+        x, p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd, limit, SCREEN_ROWS
+    )
     return out

@@ -50,7 +50,7 @@ from torch.nn.modules import module as _module_globals
 from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
-from actreg.sparse._screen import screened_mlp
+from actreg.sparse._screen import screened_gated, screened_mlp
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
 __all__ = ["SparseConv1DMLP", "SparseGatedMLP", "ffn_kind", "ffns"]
@@ -377,9 +377,11 @@ class SparseGatedMLP(_SparseFFN):
         threshold: Threshold = 0.5,
         cutoff: float = 0.0,
         kernels: Kernels | Backend = "auto",
+        screen: bool = True,
     ) -> None:
         super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
         self._wt: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+        self.screen = bool(screen)
 
     def _columns(self, w: Tensor) -> Tensor:
         """``w.T`` (``down_proj``'s weight) as a contiguous ``(inter, d)`` tensor, cached
@@ -397,6 +399,10 @@ class SparseGatedMLP(_SparseFFN):
         ps = self._fast(x)
         if ps is None:
             return _gated_mlp_forward(self, x)
+        if self.screen and self._act_type is nn.ReLU and not self.cutoff:
+            out = screened_gated(self, self._ext(), x, ps)
+            if out is not None:
+                return out
         wg, bg, wu, bu, wd, bd = ps
         assert wg is not None and wu is not None and wd is not None
         x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
