@@ -1,4 +1,6 @@
-"""An exact int8 screen for c_fc of a ReLU GPT-2 MLP (what :class:`SparseConv1DMLP` runs).
+"""An exact int8 screen for c_fc of a ReLU GPT-2 MLP (what :class:`SparseConv1DMLP` runs), and
+for the ReLU gate of a gated MLP (:class:`SparseGatedMLP`, the same way: ``gate_proj`` for
+``c_fc``, then ``up_proj`` and ``down_proj`` for the non-zero gates only).
 
 At batch 1 the converted block's ``c_proj`` reads only the rows of the non-zero activations,
 but ``c_fc`` (whose input, the layer norm's output, has no zeros) costs its full ``d x k``
@@ -10,7 +12,8 @@ computing them, then computes only the rest exactly:
    is seen on the next call), in float64: per unit ``j`` the scale ``s_j = max|w_j| / 127``,
    the int8 weights ``q_j = round(w_j / s_j)``, and ``s_j |q_j|``, ``|w_j - s_j q_j|``,
    ``|w_j|``; and a transposed float32 copy ``(k, d)`` so that a unit's weights are
-   contiguous. Memory: c_fc's weight 1.25 times more.
+   contiguous. Memory: c_fc's weight 1.25 times more (a gate's: 0.25 times more; an
+   ``nn.Linear`` weight already has a unit's weights contiguous).
 2. Per row, in C++ (``csrc/sparse.cpp``, ``screened_mlp``): ``x`` to int16 with a per-row
    scale, the int8 x int16 products with AVX2 (``vpmaddwd``; a scalar loop elsewhere), an
    upper bound ``U_j`` on the float32 pre-activation that the dense layer would compute
@@ -36,7 +39,8 @@ Design choices:
 * Rows per call: each row is screened on its own (its own int16 scale and bound). At batch
   > 1 the dense ``addmm`` reads the weight once for all rows while the screen reads the int8
   weight once per row; the screen runs up to ``SCREEN_ROWS`` rows (see
-  docs/PERFORMANCE_DECODE.md for the measurement that set it).
+  docs/PERFORMANCE_DECODE.md for the measurement that set it, on GPT-2's MLP; the gated MLP
+  uses the same limit, not measured apart).
 """
 
 from __future__ import annotations

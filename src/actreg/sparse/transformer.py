@@ -9,8 +9,8 @@ the same children under the same names (so the same ``state_dict``):
   computed (:mod:`actreg.sparse._screen`); ``c_proj`` reads only the rows of its ``(in, out)``
   weight (the layout the sparse-input kernel reads) whose input activation is non-zero.
 * :class:`SparseGatedMLP` for ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (Llama,
-  Mistral, Qwen2, ...): the gate is dense; then only the ``up_proj`` rows and ``down_proj``
-  columns of units whose gate activation is non-zero (the union over the rows of a batch).
+  Mistral, Qwen2, ...): the gate is screened as ``c_fc`` is (ReLU) or dense; then only the
+  ``up_proj`` rows and ``down_proj`` columns of units whose gate activation is non-zero.
   ``down_proj``'s columns are read from a transposed copy, refreshed when the weight changes.
 
 Exact with activations that give exact zeros (ReLU); with any other (GELU, SiLU) an
@@ -346,12 +346,14 @@ class SparseGatedMLP(_SparseFFN):
     """A gated MLP (``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, Llama and its kin)
     that computes ``up_proj`` and ``down_proj`` only for units whose gate is non-zero.
 
-    At inference the gate runs densely; when its activations' zero fraction reaches the
-    threshold, only the units with a non-zero gate get their ``up_proj`` row and their
-    ``down_proj`` column (from a transposed copy, ``(inter, d)``, kept until the weight
-    changes: the weight's memory once more): each row its own units in the C++ kernel, the
-    union over the rows in pure PyTorch. Otherwise the original formula. Outputs equal the
-    original's to float rounding (``cutoff`` as in :class:`SparseConv1DMLP`).
+    At inference, with ``nn.ReLU``, float32, the C++ kernels and at most ``SCREEN_ROWS`` rows,
+    the gate is screened as :class:`SparseConv1DMLP`'s ``c_fc`` (``screen=False``: never);
+    otherwise it runs densely. When the gate's zero fraction reaches the threshold, only the
+    units with a non-zero gate get their ``up_proj`` row and their ``down_proj`` column (from
+    a transposed copy, ``(inter, d)``, kept until the weight changes: the weight's memory
+    once more): each row its own units in the C++ kernel, the union over the rows in pure
+    PyTorch. Otherwise the original formula. Outputs equal the original's to float rounding
+    (``cutoff`` as in :class:`SparseConv1DMLP`).
 
     Example::
 
