@@ -17,7 +17,9 @@
 // * screened_mlp(x, qpack, unit, wt, bfc, wproj, bproj, threshold): a GPT-2 ReLU MLP whose
 //   c_fc is screened by an int8 x int16 product with a rigorous error bound (see "The
 //   screen" below and actreg/sparse/_screen.py); only the units the bound cannot prove zero
-//   are computed exactly, then c_proj reads the rows of the non-zero ones.
+//   are computed exactly, then c_proj reads the rows of the non-zero ones. screened_gated:
+//   the same for a gated FFN's ReLU gate, then gated_rows' work for the non-zero gates.
+//   screen_mask: the screen alone (which units it leaves), for tests and benchmarks.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
