@@ -20,13 +20,15 @@ Tables:
    measured FFN speedup allows, 1/((1-share) + share/s_ffn); tokens/s of `generate` (greedy,
    prompt included) and whether its tokens equal the dense model's.
 2. The FFN block alone at batch 1 on the model's own layer-0 inputs: GPT2MLP against the
-   converted block, c_fc+ReLU alone, c_proj dense against the sparse kernel.
+   converted block (c_fc screened, the default) and the converted block with screen=False
+   (c_fc dense), c_fc+ReLU alone, c_proj dense against the sparse kernel.
 3. Batches 4 and 16 (decode steps; the sparse kernel reads each row's own active rows, so
    the work grows with the batch; the union of active units is shown) and a 128-token
    prefill: FFN block and whole step, dense against converted.
 4. The crossover: the FFN block at batch 1 from 50 to 99 % zeros, sparse path forced.
 5. Exact ways to skip part of c_fc: the share of units whose zero a bound proves without
-   computing them (see docs/PERFORMANCE_DECODE.md).
+   computing them, the int8 screen being the one the converted block runs (see
+   docs/PERFORMANCE_DECODE.md).
 
 --write replaces the generated block of that markdown file with this run's tables.
 """
@@ -49,6 +51,7 @@ from torch import Tensor, nn
 from actreg import sparse
 from actreg.lab.experiments._lm_speedup import without_ffn  # shared with `actreg speedup`
 from actreg.sparse._kernels import sparse_linear
+from actreg.sparse._screen import pack
 from actreg.sparse.calibrate import crossover
 
 try:
@@ -225,8 +228,11 @@ def decode_table(
 def ffn_parts(
     mlp: nn.Module, fast: nn.Module, xs: list[Tensor], reps: int, steps: int
 ) -> dict[str, tuple[float, float, float]]:
-    """The block and its parts on the inputs ``xs``: microseconds per input, and speedups."""
+    """The block and its parts on the inputs ``xs``: microseconds per input, and speedups
+    (the converted block as given, and a copy of it with the screen off)."""
     ext = sparse.backend("auto").load()
+    unscreened = copy.copy(fast)
+    unscreened.screen = False
     w, b = mlp.c_proj.weight, mlp.c_proj.bias
     with torch.no_grad():
         hs = [torch.relu(mlp.c_fc(x)).reshape(-1, w.shape[0]).contiguous() for x in xs]
@@ -240,6 +246,7 @@ def ffn_parts(
         {
             "block dense": cycle(mlp, xs),
             "block sparse": cycle(fast, xs),
+            "block unscreened": cycle(unscreened, xs),
             "c_fc+relu": cycle(lambda x: torch.relu(mlp.c_fc(x)), xs),
             "c_proj dense": cycle(lambda h: torch.addmm(b, h, w), hs),
             "c_proj sparse": cycle(proj_sparse, hs),
@@ -249,6 +256,7 @@ def ffn_parts(
     n = len(xs)
     out = {k: quartiles([s * 1e6 / n for s in t.per_step["cpu"][k]]) for k in t.names}
     out["block speedup"] = speed(t, "block dense", "block sparse")
+    out["unscreened speedup"] = speed(t, "block dense", "block unscreened")
     out["c_proj speedup"] = speed(t, "c_proj dense", "c_proj sparse")
     return out
 
@@ -266,10 +274,15 @@ def union_active(mlp: nn.Module, xs: list[Tensor]) -> float:
 
 def bounds_study(model: GPT2LMHeadModel, ids: Tensor) -> list[float]:
     """Shares of the units proven zero without computing them, over all layers:
-    [zero share, static LayerNorm bound, per-token Cauchy-Schwarz bound, int8 screen]."""
+    [zero share, static LayerNorm bound, per-token Cauchy-Schwarz bound, int8 screen (the
+    converted block's: actreg.sparse._screen and the C++ screen_mask), and 1.0 if every
+    unit the screen drops is zero in the dense float32 product, else 0.0]."""
+    ext = sparse.backend("auto").load()
     zero = ln_dead = cs = int8 = total = 0.0
+    sound = 1.0
     for i, block in enumerate(model.transformer.h):
-        x = mlp_inputs(model, ids, i).double()
+        x32 = mlp_inputs(model, ids, i).contiguous()
+        x = x32.double()
         w, b = block.mlp.c_fc.weight.double(), block.mlp.c_fc.bias.double()
         pre = x @ w + b
         n = pre.numel()
@@ -283,53 +296,27 @@ def bounds_study(model: GPT2LMHeadModel, ids: Tensor) -> list[float]:
         ln_dead += float((top < 0).sum()) * x.shape[0]
         # per token: x . w_j + b_j <= |x| |w_j| + b_j
         cs += float((x.norm(dim=1, keepdim=True) * w.norm(dim=0) + b < 0).sum())
-        # int8 screen: per-unit scales; |x . (w_j - q_j)| <= |x| |w_j - q_j| (+ rounding)
-        scale = w.abs().amax(0) / 127
-        q = torch.round(w / scale) * scale
-        err = x.norm(dim=1, keepdim=True) * (w - q).norm(dim=0)
-        err = err * (1 + 1e-4) + 1e-6 * x.norm(dim=1, keepdim=True) * w.norm(dim=0)
-        int8 += float((x @ q + b + err < 0).sum())
-    return [zero / total, ln_dead / total, cs / total, int8 / total]
+        # the int8 screen (C++): the units it leaves
+        p = pack(block.mlp.c_fc.weight)
+        if ext is None or p is None:
+            return [zero / total, ln_dead / total, cs / total, math.nan, math.nan]
+        keep = ext.screen_mask(x32, p.qpack, p.unit, block.mlp.c_fc.bias.detach())
+        int8 += float((~keep).sum())
+        dense = torch.addmm(block.mlp.c_fc.bias, x32, block.mlp.c_fc.weight)
+        sound = min(sound, float(not bool((dense > 0)[~keep].any())))
+    return [zero / total, ln_dead / total, cs / total, int8 / total, sound]
 
 
-def int8_screen(mlp: nn.Module, xs: list[Tensor], reps: int) -> dict[str, float]:
-    """A prototype of an exact two-pass c_fc at batch 1 (not in actreg): an int8 product
-    (``torch._weight_int8pack_mm``, per-unit scales) whose error is bounded by
-    ``|x| |w_j - q_j|`` (plus a rounding margin) proves most zero units zero; the units it
-    cannot rule out are computed exactly from a transposed float32 copy. Returns the share
-    of units recomputed, whether every unit proven zero is zero in the dense product, and
-    microseconds per token of c_fc+ReLU dense and of the two passes."""
-    w, b = mlp.c_fc.weight.detach(), mlp.c_fc.bias.detach()
-    wt = w.t().contiguous()  # (inter, d)
-    scale = wt.abs().amax(1) / 127
-    q = torch.round(wt / scale[:, None]).to(torch.int8)
-    slack = (wt - q.float() * scale[:, None]).norm(dim=1) + 1e-4 * wt.norm(dim=1)
-
-    def maybe_on(x: Tensor) -> Tensor:
-        h = torch._weight_int8pack_mm(x, q, scale).view(-1).add_(b)
-        return (h + x.norm() * slack > 0).nonzero().view(-1)
-
-    def two_pass(x: Tensor) -> Tensor:
-        idx = maybe_on(x)
-        return torch.addmv(b.index_select(0, idx), wt.index_select(0, idx), x.view(-1)).relu_()
-
-    rows = [x.view(1, -1) for x in xs]
-    recomputed, sound = [], True
-    with torch.no_grad():
-        for x in rows:
-            idx = maybe_on(x)
-            recomputed.append(idx.numel() / wt.shape[0])
-            dense = torch.relu(torch.addmm(b, x, w)).view(-1)
-            off = torch.ones_like(dense, dtype=torch.bool)
-            off[idx] = False
-            sound = sound and bool((dense[off] == 0).all())
-    t = interleave(
-        {"dense": cycle(lambda x: torch.relu(torch.addmm(b, x, w)), rows),
-         "two-pass": cycle(two_pass, rows)},
-        reps=reps, steps=8, warmup=2,
-    )  # fmt: skip
-    us = {k: statistics.median(v) * 1e6 / len(rows) for k, v in t.per_step["cpu"].items()}
-    return {"recomputed": statistics.mean(recomputed), "sound": float(sound), **us}
+def screen_share(mlp: nn.Module, xs: list[Tensor]) -> float:
+    """The mean share of the units the screen leaves to the exact pass, on rows ``xs``."""
+    ext = sparse.backend("auto").load()
+    p = pack(mlp.c_fc.weight)
+    if ext is None or p is None:
+        return math.nan
+    b = mlp.c_fc.bias.detach()
+    return statistics.mean(
+        float(ext.screen_mask(x.reshape(1, -1), p.qpack, p.unit, b).float().mean()) for x in xs
+    )
 
 
 # -------------------------------------------------------------------------------- main
@@ -385,7 +372,8 @@ def main() -> None:
         parts = ffn_parts(mlp, fmlp, xs, reps, steps=8)
         ffn_rows.append([
             label, cell(parts["block dense"], 1), cell(parts["block sparse"], 1),
-            f"{cell(parts['block speedup'], 2)}x", cell(parts["c_fc+relu"], 1),
+            f"{cell(parts['block speedup'], 2)}x", cell(parts["block unscreened"], 1),
+            f"{cell(parts['unscreened speedup'], 2)}x", cell(parts["c_fc+relu"], 1),
             cell(parts["c_proj dense"], 1), cell(parts["c_proj sparse"], 1),
             f"{cell(parts['c_proj speedup'], 2)}x",
         ])  # fmt: skip
@@ -416,14 +404,9 @@ def main() -> None:
             label, f"prefill, {PREFILL} tokens", f"{union_active(mlp, px):.1%}",
             f"{cell(part['block speedup'], 2)}x", f"{cell(speed(t, 'dense', 'sparse'), 2)}x",
         ])  # fmt: skip
-        shares = bounds_study(dense, probe)
-        scr = int8_screen(mlp, xs, reps)
-        # the converted block with its c_fc+ReLU replaced by the two passes
-        block_after = parts["block sparse"][1] - parts["c_fc+relu"][1] + scr["two-pass"]
+        *shares, sound = bounds_study(dense, probe)
         bound_rows.append([label] + [f"{s:.1%}" for s in shares] + [
-            f"{scr['recomputed']:.1%}", "yes" if scr["sound"] else "**no**",
-            f"{scr['dense']:.1f} / {scr['two-pass']:.1f}",
-            f"{parts['block dense'][1] / block_after:.2f}x",
+            f"{screen_share(mlp, xs):.1%}", "yes" if sound == 1.0 else "**no**",
         ])  # fmt: skip
     # the crossover: FFN block at batch 1, sparse path forced, layer 0 of the model
     sweep_rows: list[list[object]] = []
@@ -454,8 +437,9 @@ def main() -> None:
          "FFN speedup", "Amdahl (that speedup)", "end to end", "of Amdahl",
          "generate tok/s dense / conv.", "same tokens"], dec_rows)  # fmt: skip
     out += "\n\n### 2. The FFN block alone, batch 1 (microseconds per token)\n\n" + md_table(
-        ["FFN zeros", "block dense", "block converted", "block speedup", "c_fc+ReLU",
-         "c_proj dense", "c_proj sparse", "c_proj speedup"], ffn_rows)  # fmt: skip
+        ["FFN zeros", "block dense", "block converted", "block speedup",
+         "converted, screen off", "speedup, screen off", "c_fc+ReLU", "c_proj dense",
+         "c_proj sparse", "c_proj speedup"], ffn_rows)  # fmt: skip
     out += "\n\n### 3. Batches and prefill (speedup dense / converted)\n\n" + md_table(
         ["FFN zeros", "workload", "units active in the batch (union)", "FFN block",
          "whole step"], batch_rows)  # fmt: skip
@@ -467,8 +451,8 @@ def main() -> None:
     out += "\n\n### 5. Units of c_fc proven zero without computing them (all layers)\n\n"
     bound_head = ["FFN zeros", "zero (computed)", "LayerNorm bound (static)",
                   "Cauchy-Schwarz (per token)", "int8 screen (per token)",
-                  "layer 0: recomputed after the screen", "proven zeros all zero",
-                  "c_fc+ReLU us dense / two-pass", "block speedup, projected"]  # fmt: skip
+                  "layer 0: computed exactly after the screen",
+                  "proven zeros all zero"]  # fmt: skip
     out += md_table(bound_head, bound_rows)
     print(out)
     if args.write:

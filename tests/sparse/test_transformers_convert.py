@@ -122,13 +122,17 @@ def test_block_outputs_match_on_3d_inputs(
         real = tr.gated_sparse if kind == "llama" else tr.sparse_linear
         name = "gated_sparse" if kind == "llama" else "sparse_linear"
         monkeypatch.setattr(tr, name, lambda *a: ran.append(name) or real(*a))
-    else:  # count the C++ calls that take the sparse path (threshold 0)
-        ext, name = kernels.load(), "gated_rows" if kind == "llama" else "linear_auto"
+    else:  # count the C++ calls that take the sparse path (threshold 0; the screen up to its
+        # row limit, else the dense first layer and gated_rows or linear_auto)
+        ext = kernels.load()
+        names = (
+            ("gated_rows", "screened_gated") if kind == "llama" else ("linear_auto", "screened_mlp")
+        )
 
         class Counting:
             def __getattr__(self, attr: str) -> Any:
                 fn = getattr(ext, attr)
-                if attr == name:
+                if attr in names:
                     return lambda *a: ran.append(attr) or fn(*a)
                 return fn
 
