@@ -50,6 +50,7 @@ from actreg import functional as F
 from actreg._errors import ActregError
 from actreg._hooks import in_backward
 from actreg.penalties import Penalty, check_coef
+from actreg.revival import _check_rate
 from actreg.revival import revive as _revive
 
 __all__ = ["AuxK", "FiringFloor", "Reviver"]
@@ -310,6 +311,9 @@ class Reviver:
         forward: ``(model, batch) -> output``, how to run the model on a batch of
             ``inputs`` (default ``model(batch)``), as in :func:`actreg.revive`.
         batch_size: examples of ``inputs`` per forward.
+        rate: the share of ``inputs`` on which a revived unit fires (its bias is set to
+            match, see :func:`actreg.revive`); for layers under a sparsity target, their
+            active share ``1 - target``. ``None``: bias 0 (about half).
 
     Example:
         >>> import torch, actreg
@@ -333,6 +337,7 @@ class Reviver:
         scale: float = 1.0,
         forward: Callable[[nn.Module, Tensor], Any] | None = None,
         batch_size: int = 2000,
+        rate: float | None = None,
     ) -> None:
         if isinstance(layers, str) or not layers:
             raise ActregError(f"layers must be a non-empty list of module names, got {layers!r}")
@@ -350,6 +355,7 @@ class Reviver:
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
         self.forward, self.batch_size = forward, batch_size
+        self.rate = None if rate is None else _check_rate(rate)
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
@@ -367,6 +373,7 @@ class Reviver:
                 scale=self.scale,
                 forward=self.forward,
                 batch_size=self.batch_size,
+                rate=self.rate,
             )
             if len(dead):
                 out[layer] = dead
@@ -376,5 +383,5 @@ class Reviver:
     def __repr__(self) -> str:
         return (
             f"Reviver(layers={self.layers}, every={self.every}, until={self.until}, "
-            f"init={self.init!r}, scale={self.scale})"
+            f"init={self.init!r}, scale={self.scale}, rate={self.rate})"
         )

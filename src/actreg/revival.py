@@ -22,6 +22,16 @@ Design choices:
   ``init="resample"`` where the direction lives in its output space (an autoencoder's
   decoder): its column for the unit becomes that direction, unit norm. Elsewhere the
   consumer column is left as is: the revived unit gets gradient through it.
+* ``rate=`` sets a revived unit's bias so that it fires on that share of ``inputs`` (a
+  quantile of its new pre-activations) instead of bias 0, where a random direction fires on
+  about half of them. A layer trained to 95% zeros that gets a few hundred units firing at
+  50% is far below its target: a target-sparsity controller then raises its coefficient,
+  which crushes the revived units and the live ones (docs/TARGET.md, digits at 0.95).
+* Adam's second moment of a revived row is set to the live rows' mean, not 0: Adam counts
+  steps per tensor, so late in training a zeroed second moment is not bias-corrected and
+  the row's next hundred or so steps are 3-6 times the learning rate, which kills it
+  again. The first moment (momentum) is zeroed. ``square_avg`` (RMSprop) and ``sum``
+  (Adagrad) are treated alike.
 * Models that are not called as ``model(batch)`` (a recurrent language model takes a hidden
   state with its tokens) pass ``forward(model, batch)``: how to run the model on a batch of
   the examples in ``inputs``. It keeps everything that works per example (batching, the
@@ -47,6 +57,8 @@ _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 Producer = nn.Linear | nn.Conv1d | nn.Conv2d
 Forward = Callable[[nn.Module, Tensor], Any]
 _PROBE = 2  # examples of the tracing forward
+_SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum")
+_RATE_VALUES = 1 << 16  # pre-activations per unit kept to set a revived unit's bias
 
 
 def _width_out(m: nn.Module) -> int:
@@ -252,13 +264,22 @@ def _directions(
     return chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def _reset_state(optimizer: torch.optim.Optimizer | None, param: Tensor, index: Any) -> None:
+def _reset_state(
+    optimizer: torch.optim.Optimizer | None, param: Tensor, dead: Tensor, fired: Tensor, axis: int
+) -> None:
+    """Zero the optimizer's state of ``param``'s revived slices along ``axis``; second
+    moments take the live slices' mean instead (see the module's design notes)."""
     if optimizer is None:
         return
     state = optimizer.state.get(param, {})
-    for value in state.values():
-        if isinstance(value, Tensor) and value.shape == param.shape:
-            value[index] = 0
+    for key, value in state.items():
+        if not (isinstance(value, Tensor) and value.shape == param.shape):
+            continue
+        moved = value.movedim(axis, 0)  # a view: writes go to the state
+        if key in _SECOND_MOMENTS and bool(fired.any()):
+            moved[dead] = moved[fired].mean(0)
+        else:
+            moved[dead] = 0
 
 
 @torch.no_grad()
@@ -277,6 +298,7 @@ def revive(
     eps: float = 0.0,
     batch_size: int = 2000,
     forward: Forward | None = None,
+    rate: float | None = None,
 ) -> Tensor:
     """Re-initialize the units of ``layer`` that are zero on every example of ``inputs``.
 
@@ -302,6 +324,11 @@ def revive(
             ``inputs`` (default: ``model(batch)``); e.g. a recurrent language model with
             its hidden state, ``lambda m, x: m(x.T, m.init_hidden(len(x)))`` for rows of
             tokens. The output goes to ``loss_fn`` as ``model(batch)``'s would.
+        rate: the share of ``inputs`` (positions, for a Conv or a sequence) on which each
+            revived unit fires: its bias is set to that quantile of its new
+            pre-activations (``None``: bias 0, about half). For a layer trained toward a
+            sparsity target, its active share (``1 - target``). The producer needs a bias,
+            and a normalization between it and ``layer`` makes the share approximate.
 
     Returns:
         The indices of the revived units (empty when none was dead).
@@ -339,6 +366,8 @@ def revive(
         raise ActregError(
             f"forward must be a callable (model, batch) -> output, got {type(forward).__name__}"
         )
+    if rate is not None:
+        rate = _check_rate(rate)
     run = _call if forward is None else forward
     name, module = _module(model, layer, "layer")
     was_training = model.training
@@ -371,6 +400,11 @@ def revive(
                 f"{units} units of its producer {prod_name!r} on axis {dim}; pass "
                 "producer='the module that computes its pre-activations'"
             )
+        if rate is not None and prod.bias is None:
+            raise ActregError(
+                f"rate={rate:g} sets the revived units' biases, but producer {prod_name!r} of "
+                f"{name!r} has none; pass rate=None (bias-free producers revive at bias 0)"
+            )
         if consumer == "auto":
             cons = _infer_consumer(module, events, units)
         elif consumer is None:
@@ -389,7 +423,22 @@ def revive(
         model.train(was_training)
     if len(dead):
         _reinit(prod, cons, fired, dead, directions, init, scale, optimizer)
+        if rate is not None:
+            model.eval()
+            try:
+                _set_rate(model, prod, inputs, dead, dim, rate, batch_size, run)
+            finally:
+                model.train(was_training)
     return dead
+
+
+def _check_rate(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+        raise ActregError(
+            f"rate must be a share in (0, 1) (the revived units' firing rate, e.g. 1 - the "
+            f"layer's target sparsity), or None for bias 0; got {rate!r}"
+        )
+    return float(rate)
 
 
 def _reinit(
@@ -407,11 +456,45 @@ def _reinit(
     alive = rows[fired].norm(dim=1).mean() if bool(fired.any()) else rows.norm(dim=1).mean()
     directions = directions.to(weight)
     weight[dead] = (directions * alive * scale).reshape(len(dead), *weight.shape[1:])
-    _reset_state(optimizer, weight, dead)
+    _reset_state(optimizer, weight, dead, fired, 0)
     if producer.bias is not None:
         producer.bias[dead] = 0.0
-        _reset_state(optimizer, producer.bias, dead)
+        _reset_state(optimizer, producer.bias, dead, fired, 0)
     if init == "resample" and isinstance(consumer, nn.Linear) and isinstance(producer, nn.Linear):
         if consumer.weight.shape[0] == directions.shape[1]:  # an autoencoder's decoder
             consumer.weight[:, dead] = directions.T.to(consumer.weight)
-            _reset_state(optimizer, consumer.weight, (slice(None), dead))
+            _reset_state(optimizer, consumer.weight, dead, fired, 1)
+
+
+def _set_rate(
+    model: nn.Module,
+    producer: Producer,
+    inputs: Tensor,
+    dead: Tensor,
+    dim: int,
+    rate: float,
+    batch_size: int,
+    forward: Forward,
+) -> None:
+    """Shift the revived units' biases so that each fires on a share ``rate`` of ``inputs``."""
+    assert producer.bias is not None
+    chunks = math.ceil(len(inputs) / batch_size)
+    per_chunk = max(1, _RATE_VALUES // chunks)
+    seen: list[Tensor] = []
+
+    def on_producer(m: nn.Module, args: Any, out: Tensor) -> None:
+        values = out.detach()[..., dead] if dim == -1 else out.detach()[:, dead]
+        values = values.movedim(dim, 0).reshape(len(dead), -1).float()
+        if values.shape[1] > per_chunk:  # a conv map or long sequences: a random subset
+            values = values[:, torch.randperm(values.shape[1], device=values.device)[:per_chunk]]
+        seen.append(values)
+
+    handle = producer.register_forward_hook(on_producer)
+    try:
+        for i in range(0, len(inputs), batch_size):
+            forward(model, inputs[i : i + batch_size])
+    finally:
+        handle.remove()
+    values = torch.cat(seen, 1)
+    k = min(values.shape[1], max(1, math.ceil((1.0 - rate) * values.shape[1])))
+    producer.bias[dead] -= values.kthvalue(k, dim=1).values.to(producer.bias)
