@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from actreg import functional as F
 from actreg._errors import ActregError
 from actreg._hooks import in_backward
+from actreg._reinit import check_rate
 from actreg.penalties import Penalty, check_coef
-from actreg.revival import _check_rate
 from actreg.revival import revive as _revive
 
 __all__ = ["AuxK", "FiringFloor", "Reviver"]
@@ -355,7 +355,7 @@ class Reviver:
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
         self.forward, self.batch_size = forward, batch_size
-        self.rate = None if rate is None else _check_rate(rate)
+        self.rate = None if rate is None else check_rate(rate)
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
