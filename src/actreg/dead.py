@@ -30,7 +30,10 @@ Design choices:
   some units in its first few dozen steps, before per-unit rates are known, and a dead
   ReLU never comes back by itself. In docs/TARGET.md (MNIST, 3x1000 MLP, target 0.9, 3
   seeds) five revivals over the first 70% of training took the dead units from 4.2 / 0.3 /
-  3.5% to 1.0 / 0.1 / 0.5% (unpenalized: 1.8 / 10.4 / 18.5%). Reviving later (80%) kept
+  3.5% to 0.4 / 0.0 / 0.1% (unpenalized: 1.8 / 10.4 / 18.5%). Under a sparsity target pass
+  ``rate=1 - target``: units revived at bias 0 fire on about half the inputs, the layer's
+  controller then raises its coefficient and kills them again (digits at 0.95: 49% of the
+  third layer dead with bias-0 revival, 11% with ``rate``). Reviving later (80%) kept
   fewer dead but left the last revived units too little time to become sparse (0.95 target:
   higher error); stopping at 60% let the third layer die again. It is stateless given the
   step number, so a resumed run revives at the same steps. A model not called as

@@ -4,7 +4,7 @@ A unit is *dead* when its activation is zero on every input given (``|x| <= eps`
 units get no gradient, so they stay dead; :func:`revive` gives them a second chance: the
 weights that produce them (the ``nn.Linear`` or ``nn.Conv1d``/``nn.Conv2d`` feeding the
 activation) are re-initialized, as in the resampling of sparse-autoencoder practice
-(Anthropic 2023), and the optimizer's running moments of those weights are reset.
+(Anthropic 2023), and the optimizer's running moments of those weights are reset (see below).
 
 Design choices:
 
@@ -293,8 +293,8 @@ def revive(
             inferred when ``None``.
         consumer: the Linear/Conv reading the layer (name or module); ``"auto"`` infers
             it, ``None`` leaves it alone.
-        optimizer: its state for the re-initialized weights (Adam's moments, momentum)
-            is zeroed.
+        optimizer: its state for the re-initialized weights is reset: momentum and
+            Adam's first moment zeroed, second moments set to the live rows' mean.
         init: ``"resample"`` (toward inputs) or ``"fresh"`` (random directions).
         scale: new weight rows get ``scale`` times the live rows' mean norm.
         eps: values with ``|x| <= eps`` count as zero.
