@@ -26,7 +26,12 @@ per step, so the step count is kept close to MNIST's). Methods:
   layer's zero fraction; ``TargetSparsity(..., per_unit=False, ramp=0, warmup=0)``.
 * ``ramp`` (c), ``ramp+warm``, ``push``: the default with parts switched off.
 * ``default+revive``: the default plus :class:`actreg.Reviver` (5 revivals of dead units
-  over the first 70% of training, on 5,000 training inputs), as the lab's target mode runs.
+  over the first 70% of training, on 5,000 training inputs, revived units firing on the
+  target's active share of them), as the lab's target mode runs. Options after
+  ``+revive``, joined by ``:``: ``bias0`` (revived units at bias 0: about half fire),
+  ``v0`` (their Adam second moment zeroed instead of the live rows' mean), ``resample``
+  (``init="resample"``); ``default+revive:bias0:v0`` is the revival before issue 15's
+  digits fix.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
   but units below half the wanted rate get no penalty instead of a push up.
@@ -179,7 +184,7 @@ def make_penalty(method: str, target: float, layer: int) -> Any:
         "ramp": {"per_unit": False, "warmup": 0},
         "global": {"per_unit": False, "ramp": 0.0, "warmup": 0},  # the previous default
     }
-    method = method.removesuffix("+revive")
+    method = method.split("+revive")[0]
     if method in library:
         return actreg.TargetSparsity(actreg.L1(BASE), target=target, **library[method])
     name = method.split("+")[0]
@@ -201,6 +206,18 @@ def data(name: str) -> Any:
     return _DATA[name]
 
 
+def _zero_second_moments(
+    opt: torch.optim.Optimizer, model: Any, revived: dict[str, Tensor]
+) -> None:
+    """``+revive:v0``: the revived rows' Adam second moment zeroed (``revive`` before issue
+    15's digits fix; it now takes the live rows' mean)."""
+    modules = dict(model.named_modules())
+    for layer, dead in revived.items():
+        fc = modules["fc" + layer.removeprefix("act")]
+        for param in (fc.weight, fc.bias):
+            opt.state[param]["exp_avg_sq"][dead] = 0.0
+
+
 def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     """Train one model and measure it on the test split."""
     d = data(name)
@@ -216,13 +233,20 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
     )
     reviver = None
-    if method.endswith("+revive"):
+    options = method.split("+revive")[1].split(":")[1:] if "+revive" in method else []
+    if "+revive" in method:
         until = int(REVIVE_UNTIL * total)
         sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:REVIVE_EXAMPLES]
         reviver = actreg.Reviver(
-            model, list(LAYERS), d.x_train[sample], every=until // 5, until=until
+            model,
+            list(LAYERS),
+            d.x_train[sample],
+            every=until // 5,
+            until=until,
+            optimizer=opt,
+            init="resample" if "resample" in options else "fresh",
+            rate=None if "bias0" in options else 1.0 - target,  # as make_reviver
         )
-        reviver.optimizer = opt
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()
     step = 0
@@ -237,7 +261,10 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
             sched.step()
             step += 1
             if reviver is not None:
-                reviver(step)
+                revived = reviver(step)
+                if revived and "v0" in options:
+                    with torch.no_grad():
+                        _zero_second_moments(opt, model, revived)
     seconds = time.process_time() - start
     if reg is not None:
         reg.remove()

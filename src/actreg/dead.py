@@ -30,7 +30,10 @@ Design choices:
   some units in its first few dozen steps, before per-unit rates are known, and a dead
   ReLU never comes back by itself. In docs/TARGET.md (MNIST, 3x1000 MLP, target 0.9, 3
   seeds) five revivals over the first 70% of training took the dead units from 4.2 / 0.3 /
-  3.5% to 1.0 / 0.1 / 0.5% (unpenalized: 1.8 / 10.4 / 18.5%). Reviving later (80%) kept
+  3.5% to 0.4 / 0.0 / 0.1% (unpenalized: 1.8 / 10.4 / 18.5%). Under a sparsity target pass
+  ``rate=1 - target``: units revived at bias 0 fire on about half the inputs, the layer's
+  controller then raises its coefficient and kills them again (digits at 0.95: 49% of the
+  third layer dead with bias-0 revival, 11% with ``rate``). Reviving later (80%) kept
   fewer dead but left the last revived units too little time to become sparse (0.95 target:
   higher error); stopping at 60% let the third layer die again. It is stateless given the
   step number, so a resumed run revives at the same steps. A model not called as
@@ -49,6 +52,7 @@ from torch import Tensor, nn
 from actreg import functional as F
 from actreg._errors import ActregError
 from actreg._hooks import in_backward
+from actreg._reinit import check_rate
 from actreg.penalties import Penalty, check_coef
 from actreg.revival import revive as _revive
 
@@ -310,6 +314,9 @@ class Reviver:
         forward: ``(model, batch) -> output``, how to run the model on a batch of
             ``inputs`` (default ``model(batch)``), as in :func:`actreg.revive`.
         batch_size: examples of ``inputs`` per forward.
+        rate: the share of ``inputs`` on which a revived unit fires (its bias is set to
+            match, see :func:`actreg.revive`); for layers under a sparsity target, their
+            active share ``1 - target``. ``None``: bias 0 (about half).
 
     Example:
         >>> import torch, actreg
@@ -333,6 +340,7 @@ class Reviver:
         scale: float = 1.0,
         forward: Callable[[nn.Module, Tensor], Any] | None = None,
         batch_size: int = 2000,
+        rate: float | None = None,
     ) -> None:
         if isinstance(layers, str) or not layers:
             raise ActregError(f"layers must be a non-empty list of module names, got {layers!r}")
@@ -350,6 +358,7 @@ class Reviver:
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
         self.forward, self.batch_size = forward, batch_size
+        self.rate = None if rate is None else check_rate(rate)
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
@@ -367,6 +376,7 @@ class Reviver:
                 scale=self.scale,
                 forward=self.forward,
                 batch_size=self.batch_size,
+                rate=self.rate,
             )
             if len(dead):
                 out[layer] = dead
@@ -376,5 +386,5 @@ class Reviver:
     def __repr__(self) -> str:
         return (
             f"Reviver(layers={self.layers}, every={self.every}, until={self.until}, "
-            f"init={self.init!r}, scale={self.scale})"
+            f"init={self.init!r}, scale={self.scale}, rate={self.rate})"
         )

@@ -4,7 +4,7 @@ A unit is *dead* when its activation is zero on every input given (``|x| <= eps`
 units get no gradient, so they stay dead; :func:`revive` gives them a second chance: the
 weights that produce them (the ``nn.Linear`` or ``nn.Conv1d``/``nn.Conv2d`` feeding the
 activation) are re-initialized, as in the resampling of sparse-autoencoder practice
-(Anthropic 2023), and the optimizer's running moments of those weights are reset.
+(Anthropic 2023), and the optimizer's running moments of those weights are reset (see below).
 
 Design choices:
 
@@ -22,6 +22,16 @@ Design choices:
   ``init="resample"`` where the direction lives in its output space (an autoencoder's
   decoder): its column for the unit becomes that direction, unit norm. Elsewhere the
   consumer column is left as is: the revived unit gets gradient through it.
+* ``rate=`` sets a revived unit's bias so that it fires on that share of ``inputs`` (a
+  quantile of its new pre-activations) instead of bias 0, where a random direction fires on
+  about half of them. A layer trained to 95% zeros that gets a few hundred units firing at
+  50% is far below its target: a target-sparsity controller then raises its coefficient,
+  which crushes the revived units and the live ones (docs/TARGET.md, digits at 0.95).
+* Adam's second moment of a revived row is set to the live rows' mean, not 0: Adam counts
+  steps per tensor, so late in training a zeroed second moment is not bias-corrected and
+  the row's next hundred or so steps are 3-6 times the learning rate, which kills it
+  again. The first moment (momentum) is zeroed. ``square_avg`` (RMSprop) and ``sum``
+  (Adagrad) are treated alike.
 * Models that are not called as ``model(batch)`` (a recurrent language model takes a hidden
   state with its tokens) pass ``forward(model, batch)``: how to run the model on a batch of
   the examples in ``inputs``. It keeps everything that works per example (batching, the
@@ -39,13 +49,12 @@ import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
+from actreg._reinit import Forward, Producer, check_rate, reinit, set_rate
 from actreg._resolve import check_model, resolve
 
 __all__ = ["revive"]
 
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
-Producer = nn.Linear | nn.Conv1d | nn.Conv2d
-Forward = Callable[[nn.Module, Tensor], Any]
 _PROBE = 2  # examples of the tracing forward
 
 
@@ -252,15 +261,6 @@ def _directions(
     return chosen / chosen.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-def _reset_state(optimizer: torch.optim.Optimizer | None, param: Tensor, index: Any) -> None:
-    if optimizer is None:
-        return
-    state = optimizer.state.get(param, {})
-    for value in state.values():
-        if isinstance(value, Tensor) and value.shape == param.shape:
-            value[index] = 0
-
-
 @torch.no_grad()
 def revive(
     model: nn.Module,
@@ -277,6 +277,7 @@ def revive(
     eps: float = 0.0,
     batch_size: int = 2000,
     forward: Forward | None = None,
+    rate: float | None = None,
 ) -> Tensor:
     """Re-initialize the units of ``layer`` that are zero on every example of ``inputs``.
 
@@ -292,8 +293,8 @@ def revive(
             inferred when ``None``.
         consumer: the Linear/Conv reading the layer (name or module); ``"auto"`` infers
             it, ``None`` leaves it alone.
-        optimizer: its state for the re-initialized weights (Adam's moments, momentum)
-            is zeroed.
+        optimizer: its state for the re-initialized weights is reset: momentum and
+            Adam's first moment zeroed, second moments set to the live rows' mean.
         init: ``"resample"`` (toward inputs) or ``"fresh"`` (random directions).
         scale: new weight rows get ``scale`` times the live rows' mean norm.
         eps: values with ``|x| <= eps`` count as zero.
@@ -302,6 +303,11 @@ def revive(
             ``inputs`` (default: ``model(batch)``); e.g. a recurrent language model with
             its hidden state, ``lambda m, x: m(x.T, m.init_hidden(len(x)))`` for rows of
             tokens. The output goes to ``loss_fn`` as ``model(batch)``'s would.
+        rate: the share of ``inputs`` (positions, for a Conv or a sequence) on which each
+            revived unit fires: its bias is set to that quantile of its new
+            pre-activations (``None``: bias 0, about half). For a layer trained toward a
+            sparsity target, its active share (``1 - target``). The producer needs a bias,
+            and a normalization between it and ``layer`` makes the share approximate.
 
     Returns:
         The indices of the revived units (empty when none was dead).
@@ -339,6 +345,8 @@ def revive(
         raise ActregError(
             f"forward must be a callable (model, batch) -> output, got {type(forward).__name__}"
         )
+    if rate is not None:
+        rate = check_rate(rate)
     run = _call if forward is None else forward
     name, module = _module(model, layer, "layer")
     was_training = model.training
@@ -371,6 +379,11 @@ def revive(
                 f"{units} units of its producer {prod_name!r} on axis {dim}; pass "
                 "producer='the module that computes its pre-activations'"
             )
+        if rate is not None and prod.bias is None:
+            raise ActregError(
+                f"rate={rate:g} sets the revived units' biases, but producer {prod_name!r} of "
+                f"{name!r} has none; pass rate=None (bias-free producers revive at bias 0)"
+            )
         if consumer == "auto":
             cons = _infer_consumer(module, events, units)
         elif consumer is None:
@@ -388,30 +401,11 @@ def revive(
     finally:
         model.train(was_training)
     if len(dead):
-        _reinit(prod, cons, fired, dead, directions, init, scale, optimizer)
+        reinit(prod, cons, fired, dead, directions, init, scale, optimizer)
+        if rate is not None:
+            model.eval()
+            try:
+                set_rate(model, prod, inputs, dead, dim, rate, batch_size, run)
+            finally:
+                model.train(was_training)
     return dead
-
-
-def _reinit(
-    producer: Producer,
-    consumer: nn.Module | None,
-    fired: Tensor,
-    dead: Tensor,
-    directions: Tensor,
-    init: str,
-    scale: float,
-    optimizer: torch.optim.Optimizer | None,
-) -> None:
-    weight = producer.weight
-    rows = weight.reshape(weight.shape[0], -1)
-    alive = rows[fired].norm(dim=1).mean() if bool(fired.any()) else rows.norm(dim=1).mean()
-    directions = directions.to(weight)
-    weight[dead] = (directions * alive * scale).reshape(len(dead), *weight.shape[1:])
-    _reset_state(optimizer, weight, dead)
-    if producer.bias is not None:
-        producer.bias[dead] = 0.0
-        _reset_state(optimizer, producer.bias, dead)
-    if init == "resample" and isinstance(consumer, nn.Linear) and isinstance(producer, nn.Linear):
-        if consumer.weight.shape[0] == directions.shape[1]:  # an autoencoder's decoder
-            consumer.weight[:, dead] = directions.T.to(consumer.weight)
-            _reset_state(optimizer, consumer.weight, (slice(None), dead))

@@ -211,8 +211,11 @@ def make_reviver(
     the first 70% of training's ``steps`` (default: :func:`planned_steps` of ``x_train``),
     each on a fixed sample of up to ``examples`` rows of ``x_train``. In target mode a unit
     killed early (before its firing rate is known) would otherwise stay dead:
-    docs/TARGET.md has the comparison. ``forward`` and ``batch_size`` go to the Reviver
-    (how to run a model not called as ``model(batch)``, and rows per forward).
+    docs/TARGET.md has the comparison. With ``target_sparsity`` the revived units start
+    firing on its active share (``1 - target``) of the sample, as the live ones should
+    (at bias 0, about half: on digits at 0.95 the controller then crushed them again).
+    ``forward`` and ``batch_size`` go to the Reviver (how to run a model not called as
+    ``model(batch)``, and rows per forward).
     """
     rounds = getattr(cfg, "revive_rounds", None)
     if rounds is None:
@@ -224,9 +227,10 @@ def make_reviver(
     until = max(1, int(REVIVE_UNTIL * total))
     gen = torch.Generator().manual_seed(cfg.seed)
     sample = x_train[torch.randperm(len(x_train), generator=gen)[:examples]]
+    target = getattr(cfg, "target_sparsity", None)
     return actreg.Reviver(
         model, list(spec), sample, every=max(1, until // rounds), until=until,
-        forward=forward, batch_size=batch_size,
+        forward=forward, batch_size=batch_size, rate=None if target is None else 1.0 - target,
     )  # fmt: skip
 
 
