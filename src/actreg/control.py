@@ -170,8 +170,8 @@ class TargetSparsity(Penalty, name="target_sparsity"):
     :meth:`calibrate` moves the training-time set point by held-out measurements.
 
     Its state (the two log-scales, the per-unit running rates, the ramp's start, the
-    running measurement, the step, the set point's shift) is in :meth:`state_dict`, so a resumed run continues
-    exactly; its settings are in :meth:`get_config`.
+    running measurement, the step, the set point's shift) is in :meth:`state_dict`, so a
+    resumed run continues exactly; its settings are in :meth:`get_config`.
     """
 
     composite = True
@@ -239,6 +239,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self._unit_rate = torch.zeros(0)  # per unit, set at the first training step
         self._log_push = torch.zeros(())
         self.shift = 0.0  # log of the set point's active share over the target's (calibrate)
+        self.settled = False  # calibrate: the layer has once reached its target (or set point)
 
     def _wanted(self, units: int) -> float:
         """The target as a share of active values."""
@@ -320,12 +321,15 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         controller's measure (zero fraction, or active units for ``"l0"``). The miss is the
         log-ratio of the active shares, ``log(active / wanted)`` (as the coefficient's own
         error); the set point's active share is multiplied by ``exp(-CALIBRATE_GAIN *
-        miss)``, its total shift clipped to ``CALIBRATE_LIMIT`` nats either way. A miss
-        larger than ``CALIBRATE_LIMIT`` is skipped: a layer still on its way (module
-        docstring). The shift is in :meth:`state_dict`; training forwards never change it.
+        miss)``, its total shift clipped to ``CALIBRATE_LIMIT`` nats either way. Calls
+        change nothing until the layer has settled: once its held-out sparsity reached
+        the target, or its training-time sparsity (:attr:`measured`) the set point; before
+        that the layer is still on its way down from its first, denser state, and a
+        correction would only add to the controller's own. The shift and the settled flag
+        are in :meth:`state_dict`; training forwards never change them.
 
         Args:
-            measured: the held-out zero fraction (in ``[0, 1]``), or active units (``> 0``).
+            measured: the held-out zero fraction (in ``[0, 1]``), or active units (``>= 0``).
 
         Returns:
             The shift in effect, in nats of the active share (> 0: more active in training).
@@ -333,22 +337,25 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         Example:
             >>> import actreg
             >>> ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9)
-            >>> round(ctl.calibrate(0.92), 3)  # sparser than wanted: ask training for less
-            0.112
-            >>> round(ctl.calibrate(0.5), 3)  # far off: still on its way, skipped
+            >>> ctl.calibrate(0.8)  # denser than the target: still on its way, skipped
+            0.0
+            >>> round(ctl.calibrate(0.92), 3)  # sparser: ask training for less
             0.112
         """
         measured = _number(measured, "measured", "the held-out zero fraction or active units")
-        if self.measure == "zero_fraction":
-            if not 0 <= measured <= 1:
-                raise ActregError(f"a measured zero fraction lies in [0, 1], got {measured!r}")
-            active, wanted = 1.0 - measured, 1.0 - self.target
-        else:
-            if measured < 0:
-                raise ActregError(f"measured active units must be >= 0, got {measured!r}")
-            active, wanted = measured, self.target
-        miss = math.log(max(active, 1e-6) / wanted)
-        if abs(miss) <= self.CALIBRATE_LIMIT:
+        if self.measure == "zero_fraction" and not 0 <= measured <= 1:
+            raise ActregError(f"a measured zero fraction lies in [0, 1], got {measured!r}")
+        if measured < 0:
+            raise ActregError(f"measured active units must be >= 0, got {measured!r}")
+        zeros = self.measure == "zero_fraction"
+        active, wanted = (1.0 - measured, 1.0 - self.target) if zeros else (measured, self.target)
+        if not self.settled and self.steps:
+            trained = 1.0 - self.measured if zeros else self.measured
+            units = len(self._unit_rate)
+            self.settled = trained <= self._wanted(units) * (1 if zeros else units)
+        self.settled = self.settled or active <= wanted
+        if self.settled:
+            miss = math.log(max(active, 1e-6) / wanted)
             limit = self.CALIBRATE_LIMIT
             self.shift = min(limit, max(-limit, self.shift - self.CALIBRATE_GAIN * miss))
         return self.shift
@@ -412,6 +419,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             "log_push": self._log_push.detach().clone(),
             "steps": self.steps,
             "shift": self.shift,
+            "settled": self.settled,
             "target": self.target,
             "measure": self.measure,
             "base": self.base,
@@ -420,7 +428,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output (target and measure must match)."""
         keys = ("log_scale", "log_push", "measured", "start", "saw_zero", "unit_rate")
-        missing = {*keys, "steps", "shift"} - set(state)
+        missing = {*keys, "steps", "shift", "settled"} - set(state)
         if missing:
             raise ActregError(f"not a TargetSparsity state_dict: missing {sorted(missing)}")
         for key in ("target", "measure", "base"):
@@ -433,6 +441,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             setattr(self, f"_{key}", torch.as_tensor(state[key]).to(device).clone())
         self.steps = int(state["steps"])
         self.shift = float(state["shift"])
+        self.settled = bool(state["settled"])
 
     def _args(self) -> list[str]:
         args = [repr(self.penalty), f"target={self.target:g}"]
