@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -83,6 +85,113 @@ def test_state_dict_round_trip_continues_exactly(per_unit):
         actreg.TargetSparsity(actreg.L1(1e-2), target=0.9).load_state_dict(a.state_dict())
     with pytest.raises(actreg.ActregError, match="missing"):
         b.load_state_dict({"log_scale": 0.0, "measured": 0.0, "steps": 1})
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from actreg.lab.data import load_vision
+
+    data = load_vision("digits", seed=0)
+    return data.x_train, data.x_val, data.x_test
+
+
+def _zeros(model, x):
+    with torch.no_grad():
+        return float(actreg.metrics.zero_fraction(model[2](model[1](x))))
+
+
+def _fit_with_dropout(split, drop, calibrate, epochs=6, steps=100, target=0.9):
+    """An autoencoder on digits with dropout before its ReLU layer (a training forward is
+    sparser or denser than an evaluation one), calibrated after each epoch on the
+    validation split when asked; the layer's zero fraction on the test split at the end."""
+    x, x_val, x_test = split
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Dropout(drop), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64)
+    )
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=target)
+    reg = actreg.attach(model, {"2": ctl})
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, len(x), (128,), generator=gen)
+            loss = torch.nn.functional.mse_loss(model(x[idx]), x[idx]) + reg.penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        if calibrate:
+            ctl.calibrate(_zeros(model, x_val))
+    reg.remove()
+    return _zeros(model, x_test), ctl
+
+
+@pytest.mark.parametrize("drop", [0.0, 0.2, 0.5], ids=["no-dropout", "dropout-0.2", "dropout-0.5"])
+def test_calibrate_brings_held_out_sparsity_to_the_target(digits_split, drop):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plain, _ = _fit_with_dropout(digits_split, drop, calibrate=False)
+        fixed, ctl = _fit_with_dropout(digits_split, drop, calibrate=True)
+    finally:
+        torch.set_num_threads(threads)
+    miss_plain, miss_fixed = abs(plain - 0.9), abs(fixed - 0.9)
+    assert miss_fixed < 0.02, (plain, fixed)  # issue 15's band, on the test split
+    assert miss_fixed <= max(miss_plain, 0.005)  # never worse than without
+    if drop:  # dropout: training forwards denser than evaluation ones, so the controller
+        assert miss_plain > 0.02, plain  # settles off the band on held-out data without it
+        assert ctl.shift > 0 and abs(ctl.measured - 0.9) > 0.02  # training asked for less
+
+
+@pytest.mark.parametrize(
+    ("measure", "target", "calls", "shift"),
+    [
+        ("zero_fraction", 0.9, [0.8, 0.85], 0.0),  # denser than the target: on its way
+        (
+            "zero_fraction",
+            0.9,
+            [0.8, 0.92, 0.91],
+            math.log(0.1 / 0.08) / 2 + math.log(0.1 / 0.09) / 2,
+        ),
+        ("zero_fraction", 0.9, [0.95, 0.99], 0.5),  # clipped
+        ("zero_fraction", 0.9, [0.95, 0.5, 0.5], -0.5),  # settled: later misses count both ways
+        ("l0", 10.0, [20.0, 8.0], math.log(10 / 8) / 2),
+    ],
+    ids=["unsettled", "half-steps", "clipped", "both-ways", "l0"],
+)
+def test_calibrate_steps(measure, target, calls, shift):
+    ctl = actreg.TargetSparsity(actreg.L1(1e-2), target=target, measure=measure)
+    for measured in calls:
+        got = ctl.calibrate(measured)
+    assert got == pytest.approx(shift) and ctl.shift == got
+
+
+def test_calibrate_settles_by_the_training_measurement_and_survives_state_dict():
+    ctl = actreg.TargetSparsity(actreg.L1(1e-2), target=0.5, warmup=0)
+    x = torch.zeros(64, 8)
+    x[:, :2] = 1.0  # 75 % zeros in training, sparser than the set point
+    ctl(x.requires_grad_())
+    assert ctl.calibrate(0.3) < 0  # held-out denser, training past the set point: settled
+    other = actreg.TargetSparsity(actreg.L1(1e-2), target=0.5, warmup=0)
+    other.load_state_dict(ctl.state_dict())
+    assert (other.shift, other.settled) == (ctl.shift, True)
+    wanted = other._wanted(8)
+    assert wanted == pytest.approx(0.5 * math.exp(ctl.shift))  # the set point moved
+
+
+@pytest.mark.parametrize(
+    ("measure", "measured", "match"),
+    [("zero_fraction", 1.5, r"\[0, 1\]"), ("l0", -1.0, ">= 0"), ("zero_fraction", "x", "finite")],
+    ids=["zero-fraction-above-1", "negative-l0", "not-a-number"],
+)
+def test_calibrate_bad_measurement_is_a_clear_error(measure, measured, match):
+    ctl = actreg.TargetSparsity(
+        actreg.L1(1e-2), target=0.9 if measure == "zero_fraction" else 4.0, measure=measure
+    )
+    with pytest.raises(actreg.ActregError, match=match):
+        ctl.calibrate(measured)
 
 
 def _classifier_dead(data, kwargs, seed, target=0.9, steps=300):

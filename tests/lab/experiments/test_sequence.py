@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import actreg
 from actreg import ActregError
 from actreg.lab.data.text import batchify, bptt_batches, load_corpus
 from actreg.lab.experiments import get, load_results, lstm_lm
@@ -318,3 +319,30 @@ def test_threads_zero_is_the_fit_loops_choice(cls, tokens, big):
         assert cls(threads=2).set_threads(model, tokens) == 3  # not 0: load() set it, left as is
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("sets", "key"),
+    [
+        (["target_sparsity=0.9"], "zero_fraction"),
+        (["target_l0=4"], "l0"),
+        (["target_sparsity=0.9", "calibrate=false"], None),
+    ],
+    ids=["zero-fraction", "l0", "off"],
+)
+def test_lstm_lm_calibrates_the_target_by_each_validation(
+    corpus_dir, tmp_path, monkeypatch, sets, key
+):
+    calls = []
+    calibrate = actreg.TargetSparsity.calibrate
+    monkeypatch.setattr(
+        actreg.TargetSparsity, "calibrate", lambda self, m: calls.append(m) or calibrate(self, m)
+    )
+    exp = get("lstm-lm")
+    sets = [*COMMON, *RELU, f"data={corpus_dir}", f"out_dir={tmp_path}", "compare=false", *sets]
+    out = next(iter(exp.run(apply_overrides(exp.config(), sets))["variants"].values()))
+    history = out["history"]
+    assert calls == ([row[f"val_ffn_{key}"] for row in history] if key else [])
+    assert all(0 <= row["ffn_train_measured"] for row in history)
+    if key is None:
+        assert all(row["ffn_shift"] == 0.0 for row in history)

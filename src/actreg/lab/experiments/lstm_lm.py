@@ -31,7 +31,11 @@ validation split every epoch and on the test split at the end. In target mode th
 dead units are revived as in the vision experiments (``revive_rounds``, by default 5 over
 the first 70% of the planned steps, :class:`actreg.Reviver` with ``init="fresh"``); a unit
 is dead when it is zero on a fixed sample of :data:`REVIVE_TOKENS` training tokens, cut into
-``bptt``-token windows that each start from a zero hidden state.
+``bptt``-token windows that each start from a zero hidden state. After each validation pass
+the controller's set point is moved by the block's validation sparsity
+(:meth:`actreg.TargetSparsity.calibrate`; ``calibrate=false``: not): the controller steers
+the training forwards, and the block settled sparser on held-out text than it was asked
+for (docs/TARGET.md).
 
 Design: a residual block rather than a ReLU bottleneck before the decoder. A bottleneck
 changes the decoder's input width (no weight tying) and makes every token's prediction
@@ -123,6 +127,7 @@ class LSTMLMConfig(SeqConfig):
     target_sparsity: float | None = None  # ask for this zero fraction in the ReLU block
     target_l0: float | None = None  # or for this many active ReLU units per token
     revive_rounds: int | None = None  # ReLU-block revivals over 70% of training (None: 5 if target)
+    calibrate: bool = True  # target mode: move the set point by each validation's sparsity
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -233,7 +238,7 @@ def train_variant(
                "seconds": time.perf_counter() - start}  # fmt: skip
         row.update({f"val_ffn_{k}": v for k, v in val_ffn.get(FFN_ACT, {}).items()})
         if sparse is not None:
-            row["ffn_coef"] = float(spec[FFN_ACT].coef)
+            row.update(_calibrate(cfg, spec[FFN_ACT], val_ffn.get(FFN_ACT, {})))
         history.append(row)
         # in target mode an epoch off the target ranks by its distance to it, behind any
         # on it: the weights kept are at the target, and reaching it counts as progress
@@ -285,6 +290,19 @@ def _reviver(
     if reviver is not None:
         reviver.optimizer = opt
     return reviver
+
+
+def _calibrate(cfg: LSTMLMConfig, penalty: Any, stats: dict[str, float]) -> dict[str, float]:
+    """The ReLU block's coefficient and, in target mode, its training-time sparsity (the
+    controller's running measure) and set-point shift after :meth:`actreg.TargetSparsity.
+    calibrate` with the validation ``stats`` (unless ``cfg.calibrate`` is off)."""
+    out = {"ffn_coef": float(penalty.coef)}
+    if isinstance(penalty, actreg.TargetSparsity):
+        out["ffn_train_measured"] = penalty.measured
+        if cfg.calibrate and stats:
+            penalty.calibrate(stats["l0" if penalty.measure == "l0" else "zero_fraction"])
+        out["ffn_shift"] = penalty.shift
+    return out
 
 
 def _point(step: int, epoch: int, acc: dict[str, float]) -> dict[str, Any]:
