@@ -34,7 +34,7 @@ from torch.utils.hooks import RemovableHandle
 
 from actreg._resolve import Select, resolve, selector_for
 
-__all__ = ["Hook", "HookSet", "NoOp", "in_backward"]
+__all__ = ["Hook", "HookSet", "NoOp", "in_backward", "training"]
 
 
 def in_backward() -> bool:
@@ -47,6 +47,12 @@ def in_backward() -> bool:
     if torch.compiler.is_compiling():
         return False
     return torch._C._current_graph_task_id() != -1
+
+
+def training(x: torch.Tensor) -> bool:
+    """Whether a call on ``x`` is a training forward (grad on, not a backward recompute):
+    when :class:`actreg.TargetSparsity` and :class:`actreg.Scheduled` count a step."""
+    return torch.is_grad_enabled() and x.requires_grad and not in_backward()
 
 
 class NoOp:

@@ -10,45 +10,17 @@ it is called with grad enabled on a tensor that requires grad (a training forwar
 during evaluation or a checkpoint recomputation in backward. Use one object per layer: an
 object shared by several layers counts one step per layer and call.
 
-Why :class:`TargetSparsity` works per unit, ramps, and fades in (docs/TARGET.md has the
-comparison: a 3x1000 ReLU MLP on MNIST and on scikit-learn's digits, targets 0.9 and 0.95,
-3 seeds, ``benchmarks/bench_target.py``):
-
-* The previous controller moved one log-coefficient per layer by dual ascent on the
-  layer's zero fraction. It killed units: on MNIST at 0.9, 53% of the first layer and 36%
-  of the third never fired on the test set; at 0.95 the model fell to 27% error. Under Adam
-  a penalty whose gradient dominates a unit's moves its weights by about the learning rate
-  per step, with momentum, whatever the coefficient (SAELens issue 719), so a unit pushed
-  below its share dies within a few steps, before a layer-level loop reacts, and a dead
-  ReLU gets no gradient back.
-* Weighting each unit's penalty gradient by its running firing rate (full above the wanted
-  rate, none at half of it, a push back up below) gave the largest drop in dead units of
-  the upper layers (36% -> 2% in MNIST's third layer). Gating without the push up lost
-  more units; one dual variable per unit (candidate b) lost most of the first layer and
-  missed the target in the others.
-* Fading the penalty in (50 steps) and ramping the wanted sparsity down from the measured
-  one (0.02 nats a step) saved the first layer (36% -> 4% dead): Adam's first updates are
-  full size, and a penalty at full strength from step 0 decides their direction.
-* The push up has its own log-coefficient, moved opposite to the penalty's: a layer pressed
-  below its target by the penalties of the layers above (its own coefficient then falls
-  to nothing) is held up (MNIST's first layer at 0.9: 0.932 -> 0.916 zeros).
-* A unit's running rate averages just enough batches to expect ``RATE_EVIDENCE`` active
-  positions at the wanted rate: with batch rates alone, small batches at high targets
-  killed more units (digits, batch 32, 0.95).
-* Integral control of the log-coefficient is kept (any starting coefficient works); the
-  clamp to ``[min_coef, max_coef]`` is its anti-windup.
-* The controller steers what it sees, the training forwards; held-out data can settle
-  elsewhere. :meth:`TargetSparsity.calibrate` is a slow outer loop on a validation
-  measurement: it shifts the training-time set point by half the log-ratio miss (clipped).
-  A set-point shift rather than a corrected measurement, because the gap has sources a
-  training forward cannot see apart (dropout before the layer, training against held-out
-  data, a controller that sits off its set point); only a held-out measurement sees their
-  sum. Dropout before the layer (digits, ``tests/test_control.py``): test zeros 0.922 ->
-  0.900 at dropout 0.2, 0.942 -> 0.901 at 0.5. It cannot make a layer denser than the
-  controller can: the LSTM's ReLU block at 0.9 (docs/TARGET.md) sits at ~0.91 zeros in
-  training with its coefficient near 0 whatever the set point (the push up acts only
-  where a unit fires), and moved by 0.003. Half steps: the set point's gain on held-out
-  sparsity is about one, and a lagging layer must not be overshot.
+Why it works per unit, ramps, fades in and has a push up of its own (the full comparison,
+3 seeds on MNIST and scikit-learn's digits, is in docs/TARGET.md, "Why this design"): under
+Adam a penalty whose gradient dominates a unit's moves its weights by about the learning
+rate per step whatever the coefficient (SAELens issue 719), so a layer-level loop kills
+units before it reacts. Each unit's penalty gradient is weighted by its running firing rate
+(full above the wanted rate, none at half of it, a push back up below); the penalty fades in
+over 50 steps and the wanted sparsity ramps down from the measured one; integral control of
+the log-coefficient, clamped to ``[min_coef, max_coef]``, copes with any start.
+:meth:`TargetSparsity.calibrate` is a slow outer loop on held-out measurements: it shifts
+the training-time set point (why a set point and not a corrected measurement: its
+docstring and docs/TARGET.md).
 
 Example:
     >>> import torch, actreg
@@ -71,8 +43,8 @@ import torch
 from torch import Tensor
 
 from actreg import metrics
-from actreg._errors import ActregError
-from actreg._hooks import in_backward
+from actreg._errors import ActregError, finite_number
+from actreg._hooks import training
 from actreg._penalty import (
     Penalty,
     build,
@@ -82,24 +54,9 @@ from actreg._penalty import (
     serialize,
 )
 
-__all__ = ["MEASURES", "TargetSparsity", "training"]
+__all__ = ["MEASURES", "TargetSparsity"]
 
 MEASURES = ("zero_fraction", "l0")
-
-
-def _number(value: Any, name: str, example: str) -> float:
-    """``value`` as a float if it is a finite real number; its range is checked by the caller
-    (a bound such as ">= 0" here would contradict the caller's stricter one)."""
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ActregError(f"{name} must be a finite number ({example}), got {value!r}")
-    return float(value)
-
-
-def training(x: Tensor) -> bool:
-    """Whether a call on ``x`` is a training forward (grad on, not a backward recompute)."""
-    return torch.is_grad_enabled() and x.requires_grad and not in_backward()
 
 
 class _UnitGrad(torch.autograd.Function):
@@ -203,7 +160,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self.penalty = check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
             raise ActregError(f"unknown measure {measure!r}; use one of {MEASURES}")
-        target = _number(target, "target", "a zero fraction such as 0.9, or active units")
+        target = finite_number(target, "target", "a zero fraction such as 0.9, or active units")
         if measure == "zero_fraction" and not 0 < target < 1:
             raise ActregError(f"a zero-fraction target must lie in (0, 1), got {target!r}")
         if measure == "l0" and target <= 0:
@@ -224,8 +181,8 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self.base = check_coef(penalty.coef, "the wrapped penalty's coefficient")
         if self.base <= 0:
             raise ActregError(f"{penalty!r} has coefficient 0: start from a positive one")
-        self.min_coef = _number(min_coef, "min_coef", "e.g. 1e-10")
-        self.max_coef = _number(max_coef, "max_coef", "e.g. 1e4")
+        self.min_coef = finite_number(min_coef, "min_coef", "e.g. 1e-10")
+        self.max_coef = finite_number(max_coef, "max_coef", "e.g. 1e4")
         if not 0 < self.min_coef <= self.base <= self.max_coef:
             raise ActregError(
                 f"need 0 < min_coef <= coefficient <= max_coef, got {self.min_coef:g}, "
@@ -342,7 +299,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             >>> round(ctl.calibrate(0.92), 3)  # sparser: ask training for less
             0.112
         """
-        measured = _number(measured, "measured", "the held-out zero fraction or active units")
+        measured = finite_number(measured, "measured", "the held-out zero fraction or active units")
         if self.measure == "zero_fraction" and not 0 <= measured <= 1:
             raise ActregError(f"a measured zero fraction lies in [0, 1], got {measured!r}")
         if measured < 0:

@@ -16,8 +16,8 @@ from typing import Any
 from torch import Tensor
 
 from actreg._errors import ActregError
+from actreg._hooks import training
 from actreg._penalty import Penalty, build, check_coef, check_penalty, make_penalty, serialize
-from actreg.control import training
 
 __all__ = ["Scheduled"]
 
