@@ -125,7 +125,8 @@ def screened_mlp(
     (see the module docstring), or None where the screen does not run: no C++ kernels, not
     float32 or not contiguous, more than ``SCREEN_ROWS`` rows, a sparse path the threshold
     never takes, a non-finite or too wide weight. The caller runs its own path then.
-    ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache)."""
+    ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache); a call that
+    ran is planned on it (``owner._remember``: see :mod:`actreg.sparse.transformer`)."""
     if ext is None or x.dtype is not torch.float32 or w_fc.dim() != 2:
         return None
     d = w_fc.shape[0]
@@ -138,7 +139,10 @@ def screened_mlp(
     p = packed_for(owner, w_fc)
     if p is None:
         return None
-    out: Tensor | None = ext.screened_mlp(x, p.qpack, p.unit, p.wt, b_fc, w, b, limit, SCREEN_ROWS)
+    args = (p.qpack, p.unit, p.wt, b_fc, w, b)
+    out: Tensor | None = ext.screened_mlp(x, *args, limit, SCREEN_ROWS)
+    if out is not None:
+        owner._remember(ext.screened_mlp, args, (w_fc,))
     return out
 
 
@@ -166,7 +170,8 @@ def screened_gated(
     if p is None:
         return None
     bias = p.zero_bias if bg is None else bg
-    out: Tensor | None = ext.screened_gated(
-        x, p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd, limit, SCREEN_ROWS
-    )
+    args = (p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd)
+    out: Tensor | None = ext.screened_gated(x, *args, limit, SCREEN_ROWS)
+    if out is not None:
+        owner._remember(ext.screened_gated, args, (wg, wd))
     return out
