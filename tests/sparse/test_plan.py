@@ -1,7 +1,8 @@
-"""The planned screened call of SparseConv1DMLP and SparseGatedMLP (see the module docstring
-of actreg.sparse.transformer): after each change that could make the plan wrong (weights
-changed in place or replaced, a child replaced, hooks, train mode, grad, dtype) the
-block's output still equals the original block's; the plan runs without the full checks."""
+"""The planned screened call of SparseConv1DMLP and SparseGatedMLP (actreg.sparse._screen's
+plan and run_plan; the design in its module docstring): after each change that could make
+the plan wrong (weights changed in place or replaced, a child replaced, hooks, train mode,
+grad, dtype) the block's output still equals the original block's; the plan runs without
+the full checks."""
 
 from __future__ import annotations
 

@@ -36,20 +36,9 @@ Design choices:
 * The fast path runs only where it is exact or asked for: CPU float32/float64, no grad
   needed, dropout inactive, no hooks on the children, the activation of the kind it was
   converted with; anything else runs the original code through the children.
-* The screened call is planned (issue 17: at batch 1 the block's C++ call takes ~25 us and
-  the Python before it took ~7 us). After a screened call the block keeps a plan: the
-  C++ function and its arguments (the screen's pack, the current weights and biases), and
-  what they were made from. The next call runs the plan after cheap comparisons only: no
-  global hooks; each child the same object, of the same type, without forward hooks; each
-  weight and bias the same parameter object; each weight a cache was made from with the same
-  ``data_ptr`` and in-place version; dropout inactive; with grad enabled, the block in eval
-  mode and nothing requiring grad; a threshold already known for the number of rows (at
-  most ``SCREEN_ROWS``). Setting any attribute of the block (``threshold``, ``cutoff``,
-  ``screen``, ``backend``, ``train()``, a child) drops the plan. Whatever fails runs the full
-  path, which checks everything and plans again; the C++ call checks the input itself
-  (float32, CPU, contiguous, width) and answers None where it does not fit. The plan is not
-  copied or pickled. (Moving the checks into a C++ object, as ``SparseSequential`` does,
-  would save the rest but could not see Python-level hooks and attributes.)
+* The screened call is planned: after cheap identity and version checks the next call
+  goes straight to C++ (:mod:`actreg.sparse._screen`, "The plan"); setting any attribute
+  of the block drops the plan.
 """
 
 from __future__ import annotations
@@ -65,7 +54,7 @@ from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
 from actreg.sparse._recognize import _gated_mlp_forward, _gpt2_mlp_forward
-from actreg.sparse._screen import SCREEN_ROWS, screened_gated, screened_mlp
+from actreg.sparse._screen import run_plan, screened_gated, screened_mlp
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
 __all__ = ["SparseConv1DMLP", "SparseGatedMLP"]
@@ -157,65 +146,6 @@ class _SparseFFN(nn.Module):
         self.__dict__.pop("_plan", None)  # any setting may change what the plan assumed
         super().__setattr__(name, value)
 
-    def _remember(self, fn: Any, args: tuple[Any, ...], cached_from: tuple[Tensor, ...]) -> None:
-        """Plan the screened call just made: ``fn(x, *args, threshold, SCREEN_ROWS)``;
-        ``cached_from``: the weights the caches in ``args`` were made from (see the module
-        docstring)."""
-        mods: dict[str, Any] = self._modules  # (the full path found every child present)
-        names = (self._ACT, *self._LAYERS, *(["dropout"] if "dropout" in mods else []))
-        children = tuple(
-            (n, m, type(m), isinstance(m, nn.Dropout)) for n in names for m in [mods[n]]
-        )
-        params = tuple(
-            (mods[n], k, mods[n]._parameters.get(k))
-            for n in self._LAYERS
-            for k in ("weight", "bias")
-        )
-        try:
-            versions = tuple((w, w.data_ptr(), w._version) for w in cached_from)
-        except RuntimeError:  # inference tensors have no version: no plan
-            return
-        d = args[2].shape[1]  # the screen's transposed weight (k, d)
-        self.__dict__["_plan"] = (children, params, versions, self._by_rows, d, fn, args)
-
-    def _run_plan(self, x: object) -> Tensor | None:
-        """The planned call's output where the plan holds for ``x``, else None (the caller
-        runs its full path)."""
-        plan: Any = self.__dict__.get("_plan")
-        if plan is None or not isinstance(x, Tensor):
-            return None
-        children, params, versions, by_rows, d, fn, args = plan
-        g = _module_globals
-        if g._global_forward_hooks or g._global_forward_pre_hooks:
-            return None
-        mods: Any = self._modules
-        for name, m, kind, drops in children:
-            if mods.get(name) is not m or type(m) is not kind or m._forward_hooks:
-                return None
-            if m._forward_pre_hooks or (drops and m.training and m.p > 0):
-                return None
-        for m, name, p in params:
-            if m._parameters.get(name) is not p:
-                return None
-        try:
-            for w, ptr, version in versions:
-                if w.data_ptr() != ptr or w._version != version:
-                    return None
-        except RuntimeError:  # (a parameter whose data became an inference tensor)
-            return None
-        if torch.is_grad_enabled() and (
-            self.training
-            or x.requires_grad
-            or any(p is not None and p.requires_grad for _, _, p in params)
-        ):
-            return None
-        rows = x.numel() // d
-        limit = by_rows.get(rows) if 0 < rows <= SCREEN_ROWS else None
-        if limit is None or limit > 1.0:
-            return None
-        out: Tensor | None = fn(x, *args, limit, SCREEN_ROWS)
-        return out
-
     def _activate(self, h: Tensor) -> Tensor:
         """The activation, in place for ``nn.ReLU``, then the cutoff if one is set."""
         h = h.relu_() if self._act_type is nn.ReLU else self._modules[self._ACT](h)  # type: ignore[misc]
@@ -295,7 +225,7 @@ class SparseConv1DMLP(_SparseFFN):
         self.screen = bool(screen)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        out = self._run_plan(hidden_states)
+        out = run_plan(self, hidden_states)
         if out is not None:
             return out
         ps = self._fast(hidden_states)
@@ -381,7 +311,7 @@ class SparseGatedMLP(_SparseFFN):
         return cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self._run_plan(x)
+        out = run_plan(self, x)
         if out is not None:
             return out
         ps = self._fast(x)
