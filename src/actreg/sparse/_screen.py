@@ -41,6 +41,24 @@ Design choices:
   weight once per row; the screen runs up to ``SCREEN_ROWS`` rows (see
   docs/PERFORMANCE_DECODE.md for the measurement that set it, on GPT-2's MLP; the gated MLP
   uses the same limit, not measured apart).
+
+The plan (issue 17: at batch 1 the block's C++ call takes ~25 us and the Python before it
+took ~7 us of eligibility checks and cache lookups). After a screened call that ran,
+:func:`plan` keeps on the block the C++ function and its arguments (the pack, the current
+weights and biases) and what they were made from. :func:`run_plan` runs it on the next
+call after cheap comparisons only: no global forward hooks; each child the same object, of
+the same type, without forward hooks; each weight and bias the same parameter object; each
+weight a cache was made from (the pack, the gated MLP's transposed ``down_proj``) with the
+same ``data_ptr`` and in-place version; dropout inactive; with grad enabled, the block in
+eval mode and nothing requiring grad; a threshold already known for the number of rows (at
+most ``SCREEN_ROWS``). The C++ call checks the input itself (float32, CPU, contiguous, its
+width) and the live weights and biases (float32, CPU, contiguous, shapes), and answers None
+where they do not fit. Whatever fails runs the block's full path, which checks everything
+and plans again. Setting any attribute of the block (``threshold``, ``cutoff``, ``screen``,
+``backend``, ``train()``, a child through ``setattr``) drops the plan (the block's
+``__setattr__``); it is not copied or pickled. Python per call: ~1 us (plus ~2 us of
+``nn.Module.__call__``). Moving the checks into a C++ object, as ``SparseSequential``
+does, would save the rest but could not see Python-level hooks and attributes.
 """
 
 from __future__ import annotations
@@ -49,10 +67,14 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_globals
 
 from actreg.sparse.linear import _version
 
-__all__ = ["SCREEN_ROWS", "Packed", "pack", "packed_for", "screened_gated", "screened_mlp"]
+__all__ = [
+    "SCREEN_ROWS", "Packed", "pack", "packed_for", "plan", "run_plan", "screened_gated",
+    "screened_mlp",
+]  # fmt: skip
 
 #: At most this many rows (batch times sequence) per call are screened; more run the
 #: dense c_fc (measured: see the module docstring).
@@ -125,7 +147,8 @@ def screened_mlp(
     (see the module docstring), or None where the screen does not run: no C++ kernels, not
     float32 or not contiguous, more than ``SCREEN_ROWS`` rows, a sparse path the threshold
     never takes, a non-finite or too wide weight. The caller runs its own path then.
-    ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache)."""
+    ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache); a call that
+    ran is planned on it (:func:`plan`)."""
     if ext is None or x.dtype is not torch.float32 or w_fc.dim() != 2:
         return None
     d = w_fc.shape[0]
@@ -138,7 +161,10 @@ def screened_mlp(
     p = packed_for(owner, w_fc)
     if p is None:
         return None
-    out: Tensor | None = ext.screened_mlp(x, p.qpack, p.unit, p.wt, b_fc, w, b, limit, SCREEN_ROWS)
+    args = (p.qpack, p.unit, p.wt, b_fc, w, b)
+    out: Tensor | None = ext.screened_mlp(x, *args, limit, SCREEN_ROWS)
+    if out is not None:
+        plan(owner, ext.screened_mlp, args, (w_fc,))
     return out
 
 
@@ -166,7 +192,65 @@ def screened_gated(
     if p is None:
         return None
     bias = p.zero_bias if bg is None else bg
-    out: Tensor | None = ext.screened_gated(
-        x, p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd, limit, SCREEN_ROWS
+    args = (p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd)
+    out: Tensor | None = ext.screened_gated(x, *args, limit, SCREEN_ROWS)
+    if out is not None:
+        plan(owner, ext.screened_gated, args, (wg, wd))
+    return out
+
+
+def plan(owner: Any, fn: Any, args: tuple[Any, ...], cached_from: tuple[Tensor, ...]) -> None:
+    """Keep on ``owner`` (a :class:`SparseConv1DMLP` or :class:`SparseGatedMLP`) the screened
+    call just made, ``fn(x, *args, threshold, SCREEN_ROWS)``; ``cached_from``: the weights
+    the caches in ``args`` were made from (see the module docstring)."""
+    mods: dict[str, Any] = owner._modules  # (the full path found every child present)
+    names = (owner._ACT, *owner._LAYERS, *(["dropout"] if "dropout" in mods else []))
+    children = tuple((n, m, type(m), isinstance(m, nn.Dropout)) for n in names for m in [mods[n]])
+    params = tuple(
+        (mods[n], k, mods[n]._parameters.get(k)) for n in owner._LAYERS for k in ("weight", "bias")
     )
+    try:
+        versions = tuple((w, w.data_ptr(), w._version) for w in cached_from)
+    except RuntimeError:  # inference tensors have no version: no plan
+        return
+    d = args[2].shape[1]  # the screen's transposed weight (k, d)
+    owner.__dict__["_plan"] = (children, params, versions, owner._by_rows, d, fn, args)
+
+
+def run_plan(owner: Any, x: object) -> Tensor | None:
+    """The output of the call planned on ``owner`` where the plan holds for ``x``, else None
+    (the caller runs its full path)."""
+    planned: Any = owner.__dict__.get("_plan")
+    if planned is None or not isinstance(x, Tensor):
+        return None
+    children, params, versions, by_rows, d, fn, args = planned
+    g = _module_globals
+    if g._global_forward_hooks or g._global_forward_pre_hooks:
+        return None
+    mods: Any = owner._modules
+    for name, m, kind, drops in children:
+        if mods.get(name) is not m or type(m) is not kind or m._forward_hooks:
+            return None
+        if m._forward_pre_hooks or (drops and m.training and m.p > 0):
+            return None
+    for m, name, p in params:
+        if m._parameters.get(name) is not p:
+            return None
+    try:
+        for w, ptr, version in versions:
+            if w.data_ptr() != ptr or w._version != version:
+                return None
+    except RuntimeError:  # (a parameter whose data became an inference tensor)
+        return None
+    if torch.is_grad_enabled() and (
+        owner.training
+        or x.requires_grad
+        or any(p is not None and p.requires_grad for _, _, p in params)
+    ):
+        return None
+    rows = x.numel() // d
+    limit = by_rows.get(rows) if 0 < rows <= SCREEN_ROWS else None
+    if limit is None or limit > 1.0:
+        return None
+    out: Tensor | None = fn(x, *args, limit, SCREEN_ROWS)
     return out

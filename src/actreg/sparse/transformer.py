@@ -36,6 +36,9 @@ Design choices:
 * The fast path runs only where it is exact or asked for: CPU float32/float64, no grad
   needed, dropout inactive, no hooks on the children, the activation of the kind it was
   converted with; anything else runs the original code through the children.
+* The screened call is planned: after cheap identity and version checks the next call
+  goes straight to C++ (:mod:`actreg.sparse._screen`, "The plan"); setting any attribute
+  of the block drops the plan.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, backend, takes
 from actreg.sparse._kernels import gated_sparse, nonzero_fraction, sparse_linear
 from actreg.sparse._recognize import _gated_mlp_forward, _gpt2_mlp_forward
-from actreg.sparse._screen import screened_gated, screened_mlp
+from actreg.sparse._screen import run_plan, screened_gated, screened_mlp
 from actreg.sparse.linear import Threshold, _check_threshold, _version, threshold_at
 
 __all__ = ["SparseConv1DMLP", "SparseGatedMLP"]
@@ -139,6 +142,10 @@ class _SparseFFN(nn.Module):
             return None
         return out
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        self.__dict__.pop("_plan", None)  # any setting may change what the plan assumed
+        super().__setattr__(name, value)
+
     def _activate(self, h: Tensor) -> Tensor:
         """The activation, in place for ``nn.ReLU``, then the cutoff if one is set."""
         h = h.relu_() if self._act_type is nn.ReLU else self._modules[self._ACT](h)  # type: ignore[misc]
@@ -160,6 +167,7 @@ class _SparseFFN(nn.Module):
         if "_wt" in state:
             state["_wt"] = None
         state.pop("_packed", None)  # the screen's cache (rebuilt on the first call)
+        state.pop("_plan", None)
         return state
 
 
@@ -217,6 +225,9 @@ class SparseConv1DMLP(_SparseFFN):
         self.screen = bool(screen)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
+        out = run_plan(self, hidden_states)
+        if out is not None:
+            return out
         ps = self._fast(hidden_states)
         drop = self._modules.get("dropout")
         if ps is None or not isinstance(drop, nn.Dropout) or (drop.training and drop.p > 0):
@@ -300,6 +311,9 @@ class SparseGatedMLP(_SparseFFN):
         return cached[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        out = run_plan(self, x)
+        if out is not None:
+            return out
         ps = self._fast(x)
         if ps is None:
             return _gated_mlp_forward(self, x)
