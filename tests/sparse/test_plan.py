@@ -77,6 +77,14 @@ def _data_swap(fast: nn.Module, mlp: nn.Module, names: list[str]) -> None:
     layer.weight.data = layer.weight.data * -1.0
 
 
+def _data_round_trip(fast: nn.Module, mlp: nn.Module, names: list[str]) -> None:
+    # .half() then .float() frees the planned storage before the same-size allocation that
+    # would reuse its address: the caches hold an alias, so the address is never reused
+    layer = getattr(fast, names[0])
+    layer.weight.data = layer.weight.data.half()
+    layer.weight.data = layer.weight.data.float() * -1.0
+
+
 def _new_child(fast: nn.Module, mlp: nn.Module, names: list[str]) -> None:
     child = copy.deepcopy(getattr(fast, names[1]))
     with torch.no_grad():
@@ -125,6 +133,7 @@ CHANGES: dict[str, tuple[Change, bool]] = {
     "new-parameter": (_new_parameter, True),
     "new-bias": (_new_bias, True),
     "data-swap": (_data_swap, True),
+    "data-round-trip": (_data_round_trip, True),
     "new-child": (_new_child, True),
     "new-child-direct": (_new_child_direct, True),
     "forward-hook": (_forward_hook, True),

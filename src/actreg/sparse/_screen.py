@@ -135,7 +135,8 @@ def packed_for(owner: nn.Module, w: Tensor, linear: bool = False) -> Packed | No
     key = (w.data_ptr(), _version(w), w.dtype)
     cached = owner.__dict__.get("_packed")
     if cached is None or cached[1] is not w or cached[0] != key:
-        cached = (key, w, pack(w.t() if linear else w))
+        # w.detach() keeps the keyed storage alive: its address cannot be reused unseen
+        cached = (key, w, pack(w.t() if linear else w), w.detach())
         owner.__dict__["_packed"] = cached
     return cached[2]
 
@@ -210,7 +211,8 @@ def plan(owner: Any, fn: Any, args: tuple[Any, ...], cached_from: tuple[Tensor, 
         (mods[n], k, mods[n]._parameters.get(k)) for n in owner._LAYERS for k in ("weight", "bias")
     )
     try:
-        versions = tuple((w, w.data_ptr(), w._version) for w in cached_from)
+        # each alias (w.detach()) keeps its storage alive, so its address stays its own
+        versions = tuple((w, w.data_ptr(), w._version, w.detach()) for w in cached_from)
     except RuntimeError:  # inference tensors have no version: no plan
         return
     d = args[2].shape[1]  # the screen's transposed weight (k, d)
@@ -237,7 +239,7 @@ def run_plan(owner: Any, x: object) -> Tensor | None:
         if m._parameters.get(name) is not p:
             return None
     try:
-        for w, ptr, version in versions:
+        for w, ptr, version, _alias in versions:
             if w.data_ptr() != ptr or w._version != version:
                 return None
     except RuntimeError:  # (a parameter whose data became an inference tensor)

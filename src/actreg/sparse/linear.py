@@ -106,6 +106,7 @@ class SparseInputLinear(nn.Linear):
         self.threshold = threshold
         self._wt: Tensor | None = None
         self._wt_key: tuple[Any, ...] | None = None
+        self._wt_src: Tensor | None = None  # holds the keyed storage (see transposed_weight)
 
     @classmethod
     def from_linear(
@@ -175,6 +176,9 @@ class SparseInputLinear(nn.Linear):
             with torch.no_grad():
                 self._wt = w.detach().t().contiguous()
             self._wt_key = key
+            # The key's address is only meaningful while that storage lives: an alias keeps
+            # it alive, so `weight.data = other` can never land on the same address unseen.
+            self._wt_src = w.detach()
         return self._wt
 
     def _cpp(self) -> Any:
@@ -218,7 +222,7 @@ class SparseInputLinear(nn.Linear):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()  # caches are rebuilt on first use
-        state.update(_wt=None, _wt_key=None, _cpp_state=None)
+        state.update(_wt=None, _wt_key=None, _wt_src=None, _cpp_state=None)
         state.pop("_chains", None)
         return state
 

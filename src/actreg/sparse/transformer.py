@@ -295,7 +295,7 @@ class SparseGatedMLP(_SparseFFN):
         screen: bool = True,
     ) -> None:
         super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
-        self._wt: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+        self._wt: tuple[tuple[Any, ...], Tensor, Tensor, Tensor] | None = None
         self.screen = bool(screen)
 
     def _columns(self, w: Tensor) -> Tensor:
@@ -306,7 +306,8 @@ class SparseGatedMLP(_SparseFFN):
         cached = self._wt
         if cached is None or cached[2] is not w or cached[0] != key:
             with torch.no_grad():
-                cached = (key, w.detach().t().contiguous(), w)
+                # (w.detach(): the keyed storage stays alive, its address its own)
+                cached = (key, w.detach().t().contiguous(), w, w.detach())
             self._wt = cached
         return cached[1]
 
