@@ -134,6 +134,33 @@ def test_logits_match_and_the_sparse_path_runs(
     assert len(ran) >= 2, "the sparse path did not run"
 
 
+LINEAR_FAMS = [f for f in NAMES if FAMILIES[f].kind == "linear"]
+
+
+@pytest.mark.parametrize("screen", [True, False], ids=["screen", "no-screen"])
+@pytest.mark.parametrize("fam", LINEAR_FAMS, ids=LINEAR_FAMS)
+def test_two_linear_mlps_screen_their_first_layer_exactly(
+    fam: str, screen: bool, cpp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 rows per call (<= SCREEN_ROWS): the one C++ call screens the first layer
+    model = make(fam)
+    fast = sparse.convert(model, threshold=0.0, kernels=cpp)
+    for name in expected(fam):
+        fast.get_submodule(name).screen = screen
+    ext, ran = cpp.load(), list[str]()
+
+    class Counting:
+        def __getattr__(self, attr: str) -> Any:
+            fn = getattr(ext, attr)
+            return (lambda *a: ran.append(attr) or fn(*a)) if attr == "screened_mlp" else fn
+
+    monkeypatch.setattr(cpp, "load", Counting)
+    ids = tokens(1, 4)
+    with torch.no_grad():
+        assert close(logits(fast, ids), logits(model, ids))
+    assert (len(ran) >= 2) is screen
+
+
 @pytest.mark.parametrize("fam", NAMES, ids=NAMES)
 def test_state_dict_keys_and_values_unchanged(fam: str) -> None:
     model = make(fam)

@@ -169,6 +169,41 @@ def screened_mlp(
     return out
 
 
+def screened_linear(
+    owner: Any,
+    ext: Any,
+    x: Tensor,
+    w_in: Tensor,
+    b_in: Tensor | None,
+    wt_out: Tensor,
+    b_out: Tensor | None,
+) -> Tensor | None:
+    """A two-``nn.Linear`` MLP's output ``out(relu(in(x)))`` for ``x`` ``(..., d)`` with the
+    first layer screened (as ``c_fc`` in :func:`screened_mlp`: the same kernel, its
+    ``(k, d)`` weight packed as the transpose), or None where the screen does not run.
+    ``wt_out``: the second layer's weight transposed, ``(k, d_out)`` contiguous; ``owner``
+    is the :class:`~actreg.sparse.SparseLinearMLP` (threshold, cache). Not planned: its
+    dropout and activation live under names that vary by family, so every call runs the
+    block's full checks first."""
+    if ext is None or x.dtype is not torch.float32 or w_in.dim() != 2:
+        return None
+    d = w_in.shape[1]
+    rows = x.numel() // d if d else 0
+    if not 0 < rows <= SCREEN_ROWS:
+        return None
+    limit = owner.threshold_for(rows)
+    if limit > 1.0:
+        return None
+    p = packed_for(owner, w_in, linear=True)
+    if p is None:
+        return None
+    bias = p.zero_bias if b_in is None else b_in
+    out: Tensor | None = ext.screened_mlp(
+        x, p.qpack, p.unit, p.wt, bias, wt_out, b_out, limit, SCREEN_ROWS
+    )
+    return out
+
+
 def screened_gated(
     owner: Any,
     ext: Any,

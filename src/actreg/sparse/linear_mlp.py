@@ -27,6 +27,7 @@ from actreg._errors import ActregError
 from actreg.sparse._backend import Backend, Kernels, takes
 from actreg.sparse._kernels import nonzero_fraction, sparse_linear
 from actreg.sparse._recognize import ffn_parts
+from actreg.sparse._screen import screened_linear
 from actreg.sparse.linear import Threshold
 from actreg.sparse.transformer import SparseGatedMLP, _SparseFFN
 
@@ -38,12 +39,15 @@ class SparseLinearMLP(_SparseFFN):
     whose second layer reads only the weight columns of non-zero activations.
 
     At inference (CPU float32/float64, no grad needed, dropout inactive, no hooks on the
-    children) the first layer and the activation run densely; when the activations' zero
-    fraction reaches the threshold for the number of rows, the second layer runs the
-    sparse-input kernel, else ``F.linear``. Anything else runs the original class's
-    ``forward``. Outputs equal the original's to float rounding; with ``cutoff > 0``
-    activations with ``|a| <= cutoff`` are zeroed first (approximate). Children and
-    ``state_dict`` are the original's.
+    children) with ReLU, the C++ kernels and at most ``SCREEN_ROWS`` (8) rows, one C++ call
+    screens the first layer (an exact int8 bound proves most zero units zero, the rest are
+    computed in float32: :mod:`actreg.sparse._screen`), then reads the second layer's
+    columns of the non-zero units. Otherwise the first layer and the activation run densely;
+    when the activations' zero fraction reaches the threshold for the number of rows, the
+    second layer runs the sparse-input kernel, else ``F.linear``. Anything else runs the
+    original class's ``forward``. Outputs equal the original's to float rounding; with
+    ``cutoff > 0`` activations with ``|a| <= cutoff`` are zeroed first (approximate).
+    Children and ``state_dict`` are the original's.
 
     Args:
         source: the original MLP (the ``"linear"`` kind of :func:`actreg.sparse.ffns`); its
@@ -53,6 +57,7 @@ class SparseLinearMLP(_SparseFFN):
         cutoff: magnitude below which an activation counts as zero (0: exact zeros only).
         kernels: ``"auto"``, ``"torch"``, ``"cpp"`` or a backend (see
             :func:`actreg.sparse.backend`).
+        screen: screen the first layer where it applies (``False``: always dense).
 
     Raises:
         ActregError: ``source`` is not a two-``nn.Linear`` MLP that the recognition knows.
@@ -85,6 +90,7 @@ class SparseLinearMLP(_SparseFFN):
         threshold: Threshold = 0.5,
         cutoff: float = 0.0,
         kernels: Kernels | Backend = "auto",
+        screen: bool = True,
     ) -> None:
         parts = ffn_parts(source)
         if parts is None or parts.kind != "linear":
@@ -98,7 +104,8 @@ class SparseLinearMLP(_SparseFFN):
         self._drop = parts.roles.get("drop")
         self._source = type(source)
         super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
-        self._wt: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+        self._wt: tuple[tuple[Any, ...], Tensor, Tensor, Tensor] | None = None
+        self.screen = bool(screen)
 
     def _columns(self, w: Tensor) -> Tensor:
         """``w.T`` as a contiguous ``(inter, d)`` tensor, cached as
@@ -124,6 +131,10 @@ class SparseLinearMLP(_SparseFFN):
         x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
         if x2.shape[0] == 0 or x2.shape[1] != w_in.shape[1]:
             return self._original(hidden_states)  # PyTorch's result or error
+        if self.screen and self._act_type is nn.ReLU and not self.cutoff:
+            out = screened_linear(self, self._ext(), x, w_in, b_in, self._columns(w), b)
+            if out is not None:
+                return out.view(*x.shape[:-1], w.shape[0])
         h = self._activate(F.linear(x2, w_in, b_in))
         limit = self.threshold_for(h.shape[0])
         ext = self._ext()
