@@ -141,6 +141,24 @@ def packed_for(owner: nn.Module, w: Tensor, linear: bool = False) -> Packed | No
     return cached[2]
 
 
+def _ready(owner: Any, ext: Any, x: Tensor, w: Tensor, linear: bool) -> tuple[Packed, float] | None:
+    """The pack of the screened weight ``w`` and the row count's threshold, or None where
+    the screen does not run for ``x``: no C++ kernels, not float32, no rows or more than
+    ``SCREEN_ROWS``, a threshold the sparse path never reaches, a weight :func:`pack`
+    refuses. ``linear``: ``w`` is an ``nn.Linear`` weight ``(k, d)``, else ``(d, k)``."""
+    if ext is None or x.dtype is not torch.float32 or w.dim() != 2:
+        return None
+    d = w.shape[-1] if linear else w.shape[0]
+    rows = x.numel() // d if d else 0
+    if not 0 < rows <= SCREEN_ROWS:
+        return None
+    limit = owner.threshold_for(rows)
+    if limit > 1.0:
+        return None
+    p = packed_for(owner, w, linear=linear)
+    return None if p is None else (p, limit)
+
+
 def screened_mlp(
     owner: Any, ext: Any, x: Tensor, w_fc: Tensor, b_fc: Tensor, w: Tensor, b: Tensor | None
 ) -> Tensor | None:
@@ -150,18 +168,10 @@ def screened_mlp(
     never takes, a non-finite or too wide weight. The caller runs its own path then.
     ``owner`` is the :class:`SparseConv1DMLP` (its threshold, and the cache); a call that
     ran is planned on it (:func:`plan`)."""
-    if ext is None or x.dtype is not torch.float32 or w_fc.dim() != 2:
+    ready = _ready(owner, ext, x, w_fc, linear=False)
+    if ready is None:
         return None
-    d = w_fc.shape[0]
-    rows = x.numel() // d if d else 0
-    if not 0 < rows <= SCREEN_ROWS:
-        return None
-    limit = owner.threshold_for(rows)
-    if limit > 1.0:
-        return None
-    p = packed_for(owner, w_fc)
-    if p is None:
-        return None
+    p, limit = ready
     args = (p.qpack, p.unit, p.wt, b_fc, w, b)
     out: Tensor | None = ext.screened_mlp(x, *args, limit, SCREEN_ROWS)
     if out is not None:
@@ -185,18 +195,10 @@ def screened_linear(
     is the :class:`~actreg.sparse.SparseLinearMLP` (threshold, cache). Not planned: its
     dropout and activation live under names that vary by family, so every call runs the
     block's full checks first."""
-    if ext is None or x.dtype is not torch.float32 or w_in.dim() != 2:
+    ready = _ready(owner, ext, x, w_in, linear=True)
+    if ready is None:
         return None
-    d = w_in.shape[1]
-    rows = x.numel() // d if d else 0
-    if not 0 < rows <= SCREEN_ROWS:
-        return None
-    limit = owner.threshold_for(rows)
-    if limit > 1.0:
-        return None
-    p = packed_for(owner, w_in, linear=True)
-    if p is None:
-        return None
+    p, limit = ready
     bias = p.zero_bias if b_in is None else b_in
     out: Tensor | None = ext.screened_mlp(
         x, p.qpack, p.unit, p.wt, bias, wt_out, b_out, limit, SCREEN_ROWS
@@ -215,18 +217,12 @@ def screened_gated(
     ``ps``: the weights and biases of gate, up and down; ``owner`` is the
     :class:`SparseGatedMLP` (threshold, caches, ``down_proj``'s transposed weight)."""
     wg, bg, wu, bu, wd, bd = ps
-    if ext is None or x.dtype is not torch.float32 or wg is None or wu is None or wd is None:
+    if wg is None or wu is None or wd is None:
         return None
-    d = wg.shape[-1]
-    rows = x.numel() // d if d else 0
-    if not 0 < rows <= SCREEN_ROWS:
+    ready = _ready(owner, ext, x, wg, linear=True)
+    if ready is None:
         return None
-    limit = owner.threshold_for(rows)
-    if limit > 1.0:
-        return None
-    p = packed_for(owner, wg, linear=True)
-    if p is None:
-        return None
+    p, limit = ready
     bias = p.zero_bias if bg is None else bg
     args = (p.qpack, p.unit, p.wt, bias, wu, bu, owner._columns(wd), bd)
     out: Tensor | None = ext.screened_gated(x, *args, limit, SCREEN_ROWS)

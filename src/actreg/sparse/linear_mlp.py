@@ -103,9 +103,8 @@ class SparseLinearMLP(_SparseFFN):
         self._LAYERS = (parts.roles["in"], parts.roles["out"])
         self._drop = parts.roles.get("drop")
         self._source = type(source)
-        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
+        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels, screen=screen)
         self._wt: tuple[tuple[Any, ...], Tensor, Tensor, Tensor] | None = None
-        self.screen = bool(screen)
 
     def _columns(self, w: Tensor) -> Tensor:
         """``w.T`` as a contiguous ``(inter, d)`` tensor, cached as
@@ -131,7 +130,7 @@ class SparseLinearMLP(_SparseFFN):
         x2 = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
         if x2.shape[0] == 0 or x2.shape[1] != w_in.shape[1]:
             return self._original(hidden_states)  # PyTorch's result or error
-        if self.screen and self._act_type is nn.ReLU and not self.cutoff:
+        if self._screens:
             out = screened_linear(self, self._ext(), x, w_in, b_in, self._columns(w), b)
             if out is not None:
                 return out.view(*x.shape[:-1], w.shape[0])

@@ -64,8 +64,8 @@ _FLOATS = (torch.float32, torch.float64)
 
 
 class _SparseFFN(nn.Module):
-    """What both FFN wrappers share: the children of the original, the dispatch threshold,
-    the cutoff, the kernels, and when the fast path may run."""
+    """What the FFN wrappers share: the children of the original, the dispatch threshold,
+    the cutoff, the kernels, the screen switch, and when the fast path may run."""
 
     _ACT = ""  # the attribute holding the activation
     _LAYERS: tuple[str, ...] = ()
@@ -77,6 +77,7 @@ class _SparseFFN(nn.Module):
         threshold: Threshold = 0.5,
         cutoff: float = 0.0,
         kernels: Kernels | Backend = "auto",
+        screen: bool = True,
     ) -> None:
         super().__init__()
         for name, child in source.named_children():
@@ -89,6 +90,13 @@ class _SparseFFN(nn.Module):
         self.backend = backend(kernels)
         self._act_type = type(self._modules[self._ACT])
         self._kinds = tuple((n, type(self._modules[n])) for n in self._LAYERS)
+        self.screen = bool(screen)
+
+    @property
+    def _screens(self) -> bool:
+        """Whether the first layer may be screened: asked for, ReLU, no cutoff (the exact
+        bound proves ReLU zeros only; :mod:`actreg.sparse._screen`)."""
+        return self.screen and self._act_type is nn.ReLU and not self.cutoff
 
     @property
     def threshold(self) -> dict[int, float]:
@@ -212,18 +220,6 @@ class SparseConv1DMLP(_SparseFFN):
     act: nn.Module
     dropout: nn.Dropout
 
-    def __init__(
-        self,
-        source: nn.Module,
-        *,
-        threshold: Threshold = 0.5,
-        cutoff: float = 0.0,
-        kernels: Kernels | Backend = "auto",
-        screen: bool = True,
-    ) -> None:
-        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
-        self.screen = bool(screen)
-
     def forward(self, hidden_states: Tensor) -> Tensor:
         out = run_plan(self, hidden_states)
         if out is not None:
@@ -234,7 +230,7 @@ class SparseConv1DMLP(_SparseFFN):
             return _gpt2_mlp_forward(self, hidden_states)
         w_fc, b_fc, w, b = ps
         assert w_fc is not None and w is not None
-        if self.screen and b_fc is not None and self._act_type is nn.ReLU and not self.cutoff:
+        if self._screens and b_fc is not None:
             out = screened_mlp(self, self._ext(), hidden_states, w_fc, b_fc, w, b)
             if out is not None:
                 return out
@@ -294,9 +290,8 @@ class SparseGatedMLP(_SparseFFN):
         kernels: Kernels | Backend = "auto",
         screen: bool = True,
     ) -> None:
-        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels)
+        super().__init__(source, threshold=threshold, cutoff=cutoff, kernels=kernels, screen=screen)
         self._wt: tuple[tuple[Any, ...], Tensor, Tensor, Tensor] | None = None
-        self.screen = bool(screen)
 
     def _columns(self, w: Tensor) -> Tensor:
         """``w.T`` (``down_proj``'s weight) as a contiguous ``(inter, d)`` tensor, cached
@@ -318,7 +313,7 @@ class SparseGatedMLP(_SparseFFN):
         ps = self._fast(x)
         if ps is None:
             return _gated_mlp_forward(self, x)
-        if self.screen and self._act_type is nn.ReLU and not self.cutoff:
+        if self._screens:
             out = screened_gated(self, self._ext(), x, ps)
             if out is not None:
                 return out
