@@ -410,6 +410,25 @@ ScreenArgs screen_args(const at::Tensor& x, const at::Tensor& qpack, const at::T
 
 }  // namespace
 
+// The screened blocks' last layer for one row: the m non-zero activations h[idx[0..m)] of
+// k units times w ((k, o), the row layout), plus b, into orow (o floats). The sparse row
+// kernel where the row's zero fraction reaches threshold, else the dense product of the
+// full activation row (the unscreened path's dense formula).
+static void project_row(const float* h, const int32_t* idx, int64_t m, const at::Tensor& w,
+                        const c10::optional<at::Tensor>& b, double threshold, float* orow) {
+  const int64_t k = w.size(0), o = w.size(1);
+  if (1.0 - double(m) / double(k) >= threshold) {
+    row_kernel(h, idx, m, w.data_ptr<float>(), b.has_value() ? b->data_ptr<float>() : nullptr,
+               orow, o, false);
+    return;
+  }
+  at::Tensor hr = at::zeros({1, k}, w.options());
+  float* hp = hr.data_ptr<float>();
+  for (int64_t q = 0; q < m; ++q) hp[idx[q]] = h[idx[q]];
+  at::Tensor y = b.has_value() ? at::addmm(*b, hr, w) : at::mm(hr, w);
+  std::memcpy(orow, y.data_ptr<float>(), sizeof(float) * o);
+}
+
 // A gated MLP (Llama's) whose gate (gate_proj with ReLU) is screened: x (..., d); wg the
 // gate's (k, d) weight (the screen's exact pass reads its rows), bg its bias or None; wu
 // (k, d), bu; wdt = down_proj.weight.T (k, o), bd. Each row: the screen, the candidates'
@@ -440,8 +459,6 @@ c10::optional<at::Tensor> screened_gated(at::Tensor x_in, at::Tensor qpack, at::
   at::Tensor out = at::empty(shape, x.options());
   const float *xp = x.data_ptr<float>(), *wgp = wg.data_ptr<float>(), *wup = wu.data_ptr<float>();
   const float* bup = bu.has_value() ? bu->data_ptr<float>() : nullptr;
-  const float* bdp = bd.has_value() ? bd->data_ptr<float>() : nullptr;
-  const float* wdp = wdt.data_ptr<float>();
   auto body = [&](int64_t r0, int64_t r1) {
     thread_local std::vector<int32_t> cand;
     if (int64_t(cand.size()) < k + 16) cand.resize(k + 16);
@@ -458,16 +475,7 @@ c10::optional<at::Tensor> screened_gated(at::Tensor x_in, at::Tensor qpack, at::
         h[j] = g * (fdot(xr, wup + j * d, d) + (bup ? bup[j] : 0.0f));
         idx[m++] = int32_t(j);
       }
-      float* orow = out.data_ptr<float>() + r * o;
-      if (1.0 - double(m) / double(k) >= threshold) {
-        row_kernel(h, idx, m, wdp, bdp, orow, o, false);
-      } else {  // dense down_proj for this row (as the unscreened path's dense formula)
-        at::Tensor hr = at::zeros({1, k}, x.options());
-        float* hp = hr.data_ptr<float>();
-        for (int64_t q = 0; q < m; ++q) hp[idx[q]] = h[idx[q]];
-        at::Tensor y = bd.has_value() ? at::addmm(*bd, hr, wdt) : at::mm(hr, wdt);
-        std::memcpy(orow, y.data_ptr<float>(), sizeof(float) * o);
-      }
+      project_row(h, idx, m, wdt, bd, threshold, out.data_ptr<float>() + r * o);
     }
   };
   if (n == 1 || at::get_num_threads() == 1) body(0, n);
@@ -517,8 +525,6 @@ c10::optional<at::Tensor> screened_mlp(at::Tensor x_in, at::Tensor qpack, at::Te
   at::Tensor out = at::empty(shape, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wtp = wt.data_ptr<float>();
-  const float* wpp = wproj.data_ptr<float>();
-  const float* bpp = bproj.has_value() ? bproj->data_ptr<float>() : nullptr;
   auto body = [&](int64_t r0, int64_t r1) {
     thread_local std::vector<int32_t> cand;
     if (int64_t(cand.size()) < k + 16) cand.resize(k + 16);
@@ -540,16 +546,7 @@ c10::optional<at::Tensor> screened_mlp(at::Tensor x_in, at::Tensor qpack, at::Te
         idx[m] = int32_t(j);
         m += !(v <= 0.0f);  // ReLU; a NaN stays (as torch.relu keeps it)
       }
-      float* orow = out.data_ptr<float>() + r * o;
-      if (1.0 - double(m) / double(k) >= threshold) {
-        row_kernel(h, idx, m, wpp, bpp, orow, o, false);
-      } else {  // dense c_proj for this row: the full activation row, then one product
-        at::Tensor hr = at::zeros({1, k}, x.options());
-        float* hp = hr.data_ptr<float>();
-        for (int64_t q = 0; q < m; ++q) hp[idx[q]] = h[idx[q]];
-        at::Tensor y = bproj.has_value() ? at::addmm(*bproj, hr, wproj) : at::mm(hr, wproj);
-        std::memcpy(orow, y.data_ptr<float>(), sizeof(float) * o);
-      }
+      project_row(h, idx, m, wproj, bproj, threshold, out.data_ptr<float>() + r * o);
     }
   };
   if (n == 1 || at::get_num_threads() == 1) body(0, n);
