@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 import actreg
+from _revive import DEAD, firing, kill
 from actreg import ActregError
-
-DEAD = [0, 2, 5]
 
 
 def _mlp():
@@ -50,42 +49,26 @@ MODELS = {
 }
 
 
-def _kill(model):
-    with torch.no_grad():
-        model.fc.weight[DEAD] *= 0.01
-        model.fc.bias[DEAD] = -100.0
-
-
-def _firing(model, x, dim):
-    seen = []
-    handle = model.act.register_forward_hook(lambda m, a, out: seen.append(out))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    out = seen[0].movedim(dim, -1)
-    return (out.reshape(-1, out.shape[-1]) > 0).float().mean(0)
-
-
 @pytest.mark.parametrize("init", ["resample", "fresh"], ids=["resample", "fresh"])
 @pytest.mark.parametrize("kind", list(MODELS), ids=list(MODELS))
 def test_revive_brings_dead_units_back(kind, init):
     build, shape, dim = MODELS[kind]
     model = build()
-    _kill(model)
+    kill(model)
     x = torch.randn(256, *shape)
-    assert _firing(model, x, dim)[DEAD].eq(0).all()
+    assert firing(model, x, dim)[DEAD].eq(0).all()
     alive = [i for i in range(8) if i not in DEAD]
     before = model.fc.weight[alive].clone()
     revived = actreg.revive(model, "act", x, init=init, scale=1.0)
     assert revived.tolist() == DEAD
-    assert _firing(model, x, dim)[DEAD].gt(0).all()
+    assert firing(model, x, dim)[DEAD].gt(0).all()
     assert torch.equal(model.fc.weight[alive], before)
     assert model.fc.bias[DEAD].eq(0).all()
 
 
 def test_revive_scales_new_rows_to_the_live_rows_norm():
     model = _plain()
-    _kill(model)
+    kill(model)
     alive = [i for i in range(8) if i not in DEAD]
     norm = float(model.fc.weight[alive].detach().norm(dim=1).mean())
     actreg.revive(model, "act", torch.randn(64, 6), scale=0.2)
@@ -95,7 +78,7 @@ def test_revive_scales_new_rows_to_the_live_rows_norm():
 
 def test_revive_sets_the_decoder_column_of_an_autoencoder():
     model = _autoencoder()
-    _kill(model)
+    kill(model)
     x = torch.randn(128, 6)
     old = model.out.weight.clone()
     actreg.revive(model, "act", x)
@@ -111,7 +94,7 @@ def test_revive_sets_the_decoder_column_of_an_autoencoder():
 
 def test_revive_resets_the_optimizer_state_of_revived_weights():
     model = _autoencoder()
-    _kill(model)
+    kill(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x = torch.randn(64, 6)
     (model(x) - x).square().mean().backward()
@@ -135,7 +118,7 @@ def test_revive_resets_the_optimizer_state_of_revived_weights():
 def test_revive_weighs_examples_by_their_loss():
     # Every revived row must point at the one example with a loss (the others have 0).
     model = _plain()
-    _kill(model)
+    kill(model)
     x = torch.randn(32, 6)
     target = torch.zeros(32)
     target[7] = 1.0
@@ -178,7 +161,7 @@ def test_revive_explicit_producer_for_a_shared_activation():
             return self.act(self.fc2(self.act(self.fc(x))))
 
     model = Shared()
-    _kill(model)
+    kill(model)
     x = torch.randn(64, 6)
     with pytest.raises(ActregError, match="runs 2 times.*producer="):
         actreg.revive(model, "act", x)
@@ -210,7 +193,7 @@ def _stateful_forward(calls):
 @pytest.mark.parametrize("init", ["resample", "fresh"], ids=["resample", "fresh"])
 def test_revive_runs_the_model_through_forward(init):
     model = Stateful()
-    _kill(model)
+    kill(model)
     x = torch.randn(100, 5, 6)  # 100 sequences of 5 positions
     with pytest.raises(TypeError):  # model(batch) alone does not run this model
         actreg.revive(model, "act", x)
@@ -230,7 +213,7 @@ def test_revive_forward_output_goes_to_the_loss():
     # Every revived row points at the one example whose loss, computed from the output
     # that forward returns (a tuple), is not 0.
     model = Stateful()
-    _kill(model)
+    kill(model)
     x = torch.randn(32, 6)
     target = torch.zeros(32)
     target[7] = 1.0
@@ -256,7 +239,7 @@ def test_reviver_passes_forward_and_batch_size_on():
         model, ["act"], torch.randn(50, 6), every=5, until=5,
         forward=_stateful_forward(calls), batch_size=20,
     )  # fmt: skip
-    _kill(model)
+    kill(model)
     assert reviver(5)["act"].tolist() == DEAD
     assert calls[1:] == [20, 20, 10]
     assert "Reviver(layers=['act']" in repr(reviver)
@@ -321,9 +304,9 @@ def test_firing_floor_gradient_only_for_units_under_the_floor():
 )
 def test_firing_floor_revives_a_dead_unit_in_training(producer, shape, dim):
     model = nn.Sequential(OrderedDict(fc=producer(), act=nn.ReLU()))
-    _kill(model)
+    kill(model)
     x = torch.randn(64, *shape)
-    assert _firing(model, x, dim)[DEAD].eq(0).all()
+    assert firing(model, x, dim)[DEAD].eq(0).all()
     floor = actreg.FiringFloor(1.0, floor=0.05, dim=dim)
     reg = actreg.attach(model, {"fc": floor})
     opt = torch.optim.Adam(model.parameters(), lr=0.5)
@@ -333,10 +316,10 @@ def test_firing_floor_revives_a_dead_unit_in_training(producer, shape, dim):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if bool(_firing(model, x, dim)[DEAD].gt(0).all()):
+        if bool(firing(model, x, dim)[DEAD].gt(0).all()):
             break
     reg.remove()
-    assert _firing(model, x, dim)[DEAD].gt(0).all()
+    assert firing(model, x, dim)[DEAD].gt(0).all()
     assert floor.steps > 0 and floor.rate is not None
 
 
@@ -369,15 +352,15 @@ def test_reviver_revives_at_its_steps_only_and_counts():
     x = torch.randn(256, 6)
     opt = torch.optim.Adam(model.parameters())
     reviver = actreg.Reviver(model, ["act"], x, every=10, until=25, optimizer=opt)
-    _kill(model)
+    kill(model)
     assert reviver(9) == {}  # not a revival step
     assert reviver(10)["act"].tolist() == DEAD
     assert reviver.revived == {"act": len(DEAD)}
-    _kill(model)
+    kill(model)
     assert reviver(30) == {}  # after until
     assert reviver(20)["act"].tolist() == DEAD
     assert reviver.revived == {"act": 2 * len(DEAD)}
-    assert bool((_firing(model, x, -1)[DEAD] > 0).all())
+    assert bool((firing(model, x, -1)[DEAD] > 0).all())
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,8 @@ import torch
 from torch import nn
 
 import actreg
+from _revive import DEAD, firing, kill
 from actreg import ActregError
-
-DEAD = [0, 2, 5]
 
 
 def _linear():
@@ -23,35 +22,19 @@ def _conv():
 MODELS = {"linear": (_linear, (6,), -1), "conv2d": (_conv, (3, 7, 7), 1)}
 
 
-def _kill(model):
-    with torch.no_grad():
-        model.fc.weight[DEAD] *= 0.01
-        model.fc.bias[DEAD] = -100.0
-
-
-def _firing(model, x, dim):
-    seen = []
-    handle = model.act.register_forward_hook(lambda m, a, out: seen.append(out))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    out = seen[0].movedim(dim, -1)
-    return (out.reshape(-1, out.shape[-1]) > 0).float().mean(0)
-
-
 @pytest.mark.parametrize("rate", [0.05, 0.3], ids=["rate-0.05", "rate-0.3"])
 @pytest.mark.parametrize("kind", list(MODELS), ids=list(MODELS))
 def test_revived_units_fire_on_the_share_asked(kind, rate):
     torch.manual_seed(0)
     build, shape, dim = MODELS[kind]
     model = build()
-    _kill(model)
+    kill(model)
     x = torch.randn(400, *shape)
     alive = [i for i in range(8) if i not in DEAD]
     before = model.fc.bias[alive].clone()
     assert actreg.revive(model, "act", x, init="fresh", rate=rate).tolist() == DEAD
     torch.testing.assert_close(
-        _firing(model, x, dim)[DEAD], torch.full((3,), rate), atol=0.01, rtol=0
+        firing(model, x, dim)[DEAD], torch.full((3,), rate), atol=0.01, rtol=0
     )
     assert torch.equal(model.fc.bias[alive], before)
 
@@ -59,10 +42,10 @@ def test_revived_units_fire_on_the_share_asked(kind, rate):
 def test_without_rate_revived_units_fire_on_about_half():
     torch.manual_seed(0)
     model = _linear()
-    _kill(model)
+    kill(model)
     x = torch.randn(400, 6)
     actreg.revive(model, "act", x, init="fresh")
-    assert bool((_firing(model, x, -1)[DEAD] - 0.5).abs().lt(0.15).all())
+    assert bool((firing(model, x, -1)[DEAD] - 0.5).abs().lt(0.15).all())
 
 
 def test_revived_rows_take_the_live_rows_mean_second_moment():
@@ -74,7 +57,7 @@ def test_revived_rows_take_the_live_rows_mean_second_moment():
         opt.zero_grad()
         model(x).square().mean().backward()
         opt.step()
-    _kill(model)
+    kill(model)
     alive = [i for i in range(8) if i not in DEAD]
     v = opt.state[model.fc.weight]["exp_avg_sq"]
     want = v[alive].mean(0).clone()
@@ -92,11 +75,9 @@ def test_reviver_passes_rate_on():
     model = _linear()
     x = torch.randn(400, 6)
     reviver = actreg.Reviver(model, ["act"], x, every=5, until=5, rate=0.1)
-    _kill(model)
+    kill(model)
     assert reviver(5)["act"].tolist() == DEAD
-    torch.testing.assert_close(
-        _firing(model, x, -1)[DEAD], torch.full((3,), 0.1), atol=0.01, rtol=0
-    )
+    torch.testing.assert_close(firing(model, x, -1)[DEAD], torch.full((3,), 0.1), atol=0.01, rtol=0)
     assert "rate=0.1" in repr(reviver)
 
 
