@@ -277,6 +277,29 @@ def test_gradient_weights_follow_firing_rates():
 
 
 @pytest.mark.parametrize(
+    ("active", "grows"),
+    [(0.7, False), (0.3, True)],
+    ids=["between-ramp-and-target", "below-target"],
+)
+def test_push_up_answers_to_the_target_not_the_ramp(active, grows):
+    # A slow ramp: the wanted active share stays near the first batch's 0.9 while the layer
+    # runs at `active`. Sparser than the ramp but denser than the target (0.5 active): no
+    # push may build up (it grew without bound once and blew the activations up). Sparser
+    # than the target itself: the push grows.
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.5, warmup=0, ramp=1e-6, rate=0.1)
+    first = torch.zeros(100, 10)
+    first[:90] = 1.0
+    ctl(first.requires_grad_())
+    x = torch.zeros(100, 10)
+    x[: int(active * 100)] = 1.0
+    for _ in range(20):
+        ctl(x.clone().requires_grad_())
+    push = float(ctl.state_dict()["log_push"])
+    assert (push > 0) is grows
+    assert ctl.coef < 1e-3  # the coefficient itself still follows the ramp down
+
+
+@pytest.mark.parametrize(
     ("shape", "dim"),
     [((4, 3, 5, 5), 1), ((4, 6, 3), -1), ((4, 6, 3), 2)],
     ids=["conv-dim1", "sequence", "sequence-dim2"],

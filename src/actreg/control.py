@@ -89,8 +89,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
       ``log c += rate * clamp(log(active / wanted_t), -1, 1)``, within
       ``[min_coef, max_coef]``, toward a wanted share ``wanted_t`` that starts at the first
       batch's active share and comes down to ``wanted`` by ``ramp`` nats per step; the
-      push up has its own coefficient, moved by the opposite step (it grows while the
-      layer is sparser than wanted, e.g. pressed down by the penalties of layers above);
+      push up has its own coefficient, moved by the opposite step against ``wanted``
+      itself, not the ramp (it grows while the layer is sparser than the target, e.g.
+      pressed down by the penalties of layers above);
     * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
       steps.
 
@@ -255,7 +256,11 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         error = torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
-        self._log_push = (self._log_push - self.rate * error).clamp(low, high)
+        # The push up answers to the target itself, not to the ramp: a layer sparser than
+        # the ramp's wanted share but denser than the target needs no push (with a slow
+        # ramp, a push grown against the ramp blew the layer's activations up).
+        below = torch.log((active + 1e-6) / wanted).clamp(-1.0, 1.0)
+        self._log_push = (self._log_push - self.rate * below).clamp(low, high)
         m = active * rates.numel() if self.measure == "l0" else 1 - active
         w = self.smoothing if self.steps else 0.0
         self._measured = w * self._measured + (1 - w) * m
