@@ -29,6 +29,10 @@ Tables:
 5. Exact ways to skip part of c_fc: the share of units whose zero a bound proves without
    computing them, the int8 screen being the one the converted block runs (see
    docs/PERFORMANCE_DECODE.md).
+6. Weight bytes a batch-1 token reads in layer 0's block: dense, converted, and the least
+   any exact float32 path reads (a free oracle naming the non-zero units: their c_fc and
+   c_proj weights), against the measured block speedup. Decoding at batch 1 streams the
+   weights from memory, so the byte ratio bounds the block's speedup.
 
 --write replaces the generated block of that markdown file with this run's tables.
 """
@@ -319,6 +323,24 @@ def screen_share(mlp: nn.Module, xs: list[Tensor]) -> float:
     )
 
 
+def weight_bytes(mlp: nn.Module, xs: list[Tensor]) -> dict[str, float]:
+    """Bytes of weights one batch-1 token reads in the block, from the shares measured on
+    rows ``xs``: dense float32 (all of ``c_fc`` and ``c_proj``); converted (the int8 copy of
+    ``c_fc``, 32 bytes of statistics per unit, float32 ``c_fc`` weights of the units the screen
+    leaves, ``c_proj`` rows of the non-zero ones); and a free exact oracle (float32 weights of
+    the non-zero units only, in both layers): the least any exact float32 path must read."""
+    d, f = mlp.c_fc.weight.shape
+    with torch.no_grad():
+        active = statistics.mean(
+            float((torch.relu(mlp.c_fc(x)) != 0).float().mean()) for x in xs
+        )
+    kept = screen_share(mlp, xs)
+    dense = 2 * d * f * 4
+    conv = d * f + 32 * f + kept * f * d * 4 + active * f * d * 4
+    return {"active": active, "kept": kept, "dense": dense, "converted": conv,
+            "oracle": 2 * active * f * d * 4}  # fmt: skip
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -359,6 +381,7 @@ def main() -> None:
     ffn_rows: list[list[object]] = []
     batch_rows: list[list[object]] = []
     bound_rows: list[list[object]] = []
+    byte_rows: list[list[object]] = []
     for level in levels:
         dense = copy.deepcopy(base)
         if not args.state_dict:
@@ -370,6 +393,12 @@ def main() -> None:
         xs = [r.view(1, 1, -1) for r in mlp_inputs(dense, probe, 0)[:32]]
         mlp, fmlp = dense.transformer.h[0].mlp, fast.transformer.h[0].mlp
         parts = ffn_parts(mlp, fmlp, xs, reps, steps=8)
+        by = weight_bytes(mlp, xs)
+        byte_rows.append([
+            label, f"{by['active']:.1%}", f"{by['kept']:.1%}", f"{by['dense'] / 1e3:.0f}",
+            f"{by['converted'] / 1e3:.0f}", f"{by['dense'] / by['converted']:.2f}x",
+            f"{by['dense'] / by['oracle']:.2f}x", f"{cell(parts['block speedup'], 2)}x",
+        ])  # fmt: skip
         ffn_rows.append([
             label, cell(parts["block dense"], 1), cell(parts["block sparse"], 1),
             f"{cell(parts['block speedup'], 2)}x", cell(parts["block unscreened"], 1),
@@ -454,6 +483,12 @@ def main() -> None:
                   "layer 0: computed exactly after the screen",
                   "proven zeros all zero"]  # fmt: skip
     out += md_table(bound_head, bound_rows)
+    out += (
+        "\n\n### 6. Weight bytes per token, layer 0 at batch 1 (kB): the memory-bound limit\n\n"
+    )
+    out += md_table(["FFN zeros", "non-zero units", "left by the screen", "dense",
+                     "converted", "dense / converted", "dense / free exact oracle",
+                     "block speedup (table 2)"], byte_rows)  # fmt: skip
     print(out)
     if args.write:
         path = Path(args.write)

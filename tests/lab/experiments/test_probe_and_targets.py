@@ -76,10 +76,10 @@ def test_layer_penalties_one_object_per_layer(cfg, measure, target):
 
 @pytest.mark.parametrize(
     ("steps", "warmup", "ramp"),
-    [(90, 9, math.log(10) / 45), (4000, 50, 0.02)],
+    [(90, 9, math.log(10) / 54), (4000, 50, math.log(10) / 2400)],
     ids=["short", "long"],
 )
-def test_layer_penalties_fit_the_controller_into_short_runs(steps, warmup, ramp):
+def test_layer_penalties_time_the_controller_by_the_run(steps, warmup, ramp):
     spec = layer_penalties(["a"], lambda: actreg.L1(1e-3), Targets(0.9), steps=steps)
     assert spec["a"].warmup == warmup
     assert spec["a"].ramp == pytest.approx(ramp)

@@ -125,6 +125,11 @@ class VisionConfig:
         )
 
 
+RAMP_SHARE = 0.6
+"""Share of training over which a target-mode layer's wanted sparsity ramps down to the
+target from full activity (:func:`layer_penalties`)."""
+
+
 def layer_penalties(
     names: list[str], make: Any, cfg: Any, dim: int = -1, steps: int | None = None
 ) -> dict[str, actreg.Penalty]:
@@ -135,10 +140,14 @@ def layer_penalties(
     coefficient follows the layer's measured sparsity; the penalty's own coefficient is
     the starting value. One object per layer: a controller counts its layer's steps.
 
-    ``steps`` (the planned number of training steps) fits the controller's fade-in and
-    target ramp into short runs: the fade-in takes at most a tenth of the steps and the
-    ramp (0.02 nats a step by default, about 115 steps from 50% to 90% zeros) at most half
-    of them. Runs of a few hundred steps or more keep the library's defaults.
+    ``steps`` (the planned number of training steps) sets the controller's timing: the
+    fade-in takes at most a tenth of the steps (the library's 50 in runs of 500 or more),
+    and the wanted sparsity ramps down over :data:`RAMP_SHARE` of them
+    (``ramp = ln(1 / (1 - target)) / (RAMP_SHARE * steps)``: from the first batch's ~50%
+    zeros it reaches a 0.9 target after ~40% of training). The library's default ramp (0.02
+    nats a step, a target reached in ~100 steps) forces the sparsity before the layer has
+    learned its features: on MNIST's 3x1000 network at 0.9 the slow ramp gave 1.46 +- 0.13 %
+    test error over three seeds against 1.56 +- 0.09 % (docs/TARGET.md, "The ramp").
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
@@ -146,7 +155,8 @@ def layer_penalties(
     if steps is not None:
         timing["warmup"] = max(1, min(50, steps // 10))
         if target_sparsity is not None:  # ln(start share / wanted share) <= ln(1 / wanted)
-            timing["ramp"] = max(0.02, math.log(1 / (1 - target_sparsity)) / max(1, steps / 2))
+            ramp_steps = max(1.0, RAMP_SHARE * steps)
+            timing["ramp"] = math.log(1 / (1 - target_sparsity)) / ramp_steps
     out: dict[str, actreg.Penalty] = {}
     for name in names:
         penalty = make()
