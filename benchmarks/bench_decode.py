@@ -331,9 +331,7 @@ def weight_bytes(mlp: nn.Module, xs: list[Tensor]) -> dict[str, float]:
     the non-zero units only, in both layers): the least any exact float32 path must read."""
     d, f = mlp.c_fc.weight.shape
     with torch.no_grad():
-        active = statistics.mean(
-            float((torch.relu(mlp.c_fc(x)) != 0).float().mean()) for x in xs
-        )
+        active = statistics.mean(float((torch.relu(mlp.c_fc(x)) != 0).float().mean()) for x in xs)
     kept = screen_share(mlp, xs)
     dense = 2 * d * f * 4
     conv = d * f + 32 * f + kept * f * d * 4 + active * f * d * 4
@@ -483,9 +481,7 @@ def main() -> None:
                   "layer 0: computed exactly after the screen",
                   "proven zeros all zero"]  # fmt: skip
     out += md_table(bound_head, bound_rows)
-    out += (
-        "\n\n### 6. Weight bytes per token, layer 0 at batch 1 (kB): the memory-bound limit\n\n"
-    )
+    out += "\n\n### 6. Weight bytes per token, layer 0 at batch 1 (kB): the memory-bound limit\n\n"
     out += md_table(["FFN zeros", "non-zero units", "left by the screen", "dense",
                      "converted", "dense / converted", "dense / free exact oracle",
                      "block speedup (table 2)"], byte_rows)  # fmt: skip
