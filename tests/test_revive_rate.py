@@ -70,15 +70,24 @@ def test_revived_rows_take_the_live_rows_mean_second_moment():
     assert opt.state[model.fc.weight]["exp_avg"][DEAD].eq(0).all()
 
 
-def test_reviver_passes_rate_on():
+@pytest.mark.parametrize("rate", [0.1, {"act": 0.1}], ids=["number", "per-layer"])
+def test_reviver_passes_rate_on(rate):
     torch.manual_seed(0)
     model = _linear()
     x = torch.randn(400, 6)
-    reviver = actreg.Reviver(model, ["act"], x, every=5, until=5, rate=0.1)
+    reviver = actreg.Reviver(model, ["act"], x, every=5, until=5, rate=rate)
     kill(model)
     assert reviver(5)["act"].tolist() == DEAD
     torch.testing.assert_close(firing(model, x, -1)[DEAD], torch.full((3,), 0.1), atol=0.01, rtol=0)
-    assert "rate=0.1" in repr(reviver)
+    assert "'act': 0.1" in repr(reviver)
+
+
+@pytest.mark.parametrize(
+    "rate", [{"fc": 0.1}, {"act": 0.1, "out": 0.2}, {}], ids=["other", "extra", "empty"]
+)
+def test_per_layer_rates_must_name_the_watched_layers(rate):
+    with pytest.raises(ActregError, match="one rate per watched layer"):
+        actreg.Reviver(_linear(), ["act"], torch.randn(4, 6), every=1, until=1, rate=rate)
 
 
 @pytest.mark.parametrize(

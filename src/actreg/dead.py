@@ -316,7 +316,9 @@ class Reviver:
         batch_size: examples of ``inputs`` per forward.
         rate: the share of ``inputs`` on which a revived unit fires (its bias is set to
             match, see :func:`actreg.revive`); for layers under a sparsity target, their
-            active share ``1 - target``. ``None``: bias 0 (about half).
+            active share ``1 - target`` (under an L0 target of ``k`` active units, ``k /
+            units``). A mapping gives each layer its own (every layer in ``layers``).
+            ``None``: bias 0 (about half).
 
     Example:
         >>> import torch, actreg
@@ -340,7 +342,7 @@ class Reviver:
         scale: float = 1.0,
         forward: Callable[[nn.Module, Tensor], Any] | None = None,
         batch_size: int = 2000,
-        rate: float | None = None,
+        rate: float | Mapping[str, float] | None = None,
     ) -> None:
         if isinstance(layers, str) or not layers:
             raise ActregError(f"layers must be a non-empty list of module names, got {layers!r}")
@@ -358,7 +360,17 @@ class Reviver:
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
         self.forward, self.batch_size = forward, batch_size
-        self.rate = None if rate is None else check_rate(rate)
+        if isinstance(rate, Mapping):
+            missing = [name for name in layers if name not in rate]
+            if missing or set(rate) - set(layers):
+                raise ActregError(
+                    f"rate maps layers {sorted(rate)}, but the Reviver watches {list(layers)}:"
+                    " give one rate per watched layer (or one number for all)"
+                )
+            self.rates: dict[str, float | None] = {n: check_rate(rate[n]) for n in layers}
+        else:
+            one = None if rate is None else check_rate(rate)
+            self.rates = dict.fromkeys(layers, one)
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
@@ -376,7 +388,7 @@ class Reviver:
                 scale=self.scale,
                 forward=self.forward,
                 batch_size=self.batch_size,
-                rate=self.rate,
+                rate=self.rates[layer],
             )
             if len(dead):
                 out[layer] = dead
@@ -386,5 +398,5 @@ class Reviver:
     def __repr__(self) -> str:
         return (
             f"Reviver(layers={self.layers}, every={self.every}, until={self.until}, "
-            f"init={self.init!r}, scale={self.scale}, rate={self.rate})"
+            f"init={self.init!r}, scale={self.scale}, rates={self.rates})"
         )

@@ -94,10 +94,11 @@ def test_reviver_is_on_in_target_mode_only():
     cfg.target_sparsity = 0.9
     reviver = make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg)
     assert (reviver.every, reviver.until, len(reviver.inputs)) == (14, 70, 1000)
-    assert reviver.rate == pytest.approx(0.1)  # revived units fire on the target's active share
+    # revived units fire on the target's active share
+    assert reviver.rates == {"1": pytest.approx(0.1)}
     assert make_reviver(model, None, x, cfg) is None
-    cfg.target_sparsity, cfg.target_l0 = None, 2.0  # an L0 target: revived at bias 0
-    assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg).rate is None
+    cfg.target_sparsity, cfg.target_l0 = None, 2.0  # an L0 target: 2 of the layer's 8 units
+    assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg).rates == {"1": 0.25}
     cfg.revive_rounds = 0
     assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None
 

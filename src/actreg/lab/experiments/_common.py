@@ -214,6 +214,7 @@ def make_reviver(
     examples: int = REVIVE_EXAMPLES,
     forward: Callable[[nn.Module, Tensor], Any] | None = None,
     batch_size: int = 2000,
+    dim: int = -1,
 ) -> actreg.Reviver | None:
     """The :class:`actreg.Reviver` of a penalized model's layers (``None``: no revival).
 
@@ -223,7 +224,8 @@ def make_reviver(
     killed early (before its firing rate is known) would otherwise stay dead:
     docs/TARGET.md has the comparison. With ``target_sparsity`` the revived units start
     firing on its active share (``1 - target``) of the sample, as the live ones should
-    (at bias 0, about half: on digits at 0.95 the controller then crushed them again).
+    (at bias 0, about half: on digits at 0.95 the controller then crushed them again); with
+    ``target_l0`` on ``target_l0 / units`` of it, each layer's units counted along ``dim``.
     ``forward`` and ``batch_size`` go to the Reviver (how to run a model not called as
     ``model(batch)``, and rows per forward).
     """
@@ -237,11 +239,46 @@ def make_reviver(
     until = max(1, int(REVIVE_UNTIL * total))
     gen = torch.Generator().manual_seed(cfg.seed)
     sample = x_train[torch.randperm(len(x_train), generator=gen)[:examples]]
-    target = getattr(cfg, "target_sparsity", None)
+    rate: float | dict[str, float] | None = None
+    if getattr(cfg, "target_sparsity", None) is not None:
+        rate = 1.0 - cfg.target_sparsity
+    elif getattr(cfg, "target_l0", None) is not None:
+        widths = _widths(model, list(spec), sample[:2], forward, dim)
+        if all(cfg.target_l0 < w for w in widths.values()):  # else the controller refuses
+            rate = {name: cfg.target_l0 / w for name, w in widths.items()}
     return actreg.Reviver(
         model, list(spec), sample, every=max(1, until // rounds), until=until,
-        forward=forward, batch_size=batch_size, rate=None if target is None else 1.0 - target,
+        forward=forward, batch_size=batch_size, rate=rate,
     )  # fmt: skip
+
+
+def _widths(
+    model: nn.Module,
+    names: list[str],
+    x: Tensor,
+    forward: Callable[[nn.Module, Tensor], Any] | None,
+    dim: int,
+) -> dict[str, int]:
+    """Units along ``dim`` of each module ``names``'s output on the inputs ``x``."""
+    seen: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
+        def record(module: nn.Module, args: Any, out: Tensor) -> None:  # returns None:
+            seen.setdefault(name, out.shape[dim])  # a hook's return value replaces the output
+
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x) if forward is None else forward(model, x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 def train_classifier(
@@ -263,7 +300,7 @@ def train_classifier(
     see :mod:`actreg.lab.experiments._targets`).
     """
     monitor = actreg.Monitor(model, watch, dim=dim)
-    reviver = make_reviver(model, spec, data.x_train, cfg)
+    reviver = make_reviver(model, spec, data.x_train, cfg, dim=dim)
     metrics_fn: MetricsFn = classification_metrics
     objective = "error"
     if spec is not None and (cfg.target_sparsity, cfg.target_l0) != (None, None):
