@@ -277,16 +277,23 @@ def test_gradient_weights_follow_firing_rates():
 
 
 @pytest.mark.parametrize(
-    ("active", "grows"),
-    [(0.7, False), (0.3, True)],
-    ids=["between-ramp-and-target", "below-target"],
+    ("active", "push", "grows"),
+    [
+        (0.7, "auto", False),
+        (0.3, "auto", True),
+        (0.7, "target", False),
+        (0.7, "ramp", True),
+    ],
+    ids=["between-ramp-and-target", "below-target", "target", "ramp"],
 )
-def test_push_up_answers_to_the_target_not_the_ramp(active, grows):
+def test_push_up_of_a_slow_ramp_answers_to_the_target(active, push, grows):
     # A slow ramp: the wanted active share stays near the first batch's 0.9 while the layer
     # runs at `active`. Sparser than the ramp but denser than the target (0.5 active): no
-    # push may build up (it grew without bound once and blew the activations up). Sparser
-    # than the target itself: the push grows.
-    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.5, warmup=0, ramp=1e-6, rate=0.1)
+    # push may build up (it grew without bound once and blew the activations up), unless
+    # push="ramp" asks for it. Sparser than the target itself: the push grows.
+    ctl = actreg.TargetSparsity(
+        actreg.L1(1e-3), target=0.5, warmup=0, ramp=1e-6, rate=0.1, push=push
+    )
     first = torch.zeros(100, 10)
     first[:90] = 1.0
     ctl(first.requires_grad_())
@@ -294,9 +301,21 @@ def test_push_up_answers_to_the_target_not_the_ramp(active, grows):
     x[: int(active * 100)] = 1.0
     for _ in range(20):
         ctl(x.clone().requires_grad_())
-    push = float(ctl.state_dict()["log_push"])
-    assert (push > 0) is grows
+    log_push = float(ctl.state_dict()["log_push"])
+    assert (log_push > 0) is grows
     assert ctl.coef < 1e-3  # the coefficient itself still follows the ramp down
+
+
+@pytest.mark.parametrize(
+    ("ramp", "to_ramp"),
+    [(0.02, True), (0.05, True), (0.019, False), (0.0, False)],
+    ids=["default", "faster", "slower", "none"],
+)
+def test_auto_push_follows_fast_ramps_only(ramp, to_ramp):
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9, ramp=ramp)
+    assert ctl._push_to_ramp() is to_ramp
+    with pytest.raises(actreg.ActregError, match="unknown push=.up."):
+        actreg.TargetSparsity(actreg.L1(1e-3), push="up")
 
 
 @pytest.mark.parametrize(
@@ -482,6 +501,7 @@ def test_config_of_the_controllers():
         "ramp": 0.02,
         "warmup": 50,
         "per_unit": True,
+        "push": "auto",
     }
     p = Scheduled(actreg.L1(1.0), _halve, warmup=3)
     clone = actreg.make_penalty(actreg.serialize(p))

@@ -54,9 +54,10 @@ from actreg._penalty import (
     serialize,
 )
 
-__all__ = ["MEASURES", "TargetSparsity"]
+__all__ = ["MEASURES", "PUSH", "TargetSparsity"]
 
 MEASURES = ("zero_fraction", "l0")
+PUSH = ("auto", "ramp", "target")
 
 
 class _UnitGrad(torch.autograd.Function):
@@ -89,9 +90,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
       ``log c += rate * clamp(log(active / wanted_t), -1, 1)``, within
       ``[min_coef, max_coef]``, toward a wanted share ``wanted_t`` that starts at the first
       batch's active share and comes down to ``wanted`` by ``ramp`` nats per step; the
-      push up has its own coefficient, moved by the opposite step against ``wanted``
-      itself, not the ramp (it grows while the layer is sparser than the target, e.g.
-      pressed down by the penalties of layers above);
+      push up has its own coefficient, moved by the opposite step (it grows while the
+      layer is sparser than wanted, e.g. pressed down by the penalties of layers above;
+      against ``wanted_t`` or against ``wanted`` itself, see ``push``);
     * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
       steps.
 
@@ -124,6 +125,15 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             lower test error than the default; docs/TARGET.md, "The ramp").
         warmup: steps over which the penalty fades in (0: none).
         per_unit: scale the gradient per unit by its firing rate (see above).
+        push: what the push up's coefficient steers toward: ``"ramp"`` (the ramp's wanted
+            share: a layer that runs ahead of the ramp is lifted back toward it, which
+            keeps naturally sparse layers, e.g. a transformer's upper FFNs, near the
+            target once the ramp ends), ``"target"`` (the target itself: no lift while
+            the layer is denser than the target), or ``"auto"``: ``"ramp"`` for ramps of
+            at least :attr:`FAST_RAMP` nats per step, else ``"target"``. With a slow ramp
+            ``"ramp"`` lifts a layer against the ramp for hundreds of steps and blew its
+            activations up (MNIST 3x1000, ramp over 60% of training: 16.6% test error;
+            docs/TARGET.md, "The ramp").
 
     Attributes:
         steps: training calls so far.
@@ -140,6 +150,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
     """At this step, with ``eps=0``, a layer that never gave an exact zero raises."""
     RATE_EVIDENCE = 20
     """Active positions a unit at the wanted rate is expected to show in its running rate."""
+    FAST_RAMP = 0.02
+    """Under ``push="auto"``, ramps at least this fast (nats per step) steer the push up
+    toward the ramp; slower ones toward the target."""
     CALIBRATE_GAIN = 0.5
     """Share of a held-out miss (log-ratio of active shares) one :meth:`calibrate` corrects."""
     CALIBRATE_LIMIT = 0.5
@@ -160,6 +173,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         ramp: float = 0.02,
         warmup: int = 50,
         per_unit: bool = True,
+        push: str = "auto",
     ) -> None:
         self.penalty = check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
@@ -182,6 +196,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         self.ramp = check_coef(ramp, "ramp")
         self.warmup = warmup
         self.per_unit = bool(per_unit)
+        if push not in PUSH:
+            raise ActregError(f"unknown push={push!r}; use one of {PUSH}")
+        self.push = push
         self.base = check_coef(penalty.coef, "the wrapped penalty's coefficient")
         if self.base <= 0:
             raise ActregError(f"{penalty!r} has coefficient 0: start from a positive one")
@@ -212,6 +229,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
                 )
             return min(1.0, self.target / units * math.exp(self.shift))
         return min(1.0, (1.0 - self.target) * math.exp(self.shift))
+
+    def _push_to_ramp(self) -> bool:
+        return self.push == "ramp" or (self.push == "auto" and self.ramp >= self.FAST_RAMP)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._log_scale.device != x.device:
@@ -259,11 +279,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         error = torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
-        # The push up answers to the target itself, not to the ramp: a layer sparser than
-        # the ramp's wanted share but denser than the target needs no push (with a slow
-        # ramp, a push grown against the ramp blew the layer's activations up).
-        below = torch.log((active + 1e-6) / wanted).clamp(-1.0, 1.0)
-        self._log_push = (self._log_push - self.rate * below).clamp(low, high)
+        if not self._push_to_ramp():  # the push answers to the target itself
+            error = torch.log((active + 1e-6) / wanted).clamp(-1.0, 1.0)
+        self._log_push = (self._log_push - self.rate * error).clamp(low, high)
         m = active * rates.numel() if self.measure == "l0" else 1 - active
         w = self.smoothing if self.steps else 0.0
         self._measured = w * self._measured + (1 - w) * m
@@ -360,6 +378,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             "ramp": self.ramp,
             "warmup": self.warmup,
             "per_unit": self.per_unit,
+            "push": self.push,
         }
 
     @classmethod
