@@ -119,21 +119,15 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         min_coef: lower bound of the coefficient.
         max_coef: upper bound of the coefficient.
         ramp: how fast the wanted active share comes down, in nats per step (0: the target
-            from the first step). The default reaches 90% zeros in ~100 steps; for a run
-            of known length ``N`` steps, ``math.log(1 / (1 - target)) / (0.6 * N)`` ramps
-            over the first 60% of it, as the lab does (MNIST's 3x1000 network at 0.9:
-            lower test error than the default; docs/TARGET.md, "The ramp").
+            from the first step). For a run of ``N`` steps the lab ramps over 60% of it,
+            ``math.log(1 / (1 - target)) / (0.6 * N)`` (docs/TARGET.md, "The ramp").
         warmup: steps over which the penalty fades in (0: none).
         per_unit: scale the gradient per unit by its firing rate (see above).
-        push: what the push up's coefficient steers toward: ``"ramp"`` (the ramp's wanted
-            share: a layer that runs ahead of the ramp is lifted back toward it, which
-            keeps naturally sparse layers, e.g. a transformer's upper FFNs, near the
-            target once the ramp ends), ``"target"`` (the target itself: no lift while
-            the layer is denser than the target), or ``"auto"``: ``"ramp"`` for ramps of
-            at least :attr:`FAST_RAMP` nats per step, else ``"target"``. With a slow ramp
-            ``"ramp"`` lifts a layer against the ramp for hundreds of steps and blew its
-            activations up (MNIST 3x1000, ramp over 60% of training: 16.6% test error;
-            docs/TARGET.md, "The ramp").
+        push: what the push up steers toward: ``"ramp"`` (the ramp's wanted share: keeps
+            layers that run ahead of a fast ramp near the target after it), ``"target"``
+            (the target itself), or ``"auto"``: ``"ramp"`` for ramps of at least
+            :attr:`FAST_RAMP` nats per step, else ``"target"`` (against a slow ramp the
+            push grows for hundreds of steps and blew activations up; docs/TARGET.md).
 
     Attributes:
         steps: training calls so far.
