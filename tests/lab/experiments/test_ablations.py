@@ -109,6 +109,22 @@ def test_rerun_reuses_progress(runs, tmp_path):
     assert len(open(f"{run_dir}/progress.jsonl").read().splitlines()) == len(lines)
 
 
+def test_overwrite_retrains_instead_of_reusing_progress(runs):
+    run_dir = runs["activation"]["run_dir"]
+    log = f"{run_dir}/progress.jsonl"
+    lines = open(log).read().splitlines()
+    fake = json.loads(lines[1])
+    fake["metrics"] = {**fake["metrics"], "probe_acc": -1.0}  # a record no training gives
+    with open(log, "w") as f:
+        f.write("\n".join([lines[0], json.dumps(fake), *lines[2:]]) + "\n")
+    args = [*TINY, "question=activation", f"out_dir={run_dir}/../..", "run_name=activation"]
+    reused = get("ablation").run(apply_overrides(AblationConfig(), args))
+    assert "-1.0" in json.dumps(reused["per_seed"])  # without overwrite: the record reused
+    fresh = get("ablation").run(apply_overrides(AblationConfig(), [*args, "overwrite=true"]))
+    assert "-1.0" not in json.dumps(fresh["per_seed"])
+    assert fresh["per_seed"].keys() == runs["activation"]["per_seed"].keys()
+
+
 def test_width_pairs_penalty_against_none_per_width(runs):
     pairs = {(c["a"], c["b"]) for c in runs["width"]["comparisons"]}
     assert pairs == {("none w=8", "l1 w=8"), ("none w=32", "l1 w=32")}

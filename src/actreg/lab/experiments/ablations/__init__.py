@@ -199,8 +199,9 @@ def _variants_for_check(cfg: AblationConfig) -> list[Variant]:
     return plan(cfg)
 
 
-_NOT_RESULTS = ("progress", "threads", "out_dir", "run_name", "keep_checkpoints")
-"""Settings that do not change the numbers: a rerun with other values reuses progress.jsonl."""
+_NOT_RESULTS = ("progress", "threads", "out_dir", "run_name", "keep_checkpoints", "overwrite")
+"""Settings that do not change the numbers: a rerun with other values reuses progress.jsonl
+(``overwrite=true`` starts it afresh: the way to retrain after a code change)."""
 
 
 class _Runner:
@@ -214,7 +215,7 @@ class _Runner:
         self.records: dict[str, dict[str, Any]] = {}
         self.log = run_dir / "progress.jsonl"
         header = {"config": jsonable(self._settings())}
-        if self.log.exists():
+        if self.log.exists() and not cfg.overwrite:
             lines = self.log.read_text().splitlines()
             if lines and json.loads(lines[0]) == header:
                 for line in lines[1:]:
