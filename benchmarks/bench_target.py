@@ -31,7 +31,7 @@ per step, so the step count is kept close to MNIST's). Methods:
   ``+revive``, joined by ``:``: ``bias0`` (revived units at bias 0: about half fire),
   ``v0`` (their Adam second moment zeroed instead of the live rows' mean), ``resample``
   (``init="resample"``), ``ramp60`` (the wanted sparsity ramps over 60% of the steps,
-  as the lab's target mode does since commit 4500aba: ``RAMP_SHARE``);
+  as the lab's target mode does since commit 4500aba: ``target_ramp``);
   ``default+revive:bias0:v0`` is the revival before issue 15's digits fix.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
@@ -55,7 +55,7 @@ from torch import Tensor
 import actreg
 from actreg.control import _UnitGrad  # the same per-unit gradient scaling as the library
 from actreg.lab.data import load_vision
-from actreg.lab.experiments._common import RAMP_SHARE, REVIVE_EXAMPLES, REVIVE_UNTIL
+from actreg.lab.experiments._common import REVIVE_EXAMPLES, REVIVE_UNTIL, target_ramp
 from actreg.lab.models import mlp
 
 RESULTS = Path(__file__).parent / "results" / "target.jsonl"  # one JSON line per run
@@ -238,7 +238,7 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     if "ramp60" in options:  # the lab's ramp (actreg/lab/experiments/_common.py)
         for p in penalties.values():
             if isinstance(p, actreg.TargetSparsity):
-                p.ramp = math.log(1 / (1 - target)) / (RAMP_SHARE * total)
+                p.ramp = target_ramp(target, total)
     if "+revive" in method:
         until = int(REVIVE_UNTIL * total)
         sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:REVIVE_EXAMPLES]
