@@ -439,7 +439,7 @@ def main() -> None:
         ])  # fmt: skip
         *shares, sound = bounds_study(dense, probe)
         bound_rows.append([label] + [f"{s:.1%}" for s in shares] + [
-            f"{screen_share(mlp, xs):.1%}", "yes" if sound == 1.0 else "**no**",
+            f"{by['kept']:.1%}", "yes" if sound == 1.0 else "**no**",
         ])  # fmt: skip
     # the crossover: FFN block at batch 1, sparse path forced, layer 0 of the model
     sweep_rows: list[list[object]] = []
