@@ -15,7 +15,8 @@ cosine decay to 0, batch 128, one torch thread; the controller wraps ``L1(1e-3)`
 hidden ReLU. MNIST: the first 10,000 training images, the 10,000 test images held out,
 3 epochs (237 steps). Digits (scikit-learn 8x8, the transfer set): its 1,078 training
 images, the fixed 360 test images, batch 32 and 8 epochs (272 steps: a controller works
-per step, so the step count is kept close to MNIST's). Methods:
+per step, so the step count is kept close to MNIST's). Any other ``--data`` (an IDX folder,
+e.g. Fashion-MNIST from ``scripts/fashion_idx.py``) runs with MNIST's setup. Methods:
 
 * ``plain``: no penalty.  ``l1=C``: a fixed ``L1(C)`` on each layer (the grid, ``grid``);
   ``l1=A/B/C``: one fixed coefficient per layer (the per-layer grid).
@@ -197,10 +198,15 @@ def make_penalty(method: str, target: float, layer: int) -> Any:
 _DATA: dict[str, Any] = {}
 
 
+def _setup(name: str) -> tuple[int | None, int, int]:
+    """(training images, batch, epochs): any other IDX folder gets MNIST's setup."""
+    return SETUP.get(name, SETUP["mnist"])
+
+
 def data(name: str) -> Any:
     if name not in _DATA:
         d = load_vision(name, seed=0)
-        n = SETUP[name][0]
+        n = _setup(name)[0]
         if n is not None:
             d.x_train, d.y_train = d.x_train[:n], d.y_train[:n]
         _DATA[name] = d
@@ -222,7 +228,7 @@ def _zero_second_moments(
 def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
     """Train one model and measure it on the test split."""
     d = data(name)
-    _, batch, epochs = SETUP[name]
+    _, batch, epochs = _setup(name)
     torch.manual_seed(seed)
     model = mlp(d.x_train.shape[1], [1000, 1000, 1000], d.n_classes)
     penalties = {layer: make_penalty(method, target, i) for i, layer in enumerate(LAYERS)}
@@ -358,7 +364,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run")
-    run.add_argument("--data", nargs="+", default=["mnist", "digits"], choices=sorted(SETUP))
+    run.add_argument(
+        "--data",
+        nargs="+",
+        default=["mnist", "digits"],
+        help="mnist, digits, or an IDX folder (a path or a folder under the data directory; "
+        "MNIST's setup)",
+    )
     run.add_argument("--methods", nargs="+", default=["plain", "grid", "default"])
     run.add_argument("--targets", nargs="+", type=float, default=[0.9, 0.95])
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
