@@ -32,7 +32,9 @@ e.g. Fashion-MNIST from ``scripts/fashion_idx.py``) runs with MNIST's setup. Met
   ``+revive``, joined by ``:``: ``bias0`` (revived units at bias 0: about half fire),
   ``v0`` (their Adam second moment zeroed instead of the live rows' mean), ``resample``
   (``init="resample"``), ``ramp60`` (the wanted sparsity ramps over 60% of the steps,
-  as the lab's target mode does since commit 4500aba: ``target_ramp``);
+  as the lab's target mode does since commit 4500aba: ``target_ramp``), ``floor`` (units
+  firing on less than ``REVIVE_FLOOR`` x the target's active share of the sample are
+  revived too, as the lab's target mode does since this option was added);
   ``default+revive:bias0:v0`` is the revival before issue 15's digits fix.
 * ``unit`` (b, :class:`UnitDual`): one dual variable per unit, driven by the unit's running
   firing rate toward ``1 - target``; ``gate+ramp+warm`` (:class:`RateGate`): as the default
@@ -56,7 +58,12 @@ from torch import Tensor
 import actreg
 from actreg.control import _UnitGrad  # the same per-unit gradient scaling as the library
 from actreg.lab.data import load_vision
-from actreg.lab.experiments._common import REVIVE_EXAMPLES, REVIVE_UNTIL, target_ramp
+from actreg.lab.experiments._common import (
+    REVIVE_EXAMPLES,
+    REVIVE_FLOOR,
+    REVIVE_UNTIL,
+    target_ramp,
+)
 from actreg.lab.models import mlp
 
 RESULTS = Path(__file__).parent / "results" / "target.jsonl"  # one JSON line per run
@@ -257,6 +264,7 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
             optimizer=opt,
             init="resample" if "resample" in options else "fresh",
             rate=None if "bias0" in options else 1.0 - target,  # as make_reviver
+            floor=REVIVE_FLOOR * (1.0 - target) if "floor" in options else 0.0,
         )
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()

@@ -48,6 +48,20 @@ def check_rate(rate: Any) -> float:
     return float(rate)
 
 
+def check_floor(floor: Any, rate: float | None) -> float:
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise ActregError(
+            f"floor must be a share in [0, 1) (units active on less of the inputs are "
+            f"revived; 0: only units active on none), got {floor!r}"
+        )
+    if rate is not None and floor >= rate:
+        raise ActregError(
+            f"floor={floor:g} is not below rate={rate:g}: revived units would count as dead "
+            f"at the next revival; use a floor of about rate / 10 ({rate / 10:g})"
+        )
+    return float(floor)
+
+
 def reinit(
     producer: Producer,
     consumer: nn.Module | None,

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from actreg import functional as F
 from actreg._errors import ActregError
 from actreg._hooks import in_backward
-from actreg._reinit import check_rate
+from actreg._reinit import check_floor, check_rate
 from actreg.penalties import Penalty, check_coef
 from actreg.revival import revive as _revive
 
@@ -290,6 +290,18 @@ class FiringFloor(Penalty, name="firing_floor"):
         return args
 
 
+def _per_layer(value: Any, layers: Sequence[str], what: str) -> dict[str, Any]:
+    """One value per watched layer: a mapping must name each exactly; else shared."""
+    if not isinstance(value, Mapping):
+        return dict.fromkeys(layers, value)
+    if set(value) != set(layers):
+        raise ActregError(
+            f"{what} maps layers {sorted(value)}, but the Reviver watches {list(layers)}: "
+            f"give one {what} per watched layer (or one number for all)"
+        )
+    return {n: value[n] for n in layers}
+
+
 class Reviver:
     """Revive the dead units of some layers every ``every`` steps up to step ``until``.
 
@@ -319,6 +331,9 @@ class Reviver:
             active share ``1 - target`` (under an L0 target of ``k`` active units, ``k /
             units``). A mapping gives each layer its own (every layer in ``layers``).
             ``None``: bias 0 (about half).
+        floor: units active on less than this share of ``inputs`` are revived too (0:
+            only units active on none); under a sparsity target about a tenth of ``rate``
+            (see :func:`actreg.revive`). A mapping gives each layer its own.
 
     Example:
         >>> import torch, actreg
@@ -343,6 +358,7 @@ class Reviver:
         forward: Callable[[nn.Module, Tensor], Any] | None = None,
         batch_size: int = 2000,
         rate: float | Mapping[str, float] | None = None,
+        floor: float | Mapping[str, float] = 0.0,
     ) -> None:
         if isinstance(layers, str) or not layers:
             raise ActregError(f"layers must be a non-empty list of module names, got {layers!r}")
@@ -360,17 +376,12 @@ class Reviver:
         self.every, self.until = every, until
         self.optimizer, self.init, self.scale = optimizer, init, scale
         self.forward, self.batch_size = forward, batch_size
-        if isinstance(rate, Mapping):
-            missing = [name for name in layers if name not in rate]
-            if missing or set(rate) - set(layers):
-                raise ActregError(
-                    f"rate maps layers {sorted(rate)}, but the Reviver watches {list(layers)}:"
-                    " give one rate per watched layer (or one number for all)"
-                )
-            self.rates: dict[str, float | None] = {n: check_rate(rate[n]) for n in layers}
-        else:
-            one = None if rate is None else check_rate(rate)
-            self.rates = dict.fromkeys(layers, one)
+        rates = _per_layer(rate, layers, "rate")
+        self.rates: dict[str, float | None] = {
+            n: None if r is None else check_rate(r) for n, r in rates.items()
+        }
+        floors = _per_layer(floor, layers, "floor")
+        self.floors = {n: check_floor(f, self.rates[n]) for n, f in floors.items()}
         self.revived: dict[str, int] = dict.fromkeys(self.layers, 0)  # units revived so far
 
     def __call__(self, step: int) -> dict[str, Tensor]:
@@ -389,6 +400,7 @@ class Reviver:
                 forward=self.forward,
                 batch_size=self.batch_size,
                 rate=self.rates[layer],
+                floor=self.floors[layer],
             )
             if len(dead):
                 out[layer] = dead
@@ -398,5 +410,5 @@ class Reviver:
     def __repr__(self) -> str:
         return (
             f"Reviver(layers={self.layers}, every={self.every}, until={self.until}, "
-            f"init={self.init!r}, scale={self.scale}, rates={self.rates})"
+            f"init={self.init!r}, scale={self.scale}, rates={self.rates}, floors={self.floors})"
         )

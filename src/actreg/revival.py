@@ -1,6 +1,8 @@
 """Re-initializing dead units of any Linear or Conv producer: :func:`revive`.
 
-A unit is *dead* when its activation is zero on every input given (``|x| <= eps``). Dead
+A unit is *dead* when its activation is zero on every input given (``|x| <= eps``), or,
+with ``floor=``, active on less than that share of them (a rare unit, which a smaller
+held-out set sees as dead). Dead
 units get no gradient, so they stay dead; :func:`revive` gives them a second chance: the
 weights that produce them (the ``nn.Linear`` or ``nn.Conv1d``/``nn.Conv2d`` feeding the
 activation) are re-initialized, as in the resampling of sparse-autoencoder practice
@@ -49,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from actreg._errors import ActregError
-from actreg._reinit import Forward, Producer, check_rate, reinit, set_rate
+from actreg._reinit import Forward, Producer, check_floor, check_rate, reinit, set_rate
 from actreg._resolve import check_model, resolve
 
 __all__ = ["revive"]
@@ -141,8 +143,9 @@ def _capture(
     eps: float,
     batch_size: int,
     forward: Forward,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Fired mask per unit, per-example losses, and the producer's mean input row.
+) -> tuple[Tensor, int, Tensor, Tensor]:
+    """Active positions per unit, positions seen, per-example losses, and the producer's
+    mean input row.
 
     The mean is over positions (rows of a Linear's input; per channel for a Conv, spread
     over the kernel), accumulated chunk by chunk so nothing of size ``inputs`` is kept.
@@ -151,10 +154,13 @@ def _capture(
     losses: list[Tensor] = []
     total: list[Tensor] = []
     counts = [0, 0]  # positions seen by the producer, producer calls
+    seen = [0]  # positions of the layer's output
 
     def on_layer(m: nn.Module, args: Any, out: Any) -> None:
         t = out[0] if isinstance(out, (tuple, list)) else out
-        fired.append((t.abs() > eps).movedim(dim, 0).reshape(t.shape[dim], -1).any(1))
+        active = (t.abs() > eps).movedim(dim, 0).reshape(t.shape[dim], -1)
+        fired.append(active.sum(1))
+        seen[0] += active.shape[1]
 
     def on_producer(m: nn.Module, args: Any) -> None:
         x = args[0].detach().float()
@@ -185,7 +191,7 @@ def _capture(
     if dim != -1:  # a Conv: the channel means, repeated over the kernel's positions
         kernel = producer.weight.shape[2:]
         mean = mean.view(-1, *([1] * len(kernel))).expand(-1, *kernel).reshape(-1)
-    return torch.stack(fired).any(0), torch.cat(losses), mean
+    return torch.stack(fired).sum(0), seen[0], torch.cat(losses), mean
 
 
 def _producer_inputs(
@@ -278,8 +284,10 @@ def revive(
     batch_size: int = 2000,
     forward: Forward | None = None,
     rate: float | None = None,
+    floor: float = 0.0,
 ) -> Tensor:
-    """Re-initialize the units of ``layer`` that are zero on every example of ``inputs``.
+    """Re-initialize the units of ``layer`` that are zero on every example of ``inputs``
+    (or, with ``floor``, active on less than that share of them).
 
     Args:
         model: the model; it runs in evaluation mode here, then gets its mode back.
@@ -308,6 +316,11 @@ def revive(
             pre-activations (``None``: bias 0, about half). For a layer trained toward a
             sparsity target, its active share (``1 - target``). The producer needs a bias,
             and a normalization between it and ``layer`` makes the share approximate.
+        floor: units active on less than this share of the positions in ``inputs`` are
+            revived too (0: only units active on none). Rare units are dead in all but
+            name: a held-out set a few times smaller than ``inputs`` sees most of them
+            silent. Under a sparsity target a tenth of ``rate`` suits (the lab's choice,
+            docs/TARGET.md); must be below ``rate`` when both are given.
 
     Returns:
         The indices of the revived units (empty when none was dead).
@@ -347,6 +360,7 @@ def revive(
         )
     if rate is not None:
         rate = check_rate(rate)
+    floor = check_floor(floor, rate)
     run = _call if forward is None else forward
     name, module = _module(model, layer, "layer")
     was_training = model.training
@@ -390,9 +404,10 @@ def revive(
             cons = None
         else:
             cons = _module(model, consumer, "consumer")[1]
-        fired, losses, mean = _capture(
+        active, seen, losses, mean = _capture(
             model, module, prod, inputs, targets, loss_fn, dim, eps, batch_size, run
         )
+        fired = (active > 0) & (active >= floor * seen)
         dead = (~fired).nonzero().flatten()
         if len(dead):
             directions = _directions(

@@ -13,6 +13,7 @@ import actreg
 from actreg import ActregError
 from actreg.lab.experiments import _ae_codes, get
 from actreg.lab.experiments._common import (
+    REVIVE_FLOOR,
     layer_penalties,
     linear_probe,
     make_reviver,
@@ -96,9 +97,12 @@ def test_reviver_is_on_in_target_mode_only():
     assert (reviver.every, reviver.until, len(reviver.inputs)) == (14, 70, 1000)
     # revived units fire on the target's active share
     assert reviver.rates == {"1": pytest.approx(0.1)}
+    # and units firing on less than REVIVE_FLOOR of that share count as dead
+    assert reviver.floors == {"1": pytest.approx(REVIVE_FLOOR * 0.1)}
     assert make_reviver(model, None, x, cfg) is None
     cfg.target_sparsity, cfg.target_l0 = None, 2.0  # an L0 target: 2 of the layer's 8 units
-    assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg).rates == {"1": 0.25}
+    reviver = make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg)
+    assert (reviver.rates, reviver.floors) == ({"1": 0.25}, {"1": REVIVE_FLOOR * 0.25})
     cfg.revive_rounds = 0
     assert make_reviver(model, {"1": actreg.L1(1e-3)}, x, cfg) is None
 

@@ -27,7 +27,13 @@ from torch import Tensor, nn
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_targets
+from actreg.lab._checks import (
+    check_choice,
+    check_fields,
+    check_fraction,
+    check_out_dir,
+    check_targets,
+)
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._rundir import resume_from
@@ -78,12 +84,14 @@ class VisionConfig:
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
     target_l0: float | None = None  # or for this many active units per example and layer
     revive_rounds: int | None = None  # dead-unit revivals over 70% of training (None: 5 if target)
+    revive_floor: float = 0.1  # target mode: also revive units firing < this x the wanted rate
 
     def __post_init__(self) -> None:
         check_targets(self.target_sparsity, self.target_l0)  # its own ranges come first
         if isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit < 10:
             raise ActregError(f"limit must be >= 10 examples (or none for all), got {self.limit}")
         check_fields(self)  # types; numbers finite, not negative; POSITIVE >= 1
+        check_fraction(self, "revive_floor")
         self.train_config()  # validates the training fields
         check_choice("scaling", self.scaling, SCALINGS)
         if self.val_size is not None and not (
@@ -213,6 +221,7 @@ def warn_if_target_missed(stats: dict[str, dict[str, Any]], cfg: Any, steps: int
 
 REVIVE_UNTIL = 0.7  # revive dead units only in this first share of training
 REVIVE_EXAMPLES = 5000  # training inputs a unit must be zero on to count as dead
+REVIVE_FLOOR = 0.1  # revive_floor's default: units firing < this x the wanted rate revive too
 
 
 def make_reviver(
@@ -237,6 +246,10 @@ def make_reviver(
     firing on its active share (``1 - target``) of the sample, as the live ones should
     (at bias 0, about half: on digits at 0.95 the controller then crushed them again); with
     ``target_l0`` on ``target_l0 / units`` of it, each layer's units counted along ``dim``.
+    Units firing on less than ``cfg.revive_floor`` (default :data:`REVIVE_FLOOR`) times
+    that share are revived too (the Reviver's ``floor``; 0: only silent units): rare units
+    that a held-out set a few times smaller than the sample sees as dead (docs/TARGET.md,
+    "A firing floor for revival").
     ``forward`` and ``batch_size`` go to the Reviver (how to run a model not called as
     ``model(batch)``, and rows per forward).
     """
@@ -257,9 +270,15 @@ def make_reviver(
         widths = _widths(model, list(spec), sample[:2], forward, dim)
         if all(cfg.target_l0 < w for w in widths.values()):  # else the controller refuses
             rate = {name: cfg.target_l0 / w for name, w in widths.items()}
+    share = getattr(cfg, "revive_floor", REVIVE_FLOOR)
+    floor: float | dict[str, float] = 0.0
+    if isinstance(rate, dict):
+        floor = {name: share * r for name, r in rate.items()}
+    elif rate is not None:
+        floor = share * rate
     return actreg.Reviver(
         model, list(spec), sample, every=max(1, until // rounds), until=until,
-        forward=forward, batch_size=batch_size, rate=rate,
+        forward=forward, batch_size=batch_size, rate=rate, floor=floor,
     )  # fmt: skip
 
 

@@ -127,6 +127,7 @@ class LSTMLMConfig(SeqConfig):
     target_sparsity: float | None = None  # ask for this zero fraction in the ReLU block
     target_l0: float | None = None  # or for this many active ReLU units per token
     revive_rounds: int | None = None  # ReLU-block revivals over 70% of training (None: 5 if target)
+    revive_floor: float = 0.1  # target mode: also revive units firing < this x the wanted rate
     calibrate: bool = True  # target mode: move the set point by each validation's sparsity
 
     def __post_init__(self) -> None:
@@ -139,7 +140,7 @@ class LSTMLMConfig(SeqConfig):
             )
         if not 1 <= self.layers <= 3:
             raise ActregError(f"layers must be 1, 2 or 3, got {self.layers!r}")
-        for name in ("dropout", "dropout_h", "dropout_i"):
+        for name in ("dropout", "dropout_h", "dropout_i", "revive_floor"):
             check_fraction(self, name)
         if isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt < 2:
             raise ActregError(
