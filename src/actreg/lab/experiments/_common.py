@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 
+REVIVE_FLOOR = 0.1  # the classifiers' revive_floor: units firing < this x the wanted rate revive
+
+
 @dataclass
 class VisionConfig:
     """Settings every vision experiment has. Subclasses add the model and the penalty."""
@@ -84,7 +87,7 @@ class VisionConfig:
     target_sparsity: float | None = None  # ask for this zero fraction per penalized layer
     target_l0: float | None = None  # or for this many active units per example and layer
     revive_rounds: int | None = None  # dead-unit revivals over 70% of training (None: 5 if target)
-    revive_floor: float = 0.1  # target mode: also revive units firing < this x the wanted rate
+    revive_floor: float = REVIVE_FLOOR  # target mode: revive units firing < this x wanted rate
 
     def __post_init__(self) -> None:
         check_targets(self.target_sparsity, self.target_l0)  # its own ranges come first
@@ -221,7 +224,6 @@ def warn_if_target_missed(stats: dict[str, dict[str, Any]], cfg: Any, steps: int
 
 REVIVE_UNTIL = 0.7  # revive dead units only in this first share of training
 REVIVE_EXAMPLES = 5000  # training inputs a unit must be zero on to count as dead
-REVIVE_FLOOR = 0.1  # revive_floor's default: units firing < this x the wanted rate revive too
 
 
 def make_reviver(
@@ -246,10 +248,12 @@ def make_reviver(
     firing on its active share (``1 - target``) of the sample, as the live ones should
     (at bias 0, about half: on digits at 0.95 the controller then crushed them again); with
     ``target_l0`` on ``target_l0 / units`` of it, each layer's units counted along ``dim``.
-    Units firing on less than ``cfg.revive_floor`` (default :data:`REVIVE_FLOOR`) times
-    that share are revived too (the Reviver's ``floor``; 0: only silent units): rare units
-    that a held-out set a few times smaller than the sample sees as dead (docs/TARGET.md,
-    "A firing floor for revival").
+    Units firing on less than ``cfg.revive_floor`` times that share are revived too (the
+    Reviver's ``floor``; 0: only silent units): rare units that a held-out set a few times
+    smaller than the sample sees as dead. :data:`REVIVE_FLOOR` in the vision classifiers
+    (sparse-rectifier, cnn); 0 in sparse-ae, the ablations and lstm-lm, where reviving rare
+    code units cost probe accuracy or was not measured (docs/TARGET.md, "A firing floor
+    for revival").
     ``forward`` and ``batch_size`` go to the Reviver (how to run a model not called as
     ``model(batch)``, and rows per forward).
     """

@@ -127,7 +127,7 @@ class LSTMLMConfig(SeqConfig):
     target_sparsity: float | None = None  # ask for this zero fraction in the ReLU block
     target_l0: float | None = None  # or for this many active ReLU units per token
     revive_rounds: int | None = None  # ReLU-block revivals over 70% of training (None: 5 if target)
-    revive_floor: float = 0.1  # target mode: also revive units firing < this x the wanted rate
+    revive_floor: float = 0.0  # target mode: also revive units firing < this x the wanted rate
     calibrate: bool = True  # target mode: move the set point by each validation's sparsity
 
     def __post_init__(self) -> None:

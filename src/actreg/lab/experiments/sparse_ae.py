@@ -91,6 +91,7 @@ class SparseAEConfig(VisionConfig):
     variants: tuple[str, ...] = ()  # several methods at l0: relu,relu-target,topk,batchtopk,...
     unit_norm_decoder: bool = True  # decoder columns renormalized to unit length each step
     resample_dead: float = 0.95  # relu, jumprelu: resample dead units after early epochs (0: off)
+    revive_floor: float = 0.0  # target mode's step-wise revival keeps rare code units
     compare: bool = True  # also train the same model without the penalty
     probe_size: int = 20000  # training examples for the linear probe (0 = the whole split)
     noise: float = 0.5  # Gaussian noise on test inputs for the robustness probe (x input std)

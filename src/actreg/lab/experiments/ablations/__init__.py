@@ -105,6 +105,7 @@ class AblationConfig(VisionConfig):
     probe_size: int = 3000  # training codes for the linear probe
     probe_scaling: str = "feature"  # per-feature std: the documented tables' probe (or global)
     resample_dead: float = 0.0  # resample dead units (off: sparse-ae restores a resampled epoch)
+    revive_floor: float = 0.0  # codes: rare units are kept (a floor cost probe accuracy here)
     unit_norm_decoder: bool = True  # unit-length decoder columns (as sparse-ae)
     zero_eps: float = 0.01  # near_zero counts |h| <= zero_eps
     norms: tuple[str, ...] = ("l1", "l2", "l1l2", "hoyer", "kl")  # which-norm's penalties
