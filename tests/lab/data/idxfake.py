@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 
-CODES = {"u1": 0x08, "i1": 0x09, "i2": 0x0B, "i4": 0x0C, "f4": 0x0D, "f8": 0x0E}
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    """Encode an array as IDX (big-endian)."""
-    code = CODES[arr.dtype.kind + str(arr.dtype.itemsize)]
-    head = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+from actreg.lab.data.idx import idx_bytes
 
 
 def make_idx_dir(

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from idxfake import idx_bytes
 from rser import header, intsxp, pairlist, ref, strsxp, symsxp, vecsxp
 
 from actreg import ActregError
 from actreg.lab.data import _store, austen, fetch, list_datasets, mnist
 from actreg.lab.data._store import resolve_data_dir
+from actreg.lab.data.idx import idx_bytes
 
 # ---- data directory ---------------------------------------------------------------------
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from idxfake import idx_bytes, make_idx_dir
+from idxfake import make_idx_dir
 
 from actreg import ActregError
-from actreg.lab.data.idx import load_idx_dir, parse_idx, read_idx
+from actreg.lab.data.idx import idx_bytes, load_idx_dir, parse_idx, read_idx
 
 DTYPES = ["u1", "i1", "i2", "i4", "f4", "f8"]
 
@@ -88,3 +88,9 @@ def test_load_dir_mismatched_counts(tmp_path: Path) -> None:
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(3, dtype=np.uint8)))
     with pytest.raises(ActregError, match="train images must be"):
         load_idx_dir(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["i8", "u2", "c8"])
+def test_idx_bytes_refuses_element_types_idx_cannot_store(dtype):
+    with pytest.raises(ActregError, match=f"IDX stores .* not {np.dtype(dtype)}; convert"):
+        idx_bytes(np.zeros(3, dtype=dtype))

@@ -27,7 +27,15 @@ import numpy as np
 
 from actreg._errors import ActregError
 
-__all__ = ["IDX_FILES", "IdxSplits", "find_idx_file", "load_idx_dir", "parse_idx", "read_idx"]
+__all__ = [
+    "IDX_FILES",
+    "IdxSplits",
+    "find_idx_file",
+    "idx_bytes",
+    "load_idx_dir",
+    "parse_idx",
+    "read_idx",
+]
 
 _DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(">u1"),
@@ -89,6 +97,24 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         )
     arr = np.frombuffer(data, dtype=dtype, offset=head).reshape(shape)
     return arr.astype(dtype.newbyteorder("="))
+
+
+def idx_bytes(arr: np.ndarray) -> bytes:
+    """Encode an array as IDX (big-endian), the inverse of :func:`parse_idx`.
+
+    Example:
+        >>> parse_idx(idx_bytes(np.arange(6, dtype=np.uint8).reshape(2, 3))).tolist()
+        [[0, 1, 2], [3, 4, 5]]
+    """
+    codes = {dtype.str[1:]: code for code, dtype in _DTYPES.items()}
+    key = arr.dtype.str[1:]
+    if key not in codes:
+        raise ActregError(
+            f"IDX stores {', '.join(sorted(codes))} elements, not {arr.dtype}; convert the "
+            "array first (e.g. arr.astype(np.uint8) for pixels)"
+        )
+    head = bytes([0, 0, codes[key], arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    return head + arr.astype(arr.dtype.newbyteorder(">")).tobytes()
 
 
 def read_idx(path: str | Path) -> np.ndarray:
