@@ -138,7 +138,8 @@ def test_autoencoder_parts_are_one_forward():
 
 
 def test_variant_configs_without_variants_is_todays_run():
-    assert list(variant_configs(config())) == ["l1 0.002", "none"]
+    assert list(variant_configs(config())) == ["l1 target 0.95", "none"]
+    assert list(variant_configs(config("coef=0.002"))) == ["l1 0.002", "none"]
     assert list(variant_configs(config("target_sparsity=0.9", "compare=false"))) == [
         "l1 target 0.9"
     ]
