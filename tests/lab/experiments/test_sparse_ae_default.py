@@ -11,7 +11,7 @@ import pytest
 
 from actreg import ActregError
 from actreg.lab.experiments import sparse_ae
-from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments._config import apply_overrides, describe
 from actreg.lab.experiments.sparse_ae import (
     EPOCHS,
     START_COEF,
@@ -143,3 +143,14 @@ def test_a_run_that_misses_its_target_says_so(tmp_path, overrides, missed):
     assert len(said) == len(missed)
     if missed:
         assert "target_sparsity=0.95" in said[0] and "raise epochs=" in said[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "words"), [("epochs", "unset: 14, more for 1,000 steps"), ("coef", "see resolve")]
+)
+def test_help_explains_the_unset_settings(key, words):
+    """`actreg run sparse-ae --help` reads each field's comment; a type checker's
+    ``# type: ignore[...]`` before it is not part of the meaning."""
+    meaning = {d["key"]: d["meaning"] for d in describe(SparseAEConfig)}[key]
+    assert words in meaning
+    assert "type: ignore" not in meaning

@@ -111,7 +111,11 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
     return cls(**values)
 
 
-_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+?(?:=\s*[^#]*)?#\s*(.+?)\s*$")
+# A field, its default, then its comment; a type checker's "# type: ignore[...]" before the
+# comment is skipped.
+_FIELD_LINE = re.compile(
+    r"^\s+(\w+)\s*:\s*[^=#]+?(?:=\s*[^#]*)?#\s*(?:type:\s*ignore\[[^\]]*\]\s*#\s*)?(.+?)\s*$"
+)
 
 
 def _comments(cls: type) -> dict[str, str]:

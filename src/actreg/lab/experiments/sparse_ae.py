@@ -76,7 +76,8 @@ class SparseAEConfig(VisionConfig):
     """The sparse autoencoder experiment.
 
     Defaults: a 1,024-unit ReLU code asked for 95% zeros (:data:`TARGET_SPARSITY`, L1 in
-    target mode, see :func:`resolve`), Adam 3e-4, 14 epochs, dead units resampled after
+    target mode, see :func:`resolve`), Adam 3e-4, 14 epochs (more on a small data set:
+    :data:`MIN_STEPS`), dead units resampled after
     each epoch of the first 95% of training, a probe on 20,000 codes. ``coef=0.002`` gives
     the fixed-coefficient MNIST run of docs/RESULTS.md instead: a coefficient chosen on one
     data set does not transfer (Fashion-MNIST: 14.65% of the code dead against 0.10% in
@@ -93,14 +94,14 @@ class SparseAEConfig(VisionConfig):
     """
 
     POSITIVE: ClassVar[tuple[str, ...]] = ("code", "hidden")  # >= 1, besides the base class's
-    epochs: int | None = None  # type: ignore[assignment]  # unset: 14, more on small data
+    epochs: int | None = None  # type: ignore[assignment]  # unset: 14, more for 1,000 steps
     lr: float = 3e-4  # peak learning rate (cosine decay); 1e-3 kills most code units
 
     code: int = 1024  # code width (overcomplete when above the input size)
     hidden: tuple[int, ...] = ()  # encoder hidden widths (mirrored in the decoder)
     act: str = "relu"  # activation of every layer incl. the code
     penalty: str = "l1"  # l1 | l2 | l1l2 | log | hoyer | hoyer_square | kl | binary | decov
-    coef: float | None = None  # fixed coefficient (Keras: sum / batch); unset: ask for 95% zeros
+    coef: float | None = None  # fixed (Keras: sum / batch); unset: 95% zeros or 0.002, see resolve
     kl_target: float = 0.05  # target rate for penalty=kl
     where: str = "code"  # code | encoder (every encoder activation) | all (and decoder)
     code_type: str = "relu"  # relu (penalty) | topk | batchtopk (both + AuxK) | jumprelu
