@@ -21,6 +21,10 @@ from actreg.lab.experiments.sparse_ae import (
 )
 from actreg.lab.search.config import SearchConfig
 
+#: A run of seconds: 200 digits at batch 50 (4 steps an epoch), a 16-unit code; epochs unset.
+TINY = ("data=digits", "limit=200", "batch_size=50", "code=16", "probe_size=100",
+        "compare=false", "progress=false", "run_name=r")  # fmt: skip
+
 
 def config(*overrides: str) -> SparseAEConfig:
     return apply_overrides(SparseAEConfig(), list(overrides))
@@ -113,11 +117,7 @@ def test_a_run_trains_and_records_the_resolved_epochs(tmp_path, monkeypatch):
     """200 digits at batch 50 are 4 steps an epoch: with MIN_STEPS at 100 (1,000 is slow
     for a test), epochs unset become 25, and the history and results.json show 25."""
     monkeypatch.setattr(sparse_ae, "MIN_STEPS", 100)
-    cfg = config(
-        "data=digits", "limit=200", "batch_size=50", "code=16", "probe_size=100",
-        "compare=false", "progress=false", f"out_dir={tmp_path}", "run_name=r",
-    )  # fmt: skip
-    out = sparse_ae.run(cfg)
+    out = sparse_ae.run(config(*TINY, f"out_dir={tmp_path}"))
     variant = next(iter(out["variants"].values()))
     assert len(variant["history"]) == 25
     saved = json.loads((Path(out["run_dir"]) / "results.json").read_text())["config"]
@@ -131,13 +131,9 @@ def test_a_run_trains_and_records_the_resolved_epochs(tmp_path, monkeypatch):
 def test_a_run_that_misses_its_target_says_so(tmp_path, overrides, missed):
     """8 steps cannot bring a code to 95% zeros: the run warns and names the fix; a fixed
     coefficient has no target to miss."""
-    cfg = config(
-        "data=digits", "limit=200", "batch_size=50", "code=16", "probe_size=100",
-        "compare=false", "progress=false", f"out_dir={tmp_path}", "run_name=r", *overrides,
-    )  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = sparse_ae.run(cfg)
+        out = sparse_ae.run(config(*TINY, f"out_dir={tmp_path}", *overrides))
     said = [str(w.message) for w in caught if "ends at" in str(w.message)]
     assert next(iter(out["variants"].values()))["target_missed"] == missed
     assert len(said) == len(missed)

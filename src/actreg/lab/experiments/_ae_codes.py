@@ -74,6 +74,7 @@ __all__ = [
     "check_code",
     "code_k",
     "code_penalties",
+    "code_target",
     "init_code",
     "label",
     "loss_fn",
@@ -271,6 +272,20 @@ def _metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     return {"mse": float(nn.functional.mse_loss(model(x), x))}
 
 
+def code_target(cfg: Any) -> SimpleNamespace:
+    """The code's target as :func:`~actreg.lab.experiments._targets.target_miss` reads it:
+    ``target_sparsity``, and ``target_l0`` from ``l0`` or ``target_l0`` (None for topk and
+    batchtopk, whose k is exact, and both None at a fixed coefficient).
+
+    Example:
+        >>> from types import SimpleNamespace as C
+        >>> code_target(C(code_type="relu", l0=40, target_l0=None, target_sparsity=None))
+        namespace(target_sparsity=None, target_l0=40)
+    """
+    k = None if cfg.code_type in TOPK_CODES else code_k(cfg)
+    return SimpleNamespace(target_sparsity=cfg.target_sparsity, target_l0=k)
+
+
 def selection(cfg: Any) -> tuple[Callable[[nn.Module, Tensor, Tensor], dict[str, float]], str]:
     """Validation metrics and the objective that picks the epoch whose weights are kept.
 
@@ -281,11 +296,9 @@ def selection(cfg: Any) -> tuple[Callable[[nn.Module, Tensor, Tensor], dict[str,
     within 0.02) and ``OFF_TARGET * (1 + miss)`` off it, so an epoch on target always beats
     one off it, the best MSE wins among those on it and the closest among those off it.
     """
-    k = None if cfg.code_type in TOPK_CODES else code_k(cfg)
-    zeros = cfg.target_sparsity
-    if k is None and zeros is None:
+    target = code_target(cfg)
+    if target.target_l0 is None and target.target_sparsity is None:
         return _metrics, "mse"
-    target = SimpleNamespace(target_sparsity=zeros, target_l0=k)
 
     def metrics(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         assert isinstance(model, Autoencoder)

@@ -22,7 +22,6 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any, ClassVar, NotRequired, TypedDict, cast
 
 import torch
@@ -288,7 +287,7 @@ def train_variant(
     out["test_mse"] = test["mse"]
     out["code"] = stats
     if penalized and cfg.code_type in _ae_codes.REVIVED_CODES:  # a ReLU or JumpReLU target
-        goal = SimpleNamespace(target_sparsity=cfg.target_sparsity, target_l0=_ae_codes.code_k(cfg))
+        goal = _ae_codes.code_target(cfg)
         out["target_missed"] = warn_if_target_missed({"encoder.code": stats}, goal, out["steps"])
     return model, out
 
@@ -359,7 +358,7 @@ def variant_configs(cfg: SparseAEConfig) -> dict[str, tuple[SparseAEConfig, bool
 
 def run(cfg: SparseAEConfig) -> SparseAEResults:
     """Run the experiment; writes ``results.json`` and pictures into the run folder."""
-    data = resolve(cfg).load_data()
+    data = cfg.load_data()  # reads only the data settings, which resolve() leaves as they are
     cfg = resolve(cfg, len(data.x_train))
     run_dir = make_run_dir(cfg, "sparse-ae")
     variants = variant_configs(cfg)
