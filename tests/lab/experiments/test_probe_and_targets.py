@@ -65,7 +65,7 @@ class Targets:
     ids=["coefficient", "target-sparsity", "target-l0"],
 )
 def test_layer_penalties_one_object_per_layer(cfg, measure, target):
-    spec = layer_penalties(["a", "b"], lambda: actreg.L1(1e-3), cfg, dim=1)
+    spec = layer_penalties(["a", "b"], lambda _: actreg.L1(1e-3), cfg, dim=1)
     assert spec["a"] is not spec["b"]  # a controller counts its own layer's steps
     for penalty in spec.values():
         if measure is None:
@@ -81,9 +81,36 @@ def test_layer_penalties_one_object_per_layer(cfg, measure, target):
     ids=["short", "long"],
 )
 def test_layer_penalties_time_the_controller_by_the_run(steps, warmup, ramp):
-    spec = layer_penalties(["a"], lambda: actreg.L1(1e-3), Targets(0.9), steps=steps)
+    spec = layer_penalties(["a"], lambda _: actreg.L1(1e-3), Targets(0.9), steps=steps)
     assert spec["a"].warmup == warmup
     assert spec["a"].ramp == pytest.approx(ramp)
+
+
+@pytest.mark.parametrize(
+    ("share", "ramp"),
+    [
+        (0.3, math.log(10) / 1200),
+        (1.0, math.log(10) / 4000),
+        (0.0, actreg.TargetSparsity(actreg.L1(1.0)).ramp),
+    ],
+    ids=["share-0.3", "share-1", "library-ramp"],
+)
+def test_ramp_share_sets_the_ramp(share, ramp):
+    cfg = Targets(0.9)
+    cfg.ramp_share = share
+    spec = layer_penalties(["a"], lambda _: actreg.L1(1e-3), cfg, steps=4000)
+    assert spec["a"].ramp == pytest.approx(ramp)
+
+
+@pytest.mark.parametrize("name", ["cnn", "sparse-rectifier"])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("1.5", r"ramp_share must lie in \[0, 1\]"), ("-0.1", "ramp_share must not be negative")],
+    ids=["above-1", "negative"],
+)
+def test_bad_ramp_share_is_refused(name, value, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(get(name).config(), [f"ramp_share={value}"])
 
 
 def test_reviver_is_on_in_target_mode_only():
@@ -150,12 +177,12 @@ def test_target_sparsity_on_a_conv_map_counts_channels_as_units():
     from actreg.lab.models import CNN
 
     model = CNN(1, 10, (8, 8), (4, 8), 16)
-    spec = layer_penalties(MAPS, lambda: actreg.L1(1e-3), Targets(0.9), dim=1)
+    spec = layer_penalties(MAPS, lambda _: actreg.L1(1e-3), Targets(0.9), dim=1)
     reg = actreg.attach(model, spec)
     (model(torch.randn(5, 1, 8, 8)).sum() + reg.penalty()).backward()
     reg.remove()
     assert [tuple(spec[m]._unit_rate.shape) for m in MAPS] == [(4,), (8,)]  # one per channel
-    too_many = layer_penalties(MAPS, lambda: actreg.L1(1e-3), Targets(None, 6), dim=1)
+    too_many = layer_penalties(MAPS, lambda _: actreg.L1(1e-3), Targets(None, 6), dim=1)
     reg = actreg.attach(model, too_many)
     with pytest.raises(ActregError, match="needs more than 4 units along dim=1"):
         model(torch.randn(5, 1, 8, 8)).sum().backward()

@@ -260,8 +260,8 @@ def code_penalties(
     target = dataclasses.replace(cfg, target_l0=code_k(cfg), l0=None)
     code = model.encoder.code
     if isinstance(code, actreg.JumpReLU):
-        return layer_penalties(["encoder.code"], lambda: code.penalty(cfg.coef), target)
-    return layer_penalties(targets, make, target)
+        return layer_penalties(["encoder.code"], lambda _: code.penalty(cfg.coef), target)
+    return layer_penalties(targets, lambda _: make(), target)
 
 
 def _mse(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ __all__ = [
     "VisionConfig",
     "classification_loss",
     "classification_metrics",
+    "layer_coefs",
     "layer_penalties",
     "linear_probe",
     "target_ramp",
@@ -142,21 +143,62 @@ RAMP_SHARE = 0.6
 target from full activity (:func:`layer_penalties`)."""
 
 
-def target_ramp(target_sparsity: float, steps: int) -> float:
+def target_ramp(target_sparsity: float, steps: int, share: float = RAMP_SHARE) -> float:
     """The controller's ramp (nats per step) that brings the wanted sparsity from full
-    activity down to ``target_sparsity`` over :data:`RAMP_SHARE` of ``steps``.
+    activity down to ``target_sparsity`` over ``share`` (default :data:`RAMP_SHARE`) of
+    ``steps``.
 
     Example:
         >>> round(target_ramp(0.9, 1000), 6)  # ln(10) / 600
         0.003838
+        >>> round(target_ramp(0.9, 1000, share=0.2), 6)  # ln(10) / 200
+        0.011513
     """
-    return math.log(1 / (1 - target_sparsity)) / max(1.0, RAMP_SHARE * steps)
+    return math.log(1 / (1 - target_sparsity)) / max(1.0, share * steps)
+
+
+def layer_coefs(cfg: Any, names: list[str]) -> dict[str, float]:
+    """Each penalized layer's coefficient: ``cfg.layer_coefs`` in the order of ``names``
+    where the config has that setting and it is set, else ``cfg.coef`` for every layer (in
+    target mode: the controllers' starting values).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> layer_coefs(NS(coef=1e-4, layer_coefs=None), ["a", "b"])
+        {'a': 0.0001, 'b': 0.0001}
+        >>> layer_coefs(NS(coef=1e-4, layer_coefs=(2e-4, 6e-4)), ["a", "b"])
+        {'a': 0.0002, 'b': 0.0006}
+    """
+    coefs = getattr(cfg, "layer_coefs", None)
+    if coefs is None:
+        return dict.fromkeys(names, cfg.coef)
+    check_layer_coefs(coefs, len(names))
+    return dict(zip(names, coefs, strict=True))
+
+
+def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int) -> None:
+    """``layer_coefs`` is unset or has one coefficient per penalized layer.
+
+    Raises:
+        ActregError: naming the count it needs and an example.
+    """
+    if coefs is not None and len(coefs) != layers:
+        example = ",".join(["1e-4"] * layers)
+        raise ActregError(
+            f"layer_coefs takes one coefficient per penalized layer ({layers}), in order, "
+            f"got {len(coefs)}: {coefs!r}; e.g. layer_coefs={example}, or leave it unset "
+            "for coef= on every layer"
+        )
 
 
 def layer_penalties(
-    names: list[str], make: Any, cfg: Any, dim: int = -1, steps: int | None = None
+    names: list[str],
+    make: Callable[[str], actreg.Penalty],
+    cfg: Any,
+    dim: int = -1,
+    steps: int | None = None,
 ) -> dict[str, actreg.Penalty]:
-    """A fresh penalty per layer from ``make()``; in target mode wrapped in a controller.
+    """A fresh penalty per layer from ``make(name)``; in target mode wrapped in a controller.
 
     With ``cfg.target_sparsity`` (or ``cfg.target_l0``) set, each layer's penalty becomes
     :class:`actreg.TargetSparsity` around it (``measure="l0"`` for ``target_l0``), whose
@@ -171,17 +213,21 @@ def layer_penalties(
     nats a step, a target reached in ~100 steps) forces the sparsity before the layer has
     learned its features: on MNIST's 3x1000 network at 0.9 the slow ramp gave 1.46 +- 0.13 %
     test error over three seeds against 1.56 +- 0.09 % (docs/TARGET.md, "The ramp").
+    A config with a ``ramp_share`` setting chooses that share instead; 0 keeps the
+    library's ramp (the 3-epoch CNN did better with it: docs/TARGET.md, "Where target
+    mode's cost lies").
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
+    share = getattr(cfg, "ramp_share", RAMP_SHARE)
     timing: dict[str, Any] = {}
     if steps is not None:
         timing["warmup"] = max(1, min(50, steps // 10))
-        if target_sparsity is not None:  # ln(start share / wanted share) <= ln(1 / wanted)
-            timing["ramp"] = target_ramp(target_sparsity, steps)
+        if target_sparsity is not None and share > 0:  # ln(start / wanted) <= ln(1 / wanted)
+            timing["ramp"] = target_ramp(target_sparsity, steps, share)
     out: dict[str, actreg.Penalty] = {}
     for name in names:
-        penalty = make()
+        penalty = make(name)
         if target_sparsity is not None:
             penalty = actreg.TargetSparsity(penalty, target=target_sparsity, dim=dim, **timing)
         elif target_l0 is not None:

@@ -125,8 +125,9 @@ def at_target(metrics_fn: MetricsFn, cfg: Any, watch: list[str], dim: int = -1) 
 
 
 def penalized_label(cfg: Any) -> str:
-    """A penalized variant's name from ``cfg.penalty`` and ``cfg.coef``, or in target mode
-    from the target (``cfg.target_sparsity`` or ``cfg.target_l0``).
+    """A penalized variant's name from ``cfg.penalty`` and ``cfg.coef`` (or the per-layer
+    ``cfg.layer_coefs`` where set), or in target mode from the target
+    (``cfg.target_sparsity`` or ``cfg.target_l0``).
 
     Example:
         >>> from types import SimpleNamespace as NS
@@ -134,9 +135,15 @@ def penalized_label(cfg: Any) -> str:
         'l1 0.0001'
         >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=0.9, target_l0=None))
         'l1 target 0.9'
+        >>> penalized_label(NS(penalty="l1", coef=1e-4, target_sparsity=None, target_l0=None,
+        ...                    layer_coefs=(2e-4, 6e-4)))
+        'l1 0.0002,0.0006'
     """
     if cfg.target_sparsity is not None:
         return f"{cfg.penalty} target {cfg.target_sparsity:g}"
     if cfg.target_l0 is not None:
         return f"{cfg.penalty} target_l0 {cfg.target_l0:g}"
+    coefs = getattr(cfg, "layer_coefs", None)
+    if coefs is not None:
+        return f"{cfg.penalty} {','.join(f'{c:g}' for c in coefs)}"
     return f"{cfg.penalty} {cfg.coef:g}"

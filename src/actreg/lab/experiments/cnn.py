@@ -4,6 +4,7 @@ Usage::
 
     actreg run cnn --set data=mnist --set epochs=10
     actreg run cnn --set data=mnist --set target_sparsity=0.9   # ask for 90% zeros
+    actreg run cnn --set data=fashion --set layer_coefs=2e-4,6e-4  # one coefficient per map
 
 Two 3x3 conv blocks (32 and 64 channels) and a 128-unit head; the penalty goes on both
 conv activations (unit axis 1: channels). Test error and feature-map sparsity, with and
@@ -12,7 +13,7 @@ without the penalty.
 Target mode (``target_sparsity`` or ``target_l0``) wraps each map's penalty in
 :class:`actreg.TargetSparsity` with ``dim=1``: a unit is a channel, its firing rate the
 share of (example, pixel) positions where it is active, and an ``l0`` target counts active
-channels per pixel. ``coef`` is then the starting coefficient.
+channels per pixel. ``coef`` (or ``layer_coefs``) is then the starting coefficient.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ from typing import Any, ClassVar, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
+from actreg.lab._checks import check_fraction
 from actreg.lab.experiments._common import (
+    RAMP_SHARE,
     VisionConfig,
+    check_layer_coefs,
+    layer_coefs,
     layer_penalties,
     planned_steps,
     train_classifier,
@@ -49,6 +54,8 @@ class CNNConfig(VisionConfig):
     hidden: int = 128  # width of the dense head
     penalty: str = "l1"  # penalty on both conv feature maps
     coef: float = 1e-4  # its coefficient (Keras scaling: sum over C*H*W / batch)
+    layer_coefs: tuple[float, ...] | None = None  # or one per map (act1,act2), e.g. 2e-4,6e-4
+    ramp_share: float = RAMP_SHARE  # target mode: the ramp's share of training (0: ~100 steps)
     compare: bool = True  # also train without the penalty
 
     def __post_init__(self) -> None:
@@ -58,7 +65,10 @@ class CNNConfig(VisionConfig):
                 f"channels takes the widths of the two conv blocks, e.g. channels=32,64, "
                 f"got {self.channels!r}"
             )
-        actreg.make_penalty(self.penalty, self.coef)
+        check_fraction(self, "ramp_share", high_open=False)
+        check_layer_coefs(self.layer_coefs, len(MAPS))
+        for coef in self.layer_coefs or (self.coef,):
+            actreg.make_penalty(self.penalty, coef)
 
 
 class CNNVariant(TypedDict):
@@ -103,12 +113,13 @@ def run(cfg: CNNConfig) -> CNNResults:
     variants = [(label, True)] + ([("none", False)] if cfg.compare else [])
     results: dict[str, Any] = {"variants": {}}
     c1, c2 = cfg.channels
+    coefs = layer_coefs(cfg, MAPS)
     for name, penalized in variants:
         seed_everything(cfg.seed)
         model = CNN(1, data.n_classes, data.image_shape, (c1, c2), cfg.hidden)
         spec = layer_penalties(
             MAPS,
-            lambda: actreg.make_penalty(cfg.penalty, cfg.coef),
+            lambda layer: actreg.make_penalty(cfg.penalty, coefs[layer]),
             cfg,
             dim=1,
             steps=planned_steps(len(data.x_train), cfg),

@@ -185,7 +185,7 @@ def train_variant(
     watch = [FFN_ACT] if model.ffn is not None else []  # measured on validation and test
     sparse = None  # the ReLU block's penalty, attached only where it joins the loss
     if penalized and cfg.penalty != "ar_tar":
-        spec = layer_penalties([FFN_ACT], lambda: actreg.L1(cfg.coef, "mean"), cfg)
+        spec = layer_penalties([FFN_ACT], lambda _: actreg.L1(cfg.coef, "mean"), cfg)
         sparse = actreg.attach(model, spec)
     ar_name, tar_name = "drop_out", model.last_rnn
     opt = cfg.optimizer_for(model)

@@ -18,7 +18,10 @@ import actreg
 from actreg._errors import ActregError
 from actreg.lab._checks import check_fraction
 from actreg.lab.experiments._common import (
+    RAMP_SHARE,
     VisionConfig,
+    check_layer_coefs,
+    layer_coefs,
     layer_penalties,
     planned_steps,
     train_classifier,
@@ -49,6 +52,8 @@ class SparseRectifierConfig(VisionConfig):
     hidden: tuple[int, ...] = (1000, 1000, 1000)  # hidden widths (Glorot et al.: 3 x 1000)
     penalty: str = "l1"  # penalty on every hidden activation of the relu-l1 variant
     coef: float = 1e-3  # its coefficient (Glorot et al.: 0.001)
+    layer_coefs: tuple[float, ...] | None = None  # or one per hidden layer, in order
+    ramp_share: float = RAMP_SHARE  # target mode: the ramp's share of training (0: ~100 steps)
     dropout: float = 0.0  # dropout after each hidden activation
     variants: tuple[str, ...] = VARIANTS  # which of relu-l1, relu, tanh to train
 
@@ -60,7 +65,10 @@ class SparseRectifierConfig(VisionConfig):
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ActregError(f"unknown variants {unknown}; choose from {VARIANTS}")
-        actreg.make_penalty(self.penalty, self.coef)
+        check_fraction(self, "ramp_share", high_open=False)
+        check_layer_coefs(self.layer_coefs, len(self.hidden))
+        for coef in self.layer_coefs or (self.coef,):
+            actreg.make_penalty(self.penalty, coef)
 
 
 class RectifierVariant(TypedDict):
@@ -104,6 +112,7 @@ def run(cfg: SparseRectifierConfig) -> SparseRectifierResults:
     data = cfg.load_data()
     run_dir = make_run_dir(cfg, "sparse-rectifier")
     hidden_names = [f"act{i}" for i in range(1, len(cfg.hidden) + 1)]
+    coefs = layer_coefs(cfg, hidden_names)
     results: dict[str, Any] = {"variants": {}}
     for variant in cfg.variants:
         seed_everything(cfg.seed)
@@ -111,7 +120,7 @@ def run(cfg: SparseRectifierConfig) -> SparseRectifierResults:
         model = mlp(data.x_train.shape[1], cfg.hidden, data.n_classes, act, cfg.dropout)
         spec = layer_penalties(
             hidden_names,
-            lambda: actreg.make_penalty(cfg.penalty, cfg.coef),
+            lambda layer: actreg.make_penalty(cfg.penalty, coefs[layer]),
             cfg,
             steps=planned_steps(len(data.x_train), cfg),
         )

@@ -146,7 +146,7 @@ def _penalties(cfg: TransformerLMConfig, variant: str, total: int) -> dict[str, 
     names = [f"transformer.h.{i}.mlp.act" for i in range(cfg.layers)]
     if variant == "relu-target":
         targets = SimpleNamespace(target_sparsity=cfg.target_sparsity, target_l0=cfg.target_l0)
-        return layer_penalties(names, lambda: actreg.L1(cfg.l1, reduction="mean"), targets)
+        return layer_penalties(names, lambda _: actreg.L1(cfg.l1, reduction="mean"), targets)
     ramp = max(1.0, cfg.l1_ramp * total)
 
     def rise(step: int) -> float:  # ProSparse's progressive factor: a quarter sine, 0 -> 1

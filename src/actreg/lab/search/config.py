@@ -140,7 +140,14 @@ class SearchConfig:
         for item in self.overrides:
             if item.split("=", 1)[0].strip().replace("-", "_") in reserved:
                 raise ActregError(f"--set {item!r}: the search sets {', '.join(reserved)} itself")
-        self.experiment_config(self.coefs[0], "check")  # validates the overrides now
+        trial = self.experiment_config(self.coefs[0], "check")  # validates the overrides now
+        if not self.targets and getattr(trial, "layer_coefs", None) is not None:
+            raise ActregError(
+                "--set layer_coefs=... fixes every layer's coefficient, so each point of the "
+                f"coefficient grid would run the same model; leave layer_coefs out to search "
+                f"{spec.coef_field}, or search targets with --target (layer_coefs then sets "
+                "the controllers' starting values)"
+            )
         if self.workers < 1 or self.heartbeat < 1 or self.grace <= self.heartbeat:
             raise ActregError(
                 f"need workers >= 1, heartbeat >= 1 and grace > heartbeat, got {self.workers}, "

@@ -1,0 +1,129 @@
+"""Diagnostics: a lab classifier in target mode with the controller changed, and its trace.
+
+Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
+:class:`actreg.TargetSparsity` the lab builds replaced by a subclass that
+
+* takes extra keyword settings (``--controller '{"ramp": 0.02}'``: the library's fast ramp
+  instead of the lab's; ``rate``, ``per_unit``, ...), and
+* with ``--rule deadline``, treats the ramp as a deadline instead of a leash: a layer
+  sparser than the ramp's wanted share but not yet at the target keeps its coefficient
+  (the library's rule lowers it), so the ramp sets the slowest pace, not the pace. The
+  coefficient's step is ``rate * clamp(max(log(a / w_t), 0) + min(log(a / w), 0), -1, 1)``
+  (``a`` the batch's active share, ``w_t`` the ramp's, ``w`` the target's), which is the
+  library's ``rate * clamp(log(a / w_t), -1, 1)`` wherever the layer is behind the ramp or
+  past the target.
+
+Every tenth training step of each controller (step, coefficient, active share of the
+batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")
+has the runs made with it. Not part of the package: the lab keeps the library's rule.
+
+Usage::
+
+    python scripts/target_variants.py cnn --rule deadline --set data=mnist --set epochs=3 --seed 0
+    python scripts/target_variants.py cnn --controller '{"ramp": 0.02}' --set data=mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import actreg
+from actreg.lab.experiments import get
+from actreg.lab.experiments._config import apply_overrides
+
+RULES = ("library", "deadline")
+TRACE_EVERY = 10
+
+
+def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]]) -> type:
+    """A :class:`actreg.TargetSparsity` subclass with ``settings`` and the ``rule``; each
+    instance appends its trace (a list of ``(step, coef, active share)``) to ``traces``."""
+    if rule not in RULES:
+        raise SystemExit(f"unknown rule {rule!r}; use one of {RULES}")
+
+    class Variant(actreg.TargetSparsity):  # unregistered: serializes as its parent
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, **settings})
+            self.trace: list[tuple[int, float, float]] = []
+            traces.append(self.trace)  # type: ignore[arg-type]
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = super().forward(x)
+            if self.steps % TRACE_EVERY == 0 and x.requires_grad:
+                active = float((x.detach() != 0).float().mean())
+                self.trace.append((self.steps, self.coef, active))
+            return out
+
+        def _update(self, rates: Tensor, wanted: float) -> None:
+            if rule == "library":
+                return super()._update(rates, wanted)
+            active = rates.mean()
+            if self.steps == 0:
+                self._start = active.clamp(min=wanted) if self.ramp else self._start.fill_(wanted)
+            wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
+            behind = torch.log((active + 1e-6) / wanted_t).clamp(min=0.0)
+            past = torch.log((active + 1e-6) / wanted).clamp(max=0.0)
+            low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
+            step = self.rate * (behind + past).clamp(-1.0, 1.0)
+            self._log_scale = (self._log_scale + step).clamp(low, high)
+            error = torch.log((active + 1e-6) / (wanted_t if self._push_to_ramp() else wanted))
+            self._log_push = (self._log_push - self.rate * error.clamp(-1.0, 1.0)).clamp(low, high)
+            m = active * rates.numel() if self.measure == "l0" else 1 - active
+            w = self.smoothing if self.steps else 0.0
+            self._measured = w * self._measured + (1 - w) * m
+            self.steps += 1
+            return None
+
+    return Variant
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=["cnn", "sparse-rectifier"])
+    parser.add_argument("--rule", choices=RULES, default="library")
+    parser.add_argument("--controller", default="{}", help="TargetSparsity settings (JSON)")
+    parser.add_argument("--target", type=float, default=0.9, help="target_sparsity")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    settings = json.loads(args.controller)
+    traces: list[list[Any]] = []
+    exp = get(args.experiment)
+    first = ["compare=false"] if args.experiment == "cnn" else ["variants=relu-l1"]
+    cfg = apply_overrides(
+        exp.config(),
+        [*first, "threads=1", "progress=false", *args.set,
+         f"target_sparsity={args.target}", f"seed={args.seed}"],
+    )  # fmt: skip
+    original = actreg.TargetSparsity
+    actreg.TargetSparsity = controller_class(args.rule, settings, traces)  # type: ignore[misc]
+    try:
+        out = exp.run(cfg)
+    finally:
+        actreg.TargetSparsity = original  # type: ignore[misc]
+    Path(out["run_dir"], "trace.json").write_text(json.dumps(traces))
+    variant = next(iter(out["variants"].values()))
+    layers = variant["maps" if args.experiment == "cnn" else "layers"]
+    summary = {
+        "rule": args.rule,
+        "controller": settings,
+        "test_error": variant["test_error"],
+        "test_loss": variant["test_loss"],
+        "zero_fraction": {k: round(v["zero_fraction"], 4) for k, v in layers.items()},
+        "dead_fraction": {k: round(v["dead_fraction"], 4) for k, v in layers.items()},
+        "best_epoch": variant["best_epoch"],
+        "run_dir": out["run_dir"],
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
