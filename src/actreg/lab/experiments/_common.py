@@ -214,8 +214,8 @@ def layer_penalties(
     learned its features: on MNIST's 3x1000 network at 0.9 the slow ramp gave 1.46 +- 0.13 %
     test error over three seeds against 1.56 +- 0.09 % (docs/TARGET.md, "The ramp").
     A config with a ``ramp_share`` setting chooses that share instead; 0 keeps the
-    library's ramp (the 3-epoch CNN did better with it: docs/TARGET.md, "Where target
-    mode's cost lies").
+    library's ramp (``cnn``'s default: the 3-epoch CNN's losses were lower with it,
+    docs/TARGET.md, "Where target mode's cost lies").
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
