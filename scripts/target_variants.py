@@ -3,15 +3,18 @@
 Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
 :class:`actreg.TargetSparsity` the lab builds replaced by a subclass that
 
-* takes extra keyword settings (``--controller '{"ramp": 0.02}'``: the library's fast ramp
-  instead of the lab's; ``rate``, ``per_unit``, ...), and
+* takes extra keyword settings (``--controller '{"rate": 0.01}'``: a fifth of the
+  coefficient's step; ``ramp``, ``per_unit``, ...; they override the lab's), and
 * with ``--rule deadline``, treats the ramp as a deadline instead of a leash: a layer
   sparser than the ramp's wanted share but not yet at the target keeps its coefficient
   (the library's rule lowers it), so the ramp sets the slowest pace, not the pace. The
-  coefficient's step is ``rate * clamp(max(log(a / w_t), 0) + min(log(a / w), 0), -1, 1)``
-  (``a`` the batch's active share, ``w_t`` the ramp's, ``w`` the target's), which is the
-  library's ``rate * clamp(log(a / w_t), -1, 1)`` wherever the layer is behind the ramp or
-  past the target.
+  coefficient's error (:meth:`actreg.TargetSparsity._coef_error`, the one thing the rule
+  changes) is ``clamp(max(log(a / w_t), 0) + min(log(a / w), 0), -1, 1)`` (``a`` the
+  batch's active share, ``w_t`` the ramp's, ``w`` the target's), where the library's is
+  ``clamp(log(a / w_t), -1, 1)``. The two agree while the layer is behind the ramp
+  (``a >= w_t``) and, once the ramp has reached the target (``w_t = w``), everywhere;
+  past the target while the ramp is still above it, the deadline lowers the coefficient
+  by ``log(a / w)``, less than the library's ``log(a / w_t)``.
 
 Every tenth training step of each controller (step, coefficient, active share of the
 batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")
@@ -19,15 +22,14 @@ has the runs made with it. Not part of the package: the lab keeps the library's 
 
 Usage::
 
-    python scripts/target_variants.py cnn --rule deadline --set data=mnist --set epochs=3 --seed 0
-    python scripts/target_variants.py cnn --controller '{"ramp": 0.02}' --set data=mnist
+    python scripts/target_variants.py cnn --rule deadline --set ramp_share=0.6 --set data=mnist
+    python scripts/target_variants.py cnn --controller '{"rate": 0.01}' --set data=mnist
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor
 
 import actreg
+from actreg._hooks import training
 from actreg.lab.experiments import get
 from actreg.lab.experiments._config import apply_overrides
 
@@ -56,30 +59,17 @@ def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]
 
         def forward(self, x: Tensor) -> Tensor:
             out = super().forward(x)
-            if self.steps % TRACE_EVERY == 0 and x.requires_grad:
+            if self.steps % TRACE_EVERY == 0 and training(x):
                 active = float((x.detach() != 0).float().mean())
                 self.trace.append((self.steps, self.coef, active))
             return out
 
-        def _update(self, rates: Tensor, wanted: float) -> None:
+        def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:
             if rule == "library":
-                return super()._update(rates, wanted)
-            active = rates.mean()
-            if self.steps == 0:
-                self._start = active.clamp(min=wanted) if self.ramp else self._start.fill_(wanted)
-            wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
+                return super()._coef_error(active, wanted_t, wanted)
             behind = torch.log((active + 1e-6) / wanted_t).clamp(min=0.0)
             past = torch.log((active + 1e-6) / wanted).clamp(max=0.0)
-            low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
-            step = self.rate * (behind + past).clamp(-1.0, 1.0)
-            self._log_scale = (self._log_scale + step).clamp(low, high)
-            error = torch.log((active + 1e-6) / (wanted_t if self._push_to_ramp() else wanted))
-            self._log_push = (self._log_push - self.rate * error.clamp(-1.0, 1.0)).clamp(low, high)
-            m = active * rates.numel() if self.measure == "l0" else 1 - active
-            w = self.smoothing if self.steps else 0.0
-            self._measured = w * self._measured + (1 - w) * m
-            self.steps += 1
-            return None
+            return (behind + past).clamp(-1.0, 1.0)
 
     return Variant
 
@@ -99,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     first = ["compare=false"] if args.experiment == "cnn" else ["variants=relu-l1"]
     cfg = apply_overrides(
         exp.config(),
-        [*first, "threads=1", "progress=false", *args.set,
-         f"target_sparsity={args.target}", f"seed={args.seed}"],
+        [*first, "threads=1", "progress=false", f"seed={args.seed}", *args.set,
+         f"target_sparsity={args.target}"],
     )  # fmt: skip
     original = actreg.TargetSparsity
     actreg.TargetSparsity = controller_class(args.rule, settings, traces)  # type: ignore[misc]

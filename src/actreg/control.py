@@ -119,8 +119,9 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         min_coef: lower bound of the coefficient.
         max_coef: upper bound of the coefficient.
         ramp: how fast the wanted active share comes down, in nats per step (0: the target
-            from the first step). For a run of ``N`` steps the lab ramps over 60% of it,
-            ``math.log(1 / (1 - target)) / (0.6 * N)`` (docs/TARGET.md, "The ramp").
+            from the first step). For a run of ``N`` steps the lab's ``sparse-rectifier`` ramps
+            over 60% of it, ``math.log(1 / (1 - target)) / (0.6 * N)`` (docs/TARGET.md, "The
+            ramp"); its ``cnn`` keeps this default.
         warmup: steps over which the penalty fades in (0: none).
         per_unit: scale the gradient per unit by its firing rate (see above).
         push: what the push up steers toward: ``"ramp"`` (the ramp's wanted share: keeps
@@ -268,14 +269,13 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         if self.steps == 0:
             self._start = active.clamp(min=wanted) if self.ramp else self._start.fill_(wanted)
         wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
-        # The log-ratio of active units to the wanted share: symmetric in "too many" and
-        # "too few", and as strong near 95% zeros as near 50%.
-        error = torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
+        error = self._coef_error(active, wanted_t, wanted)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
-        if not self._push_to_ramp():  # the push answers to the target itself
-            error = torch.log((active + 1e-6) / wanted).clamp(-1.0, 1.0)
-        self._log_push = (self._log_push - self.rate * error).clamp(low, high)
+        # The push answers to the ramp, or to the target itself (push=).
+        push_wanted = wanted_t if self._push_to_ramp() else wanted
+        push_error = torch.log((active + 1e-6) / push_wanted).clamp(-1.0, 1.0)
+        self._log_push = (self._log_push - self.rate * push_error).clamp(low, high)
         m = active * rates.numel() if self.measure == "l0" else 1 - active
         w = self.smoothing if self.steps else 0.0
         self._measured = w * self._measured + (1 - w) * m
@@ -290,6 +290,13 @@ class TargetSparsity(Penalty, name="target_sparsity"):
                     "count small values as zeros with eps= (e.g. eps=0.05), use "
                     'measure="l0" with eps=, or penalize a ReLU layer'
                 )
+
+    def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:
+        """The coefficient's error, in ``[-1, 1]``: the log-ratio of the active share to the
+        ramp's wanted share ``wanted_t`` (symmetric in "too many" and "too few", and as
+        strong near 95% zeros as near 50%). ``wanted`` is the target's share. (A subclass
+        may change the rule; ``scripts/target_variants.py`` does, as a diagnostic.)"""
+        return torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
 
     def calibrate(self, measured: float) -> float:
         """Move the training-time set point by a held-out measurement of the layer.

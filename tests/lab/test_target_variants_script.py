@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,35 @@ def test_deadline_rule_keeps_the_coefficient_of_a_layer_ahead_of_the_ramp(script
     assert (after < start) is moves
 
 
-def test_deadline_rule_lowers_the_coefficient_past_the_target(script):
-    ctl = script.controller_class("deadline", {}, [])(actreg.L1(1e-3), target=0.5, warmup=0)
-    sparse = torch.zeros(50, 10)
-    sparse[:, 0] = 1.0  # 10% active: past a 50% zeros target
-    for _ in range(3):
-        ctl(sparse.clone().requires_grad_())
-    assert ctl.coef < 1e-3
+def test_past_the_target_the_deadline_lowers_by_the_target_not_the_ramp(script):
+    """While the ramp is still above the target, a layer past the target is lowered by
+    log(a / w) under the deadline rule, by the larger log(a / w_t) under the library's."""
+    coefs = {}
+    for rule in ("library", "deadline"):
+        ctl = script.controller_class(rule, {}, [])(
+            actreg.L1(1e-3), target=0.5, ramp=1e-4, warmup=0
+        )
+        dense = torch.ones(50, 10)  # the first batch: all active, the ramp starts at 1
+        ctl(dense.requires_grad_())
+        sparse = torch.zeros(50, 10)
+        sparse[:, :4] = 1.0  # 40% active: past the 50% target, far below the ramp's ~100%
+        ctl(sparse.requires_grad_())
+        coefs[rule] = ctl.coef
+    rate = 0.05  # the library's default step
+    assert coefs["deadline"] == pytest.approx(1e-3 * math.exp(rate * math.log(0.4 / 0.5)))
+    assert coefs["library"] < coefs["deadline"] < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target
+def test_layer_coefs_start_the_lab_controllers(script, tmp_path, capsys):
+    """Through the lab's cnn: with a negligible rate the controllers keep the per-map
+    starting coefficients ``layer_coefs`` gives them."""
+    sets = [*TINY, f"out_dir={tmp_path}", "run_name=start", "layer_coefs=2e-4,6e-4"]
+    summary = script.main(
+        ["cnn", "--controller", '{"rate": 1e-12}', *[a for s in sets for a in ("--set", s)]]
+    )
+    traces = json.loads((Path(summary["run_dir"]) / "trace.json").read_text())
+    assert [trace[-1][1] for trace in traces] == pytest.approx([2e-4, 6e-4])
 
 
 @pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target

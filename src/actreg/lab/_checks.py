@@ -45,6 +45,7 @@ __all__ = [
     "check_fraction",
     "check_out_dir",
     "check_targets",
+    "kind",
     "suggest",
 ]
 
@@ -55,7 +56,7 @@ def suggest(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
-def _kind(hint: Any) -> tuple[Any, bool]:
+def kind(hint: Any) -> tuple[Any, bool]:
     """The type under ``X | None`` and whether None is allowed."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
@@ -105,7 +106,7 @@ def check_fields(config: Any) -> None:
     positive = {n for k in type(config).__mro__ for n in vars(k).get("POSITIVE", ())}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        hint, optional = _kind(hints[f.name])
+        hint, optional = kind(hints[f.name])
         if value is None:
             if not optional:
                 raise ActregError(f"{f.name} must be set, got None")

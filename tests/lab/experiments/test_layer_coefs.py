@@ -7,14 +7,14 @@ setting that took a scratch script.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from tests.lab.conftest import COMMON, TINY
 
-import actreg
 from actreg import ActregError
 from actreg.lab.experiments import get
-from actreg.lab.experiments._common import layer_coefs, layer_penalties
-from actreg.lab.experiments._config import apply_overrides
+from actreg.lab.experiments._config import apply_overrides, from_dict, to_dict
 from actreg.lab.search.config import SearchConfig
 
 EXPERIMENTS = {"cnn": ["features.act1", "features.act2"], "sparse-rectifier": ["act1", "act2"]}
@@ -45,6 +45,13 @@ def tiny(name, tmp_path, *extra):
 def test_bad_layer_coefs_are_refused_with_the_fix(name, value, match, tmp_path):
     with pytest.raises(ActregError, match=match):
         tiny(name, tmp_path, f"layer_coefs={value}")
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_a_zero_start_is_refused_in_target_mode_only(name, tmp_path):
+    with pytest.raises(ActregError, match=r"starting coefficients and must be > 0"):
+        tiny(name, tmp_path, "layer_coefs=1e-4,0", "target_sparsity=0.9")
+    assert tiny(name, tmp_path, "layer_coefs=1e-4,0").layer_coefs == (1e-4, 0.0)
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
@@ -79,13 +86,10 @@ def test_cnn_names_its_variant_by_the_layer_coefficients(tmp_path):
     assert list(out["variants"]) == ["l1 0.0002,0.0006"]
 
 
-def test_layer_coefs_start_the_controllers_in_target_mode(tmp_path):
-    cfg = tiny("cnn", tmp_path, "layer_coefs=2e-4,6e-4", "target_sparsity=0.9")
-    maps = EXPERIMENTS["cnn"]
-    coefs = layer_coefs(cfg, maps)
-    spec = layer_penalties(maps, lambda layer: actreg.L1(coefs[layer]), cfg, dim=1)
-    assert [spec[m].coef for m in maps] == pytest.approx([2e-4, 6e-4])
-    assert all(isinstance(p, actreg.TargetSparsity) for p in spec.values())
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_a_config_with_layer_coefs_round_trips(name, tmp_path):
+    cfg = tiny(name, tmp_path, "layer_coefs=2e-4,6e-4")
+    assert from_dict(type(cfg), json.loads(json.dumps(to_dict(cfg)))) == cfg
 
 
 def test_a_coefficient_search_refuses_layer_coefs_a_target_search_takes_them(tmp_path):

@@ -102,6 +102,20 @@ def test_ramp_share_sets_the_ramp(share, ramp):
     assert spec["a"].ramp == pytest.approx(ramp)
 
 
+@pytest.mark.parametrize(
+    ("name", "ramp", "push"),
+    [("cnn", 0.02, True), ("sparse-rectifier", math.log(10) / 600, False)],
+    ids=["cnn-library-ramp", "sparse-rectifier-60-percent"],
+)
+def test_each_classifier_ramps_as_documented(name, ramp, push):
+    """cnn keeps the library's ramp (and so, under push="auto", pushes toward the ramp);
+    sparse-rectifier ramps over 60% of training (docs/TARGET.md)."""
+    cfg = apply_overrides(get(name).config(), ["target_sparsity=0.9"])
+    spec = layer_penalties(["a"], lambda _: actreg.L1(1e-3), cfg, steps=1000)
+    assert spec["a"].ramp == pytest.approx(ramp)
+    assert spec["a"]._push_to_ramp() is push
+
+
 @pytest.mark.parametrize("name", ["cnn", "sparse-rectifier"])
 @pytest.mark.parametrize(
     ("value", "match"),

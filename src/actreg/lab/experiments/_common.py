@@ -172,22 +172,30 @@ def layer_coefs(cfg: Any, names: list[str]) -> dict[str, float]:
     coefs = getattr(cfg, "layer_coefs", None)
     if coefs is None:
         return dict.fromkeys(names, cfg.coef)
-    check_layer_coefs(coefs, len(names))
+    check_layer_coefs(coefs, len(names))  # the config checked it; a caller's namespace may not
     return dict(zip(names, coefs, strict=True))
 
 
-def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int) -> None:
-    """``layer_coefs`` is unset or has one coefficient per penalized layer.
+def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int, target: bool = False) -> None:
+    """``layer_coefs`` is unset or has one coefficient per penalized layer; in target mode
+    (``target``) each is a controller's start and must be > 0.
 
     Raises:
-        ActregError: naming the count it needs and an example.
+        ActregError: naming the count it needs and an example, or the zero start.
     """
-    if coefs is not None and len(coefs) != layers:
-        example = ",".join(["1e-4"] * layers)
+    if coefs is None:
+        return
+    example = ",".join(["1e-4"] * layers)
+    if len(coefs) != layers:
         raise ActregError(
             f"layer_coefs takes one coefficient per penalized layer ({layers}), in order, "
             f"got {len(coefs)}: {coefs!r}; e.g. layer_coefs={example}, or leave it unset "
             "for coef= on every layer"
+        )
+    if target and not all(c > 0 for c in coefs):
+        raise ActregError(
+            f"in target mode layer_coefs are the controllers' starting coefficients and "
+            f"must be > 0, got {coefs!r}; e.g. layer_coefs={example}"
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from actreg._errors import ActregError
+from actreg.lab._checks import kind
 
 C = TypeVar("C")
 
@@ -105,9 +106,9 @@ def from_dict(cls: type[C], data: dict[str, Any]) -> C:
         raise ActregError(f"unknown keys for {cls.__name__}: {sorted(unknown)}")
     hints = typing.get_type_hints(cls)
     values = {
-        k: tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v
+        k: tuple(v) if isinstance(v, list) and typing.get_origin(kind(hints[k])[0]) is tuple else v
         for k, v in data.items()
-    }
+    }  # a ``tuple[X, ...] | None`` field too
     return cls(**values)
 
 

@@ -52,8 +52,8 @@ class SparseRectifierConfig(VisionConfig):
     hidden: tuple[int, ...] = (1000, 1000, 1000)  # hidden widths (Glorot et al.: 3 x 1000)
     penalty: str = "l1"  # penalty on every hidden activation of the relu-l1 variant
     coef: float = 1e-3  # its coefficient (Glorot et al.: 0.001)
-    layer_coefs: tuple[float, ...] | None = None  # or one per hidden layer, in order
-    ramp_share: float = RAMP_SHARE  # target mode: the ramp's share of training (0: ~100 steps)
+    layer_coefs: tuple[float, ...] | None = None  # one per hidden layer instead, in order
+    ramp_share: float = RAMP_SHARE  # target_sparsity: the ramp's share of training (0: ~100 steps)
     dropout: float = 0.0  # dropout after each hidden activation
     variants: tuple[str, ...] = VARIANTS  # which of relu-l1, relu, tanh to train
 
@@ -66,7 +66,8 @@ class SparseRectifierConfig(VisionConfig):
         if unknown or not self.variants:
             raise ActregError(f"unknown variants {unknown}; choose from {VARIANTS}")
         check_fraction(self, "ramp_share", high_open=False)
-        check_layer_coefs(self.layer_coefs, len(self.hidden))
+        target = (self.target_sparsity, self.target_l0) != (None, None)
+        check_layer_coefs(self.layer_coefs, len(self.hidden), target)
         for coef in self.layer_coefs or (self.coef,):
             actreg.make_penalty(self.penalty, coef)
 
