@@ -16,6 +16,13 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   past the target while the ramp is still above it, the deadline lowers the coefficient
   by ``log(a / w)``, less than the library's ``log(a / w_t)``.
 
+* with ``--rule patient``, does not raise the coefficient while the layer is answering:
+  when the library's error asks for a higher coefficient but the batch is sparser than the
+  layer's running mean (``smoothing``, ~100 steps), the error is 0. The coefficient then
+  rises only while the layer has stalled, which bounds the integral's windup by the
+  layer's delay in answering instead of letting it grow for the whole delay of its
+  arrival at the target (an anti-windup rule).
+
 Every tenth training step of each controller (step, coefficient, active share of the
 batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")
 has the runs made with it. Not part of the package: the lab keeps the library's rule.
@@ -41,7 +48,7 @@ from actreg._hooks import training
 from actreg.lab.experiments import get
 from actreg.lab.experiments._config import apply_overrides
 
-RULES = ("library", "deadline")
+RULES = ("library", "deadline", "patient")
 TRACE_EVERY = 10
 
 
@@ -67,6 +74,11 @@ def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]
         def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:
             if rule == "library":
                 return super()._coef_error(active, wanted_t, wanted)
+            if rule == "patient":
+                error = super()._coef_error(active, wanted_t, wanted)
+                falling = self.steps > 0 and self.measure == "zero_fraction"
+                sparser = (1 - active) > self._measured  # than its running mean: answering
+                return torch.where((error > 0) & sparser, 0.0, error) if falling else error
             behind = torch.log((active + 1e-6) / wanted_t).clamp(min=0.0)
             past = torch.log((active + 1e-6) / wanted).clamp(max=0.0)
             return (behind + past).clamp(-1.0, 1.0)

@@ -75,6 +75,25 @@ def test_layer_coefs_start_the_lab_controllers(script, tmp_path, capsys):
     assert [trace[-1][1] for trace in traces] == pytest.approx([2e-4, 6e-4])
 
 
+@pytest.mark.parametrize(("rule", "raised"), [("library", True), ("patient", False)])
+def test_patient_rule_waits_while_the_layer_answers(script, rule, raised):
+    """A layer denser than its target but sparser than its running mean (answering a
+    raise) keeps its coefficient under the patient rule; the library's rule raises it."""
+    ctl = script.controller_class(rule, {}, [])(actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0)
+    half = torch.zeros(50, 10)
+    half[:, :5] = 1.0  # 50% active: the running mean starts at 0.5 zeros
+    ctl(half.requires_grad_())
+    start = ctl.coef
+    answering = torch.zeros(50, 10)
+    answering[:, :4] = 1.0  # 40% active: still far above the 10% wanted, but sparser
+    ctl(answering.requires_grad_())
+    assert (ctl.coef > start) is raised
+    stalled = torch.ones(50, 10)  # all active: denser than its running mean
+    before = ctl.coef
+    ctl(stalled.requires_grad_())
+    assert ctl.coef > before  # a stalled layer is raised under either rule
+
+
 @pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target
 def test_library_rule_reproduces_the_lab_run_and_writes_a_trace(script, tmp_path, capsys):
     common = [*TINY, f"out_dir={tmp_path}"]
