@@ -21,7 +21,8 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   layer's running mean (``smoothing``, ~100 steps), the error is 0. The coefficient then
   rises only while the layer has stalled, which bounds the integral's windup by the
   layer's delay in answering instead of letting it grow for the whole delay of its
-  arrival at the target (an anti-windup rule).
+  arrival at the target (an anti-windup rule). With ``measure="l0"`` it is the library's
+  rule.
 
 Every tenth training step of each controller (step, coefficient, active share of the
 batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")

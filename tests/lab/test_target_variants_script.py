@@ -94,6 +94,22 @@ def test_patient_rule_waits_while_the_layer_answers(script, rule, raised):
     assert ctl.coef > before  # a stalled layer is raised under either rule
 
 
+def test_patient_rule_lowers_a_layer_past_the_target_as_the_library_does(script):
+    coefs = {}
+    for rule in ("library", "patient"):
+        ctl = script.controller_class(rule, {}, [])(actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0)
+        half = torch.zeros(50, 20)
+        half[:, :10] = 1.0
+        ctl(half.requires_grad_())
+        raised = ctl.coef
+        past = torch.zeros(50, 20)
+        past[:, 0] = 1.0  # 5% active: sparser than its running mean and past the target
+        ctl(past.requires_grad_())
+        coefs[rule] = ctl.coef
+        assert ctl.coef < raised
+    assert coefs["patient"] == pytest.approx(coefs["library"])
+
+
 @pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target
 def test_library_rule_reproduces_the_lab_run_and_writes_a_trace(script, tmp_path, capsys):
     common = [*TINY, f"out_dir={tmp_path}"]
