@@ -77,9 +77,9 @@ def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]
                 return super()._coef_error(active, wanted_t, wanted)
             if rule == "patient":
                 error = super()._coef_error(active, wanted_t, wanted)
-                falling = self.steps > 0 and self.measure == "zero_fraction"
+                has_mean = self.steps > 0 and self.measure == "zero_fraction"
                 sparser = (1 - active) > self._measured  # than its running mean: answering
-                return torch.where((error > 0) & sparser, 0.0, error) if falling else error
+                return torch.where((error > 0) & sparser, 0.0, error) if has_mean else error
             behind = torch.log((active + 1e-6) / wanted_t).clamp(min=0.0)
             past = torch.log((active + 1e-6) / wanted).clamp(max=0.0)
             return (behind + past).clamp(-1.0, 1.0)

@@ -199,6 +199,21 @@ def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int, target: bool
         )
 
 
+def check_layer_settings(cfg: Any, layers: int) -> None:
+    """A classifier's per-layer penalty settings, checked in its ``__post_init__``:
+    ``ramp_share`` in [0, 1], ``layer_coefs`` (:func:`check_layer_coefs`; > 0 in target
+    mode), and each coefficient valid for ``cfg.penalty``.
+
+    Raises:
+        ActregError: naming the setting and the fix.
+    """
+    check_fraction(cfg, "ramp_share", high_open=False)
+    target = (cfg.target_sparsity, cfg.target_l0) != (None, None)
+    check_layer_coefs(cfg.layer_coefs, layers, target)
+    for coef in cfg.layer_coefs or (cfg.coef,):
+        actreg.make_penalty(cfg.penalty, coef)
+
+
 def layer_penalties(
     names: list[str],
     make: Callable[[str], actreg.Penalty],

@@ -28,10 +28,9 @@ from typing import Any, ClassVar, TypedDict, cast
 
 import actreg
 from actreg._errors import ActregError
-from actreg.lab._checks import check_fraction
 from actreg.lab.experiments._common import (
     VisionConfig,
-    check_layer_coefs,
+    check_layer_settings,
     layer_coefs,
     layer_penalties,
     planned_steps,
@@ -69,11 +68,7 @@ class CNNConfig(VisionConfig):
                 f"channels takes the widths of the two conv blocks, e.g. channels=32,64, "
                 f"got {self.channels!r}"
             )
-        check_fraction(self, "ramp_share", high_open=False)
-        target = (self.target_sparsity, self.target_l0) != (None, None)
-        check_layer_coefs(self.layer_coefs, len(MAPS), target)
-        for coef in self.layer_coefs or (self.coef,):
-            actreg.make_penalty(self.penalty, coef)
+        check_layer_settings(self, len(MAPS))
 
 
 class CNNVariant(TypedDict):

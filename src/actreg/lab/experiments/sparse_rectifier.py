@@ -20,7 +20,7 @@ from actreg.lab._checks import check_fraction
 from actreg.lab.experiments._common import (
     RAMP_SHARE,
     VisionConfig,
-    check_layer_coefs,
+    check_layer_settings,
     layer_coefs,
     layer_penalties,
     planned_steps,
@@ -65,11 +65,7 @@ class SparseRectifierConfig(VisionConfig):
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown or not self.variants:
             raise ActregError(f"unknown variants {unknown}; choose from {VARIANTS}")
-        check_fraction(self, "ramp_share", high_open=False)
-        target = (self.target_sparsity, self.target_l0) != (None, None)
-        check_layer_coefs(self.layer_coefs, len(self.hidden), target)
-        for coef in self.layer_coefs or (self.coef,):
-            actreg.make_penalty(self.penalty, coef)
+        check_layer_settings(self, len(self.hidden))
 
 
 class RectifierVariant(TypedDict):
