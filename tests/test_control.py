@@ -393,6 +393,7 @@ def test_composes_and_repr():
         ({"ramp": -0.1}, "ramp"),
         ({"warmup": -1}, "warmup"),
         ({"warmup": 2.5}, "warmup"),
+        ({"lead": -1.0}, "lead must be finite and >= 0"),
     ],
     ids=[
         "target-1",
@@ -405,6 +406,7 @@ def test_composes_and_repr():
         "ramp",
         "warmup-negative",
         "warmup-float",
+        "lead-negative",
     ],
 )
 def test_bad_input(kwargs, match):
@@ -502,6 +504,7 @@ def test_config_of_the_controllers():
         "warmup": 50,
         "per_unit": True,
         "push": "auto",
+        "lead": 0.0,
     }
     p = Scheduled(actreg.L1(1.0), _halve, warmup=3)
     clone = actreg.make_penalty(actreg.serialize(p))
@@ -509,3 +512,52 @@ def test_config_of_the_controllers():
     import pickle
 
     assert pickle.loads(pickle.dumps(p)).factor(2) == pytest.approx(0.25)
+
+
+def two_batches(first: float, second: float, target: float, **kwargs) -> tuple[float, float]:
+    """A controller's coefficient after a batch ``first`` active, then after one ``second``
+    active (ramp off, no fade-in: the error is against the target from the first step)."""
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=target, ramp=0.0, warmup=0, **kwargs)
+    coefs = []
+    for share in (first, second):
+        x = torch.zeros(50, 20)
+        x[:, : round(share * 20)] = 1.0
+        ctl(x.requires_grad_())
+        coefs.append(ctl.coef)
+    return coefs[0], coefs[1]
+
+
+@pytest.mark.parametrize("lead", [0.0, 1.0, 2.0])
+def test_lead_steps_on_the_error_ahead(lead):
+    """After a batch 100% active and one 80% active (target: 50% active), the error is
+    log(0.8 / 0.5) - lead * log(1.0 / 0.8): the progress since the running mean."""
+    first, second = two_batches(1.0, 0.8, target=0.5, lead=lead)
+    error = math.log(0.8 / 0.5) - lead * math.log(1.0 / 0.8)
+    assert second == pytest.approx(first * math.exp(0.05 * error), rel=1e-5)
+
+
+@pytest.mark.parametrize(("lead", "raised"), [(0.0, True), (1.0, False)])
+def test_lead_lowers_a_layer_closing_in_fast(lead, raised):
+    """100% -> 60% active is still above the 50% wanted, but the layer moves faster than
+    its gap: with a lead the coefficient is lowered before the layer arrives."""
+    first, second = two_batches(1.0, 0.6, target=0.5, lead=lead)
+    assert (second > first) is raised
+
+
+@pytest.mark.parametrize("measure", ["zero_fraction", "l0"])
+def test_lead_raises_a_slowly_drifting_layer_by_the_full_step(measure):
+    """A layer far from its target that drifts slowly (50% -> 45% active, target 10%) is
+    raised by the full, clamped step, as without a lead."""
+    target = 0.9 if measure == "zero_fraction" else 2.0  # 2 of 20 units: 10% active
+    plain = two_batches(0.5, 0.45, target=target, measure=measure)
+    led = two_batches(0.5, 0.45, target=target, measure=measure, lead=1.0)
+    assert led == pytest.approx(plain)
+    assert led[1] == pytest.approx(led[0] * math.exp(0.05))
+
+
+def test_lead_in_l0_uses_the_running_mean_of_active_units():
+    """measure="l0": 20 -> 16 of 20 units active, target 10 units: the same error as the
+    zero fraction's 100% -> 80% against 50%."""
+    by_share = two_batches(1.0, 0.8, target=0.5, lead=1.0)
+    by_units = two_batches(1.0, 0.8, target=10.0, measure="l0", lead=1.0)
+    assert by_units == pytest.approx(by_share, rel=1e-5)

@@ -92,7 +92,11 @@ class TargetSparsity(Penalty, name="target_sparsity"):
       batch's active share and comes down to ``wanted`` by ``ramp`` nats per step; the
       push up has its own coefficient, moved by the opposite step (it grows while the
       layer is sparser than wanted, e.g. pressed down by the penalties of layers above;
-      against ``wanted_t`` or against ``wanted`` itself, see ``push``);
+      against ``wanted_t`` or against ``wanted`` itself, see ``push``); with ``lead > 0``
+      the step's error looks ahead: ``log(active / wanted_t) - lead * log(mean / active)``
+      (clamped to ``[-1, 1]``), ``mean`` the running mean of the active share, so a layer
+      already moving toward its target as fast as its remaining gap is not raised further
+      and one about to overshoot is lowered before it arrives;
     * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
       steps.
 
@@ -129,6 +133,13 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             (the target itself), or ``"auto"``: ``"ramp"`` for ramps of at least
             :attr:`FAST_RAMP` nats per step, else ``"target"`` (against a slow ramp the
             push grows for hundreds of steps and blew activations up; docs/TARGET.md).
+        lead: how far ahead the coefficient's error looks, in horizons of the running mean
+            (``smoothing``: ~100 steps): derivative action on the measured sparsity, which
+            damps the overshoot of a coefficient that a layer answers late (conv maps under
+            Adam: ~100 steps; docs/TARGET.md, "Looking ahead"; the lab's ``cnn`` uses 1).
+            A layer that has not moved yet gets the plain step, so one that answers late
+            still lets the coefficient climb, less far. 0 (the default): the current
+            batch only.
 
     Attributes:
         steps: training calls so far.
@@ -169,6 +180,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         warmup: int = 50,
         per_unit: bool = True,
         push: str = "auto",
+        lead: float = 0.0,
     ) -> None:
         self.penalty = check_penalty(penalty, "TargetSparsity")
         if measure not in MEASURES:
@@ -194,6 +206,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         if push not in PUSH:
             raise ActregError(f"unknown push={push!r}; use one of {PUSH}")
         self.push = push
+        self.lead = check_coef(lead, "lead")
         self.base = check_coef(penalty.coef, "the wrapped penalty's coefficient")
         if self.base <= 0:
             raise ActregError(f"{penalty!r} has coefficient 0: start from a positive one")
@@ -270,6 +283,10 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             self._start = active.clamp(min=wanted) if self.ramp else self._start.fill_(wanted)
         wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
         error = self._coef_error(active, wanted_t, wanted)
+        if self.lead and self.steps:  # the progress over about one running-mean horizon
+            mean = self._measured / rates.numel() if self.measure == "l0" else 1 - self._measured
+            error = error - self.lead * torch.log((mean + 1e-6) / (active + 1e-6))
+        error = error.clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
         self._log_scale = (self._log_scale + self.rate * error).clamp(low, high)
         # The push answers to the ramp, or to the target itself (push=).
@@ -292,11 +309,12 @@ class TargetSparsity(Penalty, name="target_sparsity"):
                 )
 
     def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:
-        """The coefficient's error, in ``[-1, 1]``: the log-ratio of the active share to the
-        ramp's wanted share ``wanted_t`` (symmetric in "too many" and "too few", and as
-        strong near 95% zeros as near 50%). ``wanted`` is the target's share. (A subclass
-        may change the rule; ``scripts/target_variants.py`` does, as a diagnostic.)"""
-        return torch.log((active + 1e-6) / wanted_t).clamp(-1.0, 1.0)
+        """The coefficient's error before ``lead`` and the clamp to ``[-1, 1]``: the
+        log-ratio of the active share to the ramp's wanted share ``wanted_t`` (symmetric
+        in "too many" and "too few", and as strong near 95% zeros as near 50%). ``wanted``
+        is the target's share. (A subclass may change the rule;
+        ``scripts/target_variants.py`` does, as a diagnostic.)"""
+        return torch.log((active + 1e-6) / wanted_t)
 
     def calibrate(self, measured: float) -> float:
         """Move the training-time set point by a held-out measurement of the layer.
@@ -380,6 +398,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             "warmup": self.warmup,
             "per_unit": self.per_unit,
             "push": self.push,
+            "lead": self.lead,
         }
 
     @classmethod
