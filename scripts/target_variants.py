@@ -16,6 +16,10 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   past the target while the ramp is still above it, the deadline lowers the coefficient
   by ``log(a / w)``, less than the library's ``log(a / w_t)``.
 
+* with ``--freeze-after N``, stops every coefficient after ``N`` training steps (where
+  the controller has found it): whether the cost lies in the path's start or in its
+  moving afterwards.
+
 * with ``--rule patient``, does not raise the coefficient while the layer is answering:
   when the library's error asks for a higher coefficient but the batch is sparser than the
   layer's running mean (``smoothing``, ~100 steps), the error is 0. The coefficient then
@@ -23,6 +27,9 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   layer's delay in answering instead of letting it grow for the whole delay of its
   arrival at the target (an anti-windup rule). With ``measure="l0"`` it is the library's
   rule.
+
+The library's own look-ahead, ``TargetSparsity(lead=)``, began here as a rule
+(``--controller '{"lead": 1}'`` runs it; the lab's ``cnn`` sets it).
 
 Every tenth training step of each controller (step, coefficient, active share of the
 batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")
@@ -53,9 +60,13 @@ RULES = ("library", "deadline", "patient")
 TRACE_EVERY = 10
 
 
-def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]]) -> type:
+def controller_class(
+    rule: str, settings: dict[str, Any], traces: list[list[Any]], freeze_after: int = 0
+) -> type:
     """A :class:`actreg.TargetSparsity` subclass with ``settings`` and the ``rule``; each
-    instance appends its trace (a list of ``(step, coef, active share)``) to ``traces``."""
+    instance appends its trace (a list of ``(step, coef, active share)``) to ``traces``.
+    With ``freeze_after > 0`` its coefficient stops moving after that many training steps
+    (its ``rate`` becomes 1e-12)."""
     if rule not in RULES:
         raise SystemExit(f"unknown rule {rule!r}; use one of {RULES}")
 
@@ -66,6 +77,8 @@ def controller_class(rule: str, settings: dict[str, Any], traces: list[list[Any]
             traces.append(self.trace)  # type: ignore[arg-type]
 
         def forward(self, x: Tensor) -> Tensor:
+            if freeze_after and self.steps >= freeze_after:
+                self.rate = 1e-12
             out = super().forward(x)
             if self.steps % TRACE_EVERY == 0 and training(x):
                 active = float((x.detach() != 0).float().mean())
@@ -91,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=["cnn", "sparse-rectifier"])
     parser.add_argument("--rule", choices=RULES, default="library")
+    parser.add_argument(
+        "--freeze-after", type=int, default=0, help="stop the coefficients after N steps"
+    )
     parser.add_argument("--controller", default="{}", help="TargetSparsity settings (JSON)")
     parser.add_argument("--target", type=float, default=0.9, help="target_sparsity")
     parser.add_argument("--seed", type=int, default=0)
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          f"target_sparsity={args.target}"],
     )  # fmt: skip
     original = actreg.TargetSparsity
-    actreg.TargetSparsity = controller_class(args.rule, settings, traces)  # type: ignore[misc]
+    actreg.TargetSparsity = controller_class(args.rule, settings, traces, args.freeze_after)  # type: ignore[misc]
     try:
         out = exp.run(cfg)
     finally:
@@ -117,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = {
         "rule": args.rule,
         "controller": settings,
+        "freeze_after": args.freeze_after,
         "test_error": variant["test_error"],
         "test_loss": variant["test_loss"],
         "zero_fraction": {k: round(v["zero_fraction"], 4) for k, v in layers.items()},

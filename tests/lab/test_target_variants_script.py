@@ -127,3 +127,31 @@ def test_library_rule_reproduces_the_lab_run_and_writes_a_trace(script, tmp_path
     assert [step for step, _, _ in traces[0]] == [10, 20]  # 20 training steps
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rule"] == "library"
     assert actreg.TargetSparsity.__name__ == "TargetSparsity"  # restored after the run
+
+
+def test_patient_rule_holds_a_slowly_drifting_layer_that_lead_raises(script):
+    """50% -> 45% active, target 10%: the patient rule holds the coefficient (what left
+    Fashion-MNIST's second map short of its target); the library's lead raises it."""
+    coefs = {}
+    for rule, settings in (("patient", {}), ("library", {"lead": 1.0})):
+        ctl = script.controller_class(rule, settings, [])(
+            actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0
+        )
+        for share in (10, 9):  # of 20 units
+            x = torch.zeros(50, 20)
+            x[:, :share] = 1.0
+            ctl(x.requires_grad_())
+        coefs[rule] = ctl.coef
+    assert coefs["library"] > coefs["patient"]
+
+
+def test_freeze_after_stops_the_coefficient(script):
+    ctl = script.controller_class("library", {}, [], freeze_after=2)(
+        actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0
+    )
+    coefs = []
+    for _ in range(5):
+        ctl(torch.ones(50, 20).requires_grad_())  # all active: the library raises each step
+        coefs.append(ctl.coef)
+    assert coefs[1] > coefs[0]
+    assert coefs[4] == pytest.approx(coefs[1], rel=1e-9)

@@ -127,6 +127,30 @@ def test_bad_ramp_share_is_refused(name, value, match):
         apply_overrides(get(name).config(), [f"ramp_share={value}"])
 
 
+@pytest.mark.parametrize(("name", "default"), [("cnn", 1.0), ("sparse-rectifier", 0.0)])
+@pytest.mark.parametrize("lead", [None, "0", "2.5"], ids=["default", "lead-0", "lead-2.5"])
+def test_lead_reaches_the_controllers(name, default, lead):
+    """``lead`` is each controller's look-ahead: cnn looks one running-mean horizon ahead
+    by default, sparse-rectifier not at all (docs/TARGET.md, "Looking ahead")."""
+    sets = ["target_sparsity=0.9", *([f"lead={lead}"] if lead else [])]
+    cfg = apply_overrides(get(name).config(), sets)
+    spec = layer_penalties(["a", "b"], lambda _: actreg.L1(1e-3), cfg, steps=1000)
+    want = default if lead is None else float(lead)
+    assert [p.lead for p in spec.values()] == [want] * 2
+
+
+@pytest.mark.parametrize("name", ["cnn", "sparse-rectifier"])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [("-1", "lead must not be negative"), ("inf", "lead must be a finite number"),
+     ("nan", "lead must be a finite number")],
+    ids=["negative", "inf", "nan"],
+)  # fmt: skip
+def test_bad_lead_is_refused(name, value, match):
+    with pytest.raises(ActregError, match=match):
+        apply_overrides(get(name).config(), [f"lead={value}"])
+
+
 def test_reviver_is_on_in_target_mode_only():
     x = torch.randn(1000, 4)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
@@ -351,3 +375,19 @@ def test_revive_floor_outside_zero_one_is_refused(floor, says):
     cfg = get("sparse-rectifier").config()
     with pytest.raises(ActregError, match=says):
         apply_overrides(cfg, [f"revive_floor={floor}"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({"target_sparsity": 0.9, "target_l0": None}, True),
+     ({"target_sparsity": None, "target_l0": 20.0}, True),
+     ({"target_sparsity": None, "target_l0": None}, False),
+     ({}, False)],
+    ids=["sparsity", "l0", "neither", "no-fields"],
+)  # fmt: skip
+def test_in_target_mode(fields, expected):
+    from types import SimpleNamespace
+
+    from actreg.lab.experiments._targets import in_target_mode
+
+    assert in_target_mode(SimpleNamespace(**fields)) is expected

@@ -37,7 +37,7 @@ from actreg.lab._checks import (
 from actreg.lab.data import load_vision
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._rundir import resume_from
-from actreg.lab.experiments._targets import MetricsFn, at_target, target_miss
+from actreg.lab.experiments._targets import MetricsFn, at_target, in_target_mode, target_miss
 from actreg.lab.train import TrainConfig, evaluate, fit
 
 __all__ = [
@@ -201,15 +201,20 @@ def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int, target: bool
 
 def check_layer_settings(cfg: Any, layers: int) -> None:
     """A classifier's per-layer penalty settings, checked in its ``__post_init__``:
-    ``ramp_share`` in [0, 1], ``layer_coefs`` (:func:`check_layer_coefs`; > 0 in target
-    mode), and each coefficient valid for ``cfg.penalty``.
+    ``ramp_share`` in [0, 1], ``lead`` finite and >= 0, ``layer_coefs``
+    (:func:`check_layer_coefs`; > 0 in target mode), and each coefficient valid for
+    ``cfg.penalty``.
 
     Raises:
         ActregError: naming the setting and the fix.
     """
     check_fraction(cfg, "ramp_share", high_open=False)
-    target = (cfg.target_sparsity, cfg.target_l0) != (None, None)
-    check_layer_coefs(cfg.layer_coefs, layers, target)
+    if not (math.isfinite(cfg.lead) and cfg.lead >= 0):
+        raise ActregError(
+            f"lead must be a finite number >= 0 (the controllers' look-ahead in running-mean "
+            f"horizons; 0: none), got {cfg.lead!r}"
+        )
+    check_layer_coefs(cfg.layer_coefs, layers, in_target_mode(cfg))
     for coef in cfg.layer_coefs or (cfg.coef,):
         actreg.make_penalty(cfg.penalty, coef)
 
@@ -238,12 +243,14 @@ def layer_penalties(
     test error over three seeds against 1.56 +- 0.09 % (docs/TARGET.md, "The ramp").
     A config with a ``ramp_share`` setting chooses that share instead; 0 keeps the
     library's ramp (``cnn``'s default: the 3-epoch CNN's losses were lower with it,
-    docs/TARGET.md, "Where target mode's cost lies").
+    docs/TARGET.md, "Where target mode's cost lies"). A ``lead`` setting is the
+    controllers' look-ahead (:class:`actreg.TargetSparsity`; default 0, ``cnn``'s 1:
+    docs/TARGET.md, "Looking ahead").
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
     share = getattr(cfg, "ramp_share", RAMP_SHARE)
-    timing: dict[str, Any] = {}
+    timing: dict[str, Any] = {"lead": getattr(cfg, "lead", 0.0)}
     if steps is not None:
         timing["warmup"] = max(1, min(50, steps // 10))
         if target_sparsity is not None and share > 0:  # ln(start / wanted) <= ln(1 / wanted)
@@ -328,8 +335,7 @@ def make_reviver(
     """
     rounds = getattr(cfg, "revive_rounds", None)
     if rounds is None:
-        target = getattr(cfg, "target_sparsity", None) or getattr(cfg, "target_l0", None)
-        rounds = 5 if target is not None else 0
+        rounds = 5 if in_target_mode(cfg) else 0
     if not spec or rounds == 0:
         return None
     total = planned_steps(len(x_train), cfg) if steps is None else steps
@@ -397,7 +403,7 @@ def train_classifier(
     reviver = make_reviver(model, spec, data.x_train, cfg, dim=dim)
     metrics_fn: MetricsFn = classification_metrics
     objective = "error"
-    if spec is not None and (cfg.target_sparsity, cfg.target_l0) != (None, None):
+    if spec is not None and in_target_mode(cfg):
         metrics_fn, objective = at_target(metrics_fn, cfg, watch, dim), "target_error"
     try:
         out = fit(

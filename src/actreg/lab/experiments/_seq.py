@@ -17,6 +17,7 @@ from actreg.lab._checks import check_choice, check_fields, check_out_dir, check_
 from actreg.lab.data.text import Corpus, load_corpus
 from actreg.lab.experiments._contract import SPARSITY
 from actreg.lab.experiments._rundir import make_run_dir
+from actreg.lab.experiments._targets import in_target_mode
 from actreg.lab.train import choose_threads
 
 __all__ = [
@@ -48,7 +49,7 @@ def check_relu_block(cfg: Any, default: str) -> None:
             "set ffn=N (e.g. ffn=1024)"
         )
     check_targets(cfg.target_sparsity, cfg.target_l0)
-    if (cfg.target_sparsity, cfg.target_l0) != (None, None) and cfg.penalty == default:
+    if in_target_mode(cfg) and cfg.penalty == default:
         raise ActregError(
             "a sparsity target steers the penalty on the ReLU block (an LSTM's output is "
             f"never exactly 0): set ffn=N and penalty={RELU_PENALTIES[0]} (e.g. --set "

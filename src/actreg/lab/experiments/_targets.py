@@ -42,7 +42,15 @@ from torch import Tensor, nn
 
 from actreg import metrics
 
-__all__ = ["L0_TOL", "ZERO_TOL", "MetricsFn", "at_target", "penalized_label", "target_miss"]
+__all__ = [
+    "L0_TOL",
+    "ZERO_TOL",
+    "MetricsFn",
+    "at_target",
+    "in_target_mode",
+    "penalized_label",
+    "target_miss",
+]
 
 ZERO_TOL = 0.02
 """A zero fraction this close to ``target_sparsity`` (absolute) is on target: issue 15's."""
@@ -122,6 +130,13 @@ def at_target(metrics_fn: MetricsFn, cfg: Any, watch: list[str], dim: int = -1) 
         return out
 
     return measured
+
+
+def in_target_mode(cfg: Any) -> bool:
+    """Whether ``cfg`` asks for a sparsity: ``target_sparsity`` or ``target_l0`` set (a
+    config without these fields never does)."""
+    targets = (getattr(cfg, "target_sparsity", None), getattr(cfg, "target_l0", None))
+    return targets != (None, None)
 
 
 def penalized_label(cfg: Any) -> str:

@@ -54,6 +54,7 @@ class SparseRectifierConfig(VisionConfig):
     coef: float = 1e-3  # its coefficient (Glorot et al.: 0.001)
     layer_coefs: tuple[float, ...] | None = None  # one per hidden layer instead, in order
     ramp_share: float = RAMP_SHARE  # target_sparsity: the ramp's share of training (0: ~100 steps)
+    lead: float = 0.0  # target mode: the controllers' look-ahead (TargetSparsity(lead=))
     dropout: float = 0.0  # dropout after each hidden activation
     variants: tuple[str, ...] = VARIANTS  # which of relu-l1, relu, tanh to train
 
