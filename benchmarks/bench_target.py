@@ -60,8 +60,8 @@ from actreg.control import _UnitGrad  # the same per-unit gradient scaling as th
 from actreg.lab.data import load_vision
 from actreg.lab.experiments._common import (
     REVIVE_EXAMPLES,
-    REVIVE_FLOOR,
     REVIVE_UNTIL,
+    revive_floor,
     target_ramp,
 )
 from actreg.lab.models import mlp
@@ -264,7 +264,7 @@ def run_one(name: str, method: str, target: float, seed: int) -> dict[str, Any]:
             optimizer=opt,
             init="resample" if "resample" in options else "fresh",
             rate=None if "bias0" in options else 1.0 - target,  # as make_reviver
-            floor=REVIVE_FLOOR * (1.0 - target) if "floor" in options else 0.0,
+            floor=revive_floor(1.0 - target) if "floor" in options else 0.0,  # as make_reviver
         )
     gen = torch.Generator().manual_seed(seed)
     start = time.process_time()

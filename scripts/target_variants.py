@@ -17,8 +17,10 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   by ``log(a / w)``, less than the library's ``log(a / w_t)``.
 
 * with ``--freeze-after N``, stops every coefficient after ``N`` training steps (where
-  the controller has found it): whether the cost lies in the path's start or in its
-  moving afterwards.
+  the controller has found it; its ``rate`` becomes 1e-12; the per-unit weights keep
+  following the firing rates), and with ``--then-coefs c1,c2,...`` sets them to those
+  values first (one per penalized layer, in order): whether the cost lies in the path's
+  start or in what it leaves.
 
 * with ``--rule patient``, does not raise the coefficient while the layer is answering:
   when the library's error asks for a higher coefficient but the batch is sparser than the
@@ -29,10 +31,14 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   rule.
 
 The library's own look-ahead, ``TargetSparsity(lead=)``, began here as a rule
-(``--controller '{"lead": 1}'`` runs it; the lab's ``cnn`` sets it).
+(``--controller '{"lead": 1}'`` runs it). The lab's ``cnn`` looks ahead by default
+(``lead=1``), so ``--set lead=0`` repeats a ``cnn`` run made before it, and gives the
+deadline and patient rules without the look-ahead.
 
 Every tenth training step of each controller (step, coefficient, active share of the
-batch) goes to ``RUN_DIR/trace.json``. docs/TARGET.md ("Where target mode's cost lies")
+batch) goes to ``RUN_DIR/trace.json``, and the script's own settings (rule, controller,
+freeze) with the summary to ``RUN_DIR/variant.json``: ``run_config.json`` holds the lab's
+config only. docs/TARGET.md ("Where target mode's cost lies")
 has the runs made with it. Not part of the package: the lab keeps the library's rule.
 
 Usage::
@@ -61,12 +67,21 @@ TRACE_EVERY = 10
 
 
 def controller_class(
-    rule: str, settings: dict[str, Any], traces: list[list[Any]], freeze_after: int = 0
+    rule: str,
+    settings: dict[str, Any],
+    traces: list[list[Any]],
+    freeze_after: int = 0,
+    then_coefs: tuple[float, ...] = (),
 ) -> type:
     """A :class:`actreg.TargetSparsity` subclass with ``settings`` and the ``rule``; each
     instance appends its trace (a list of ``(step, coef, active share)``) to ``traces``.
     With ``freeze_after > 0`` its coefficient stops moving after that many training steps
-    (its ``rate`` becomes 1e-12)."""
+    (its ``rate`` becomes 1e-12), set first to its entry of ``then_coefs`` where given (the
+    n-th instance built takes the n-th entry)."""
+    if freeze_after < 0:
+        raise SystemExit(f"--freeze-after takes a number of steps >= 0, got {freeze_after}")
+    if then_coefs and not freeze_after:
+        raise SystemExit("--then-coefs sets the coefficients at the freeze: add --freeze-after N")
     if rule not in RULES:
         raise SystemExit(f"unknown rule {rule!r}; use one of {RULES}")
 
@@ -74,9 +89,16 @@ def controller_class(
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, **settings})
             self.trace: list[tuple[int, float, float]] = []
+            self.index = len(traces)
             traces.append(self.trace)  # type: ignore[arg-type]
+            if then_coefs and self.index >= len(then_coefs):
+                raise SystemExit(
+                    f"--then-coefs has {len(then_coefs)} values; give one per penalized layer"
+                )
 
         def forward(self, x: Tensor) -> Tensor:
+            if freeze_after and self.steps == freeze_after and then_coefs:
+                self.coef = then_coefs[self.index]
             if freeze_after and self.steps >= freeze_after:
                 self.rate = 1e-12
             out = super().forward(x)
@@ -107,12 +129,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--freeze-after", type=int, default=0, help="stop the coefficients after N steps"
     )
+    parser.add_argument(
+        "--then-coefs", default="", help="with --freeze-after: the frozen coefficients, c1,c2"
+    )
     parser.add_argument("--controller", default="{}", help="TargetSparsity settings (JSON)")
     parser.add_argument("--target", type=float, default=0.9, help="target_sparsity")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     settings = json.loads(args.controller)
+    then = tuple(float(c) for c in args.then_coefs.split(",") if c.strip())
     traces: list[list[Any]] = []
     exp = get(args.experiment)
     first = ["compare=false"] if args.experiment == "cnn" else ["variants=relu-l1"]
@@ -122,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
          f"target_sparsity={args.target}"],
     )  # fmt: skip
     original = actreg.TargetSparsity
-    actreg.TargetSparsity = controller_class(args.rule, settings, traces, args.freeze_after)  # type: ignore[misc]
+    actreg.TargetSparsity = controller_class(args.rule, settings, traces, args.freeze_after, then)  # type: ignore[misc]
     try:
         out = exp.run(cfg)
     finally:
@@ -134,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rule": args.rule,
         "controller": settings,
         "freeze_after": args.freeze_after,
+        "then_coefs": list(then),
         "test_error": variant["test_error"],
         "test_loss": variant["test_loss"],
         "zero_fraction": {k: round(v["zero_fraction"], 4) for k, v in layers.items()},
@@ -141,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "best_epoch": variant["best_epoch"],
         "run_dir": out["run_dir"],
     }
+    Path(out["run_dir"], "variant.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))
     return summary
 

@@ -96,7 +96,8 @@ class TargetSparsity(Penalty, name="target_sparsity"):
       the step's error looks ahead: ``log(active / wanted_t) - lead * log(mean / active)``
       (clamped to ``[-1, 1]``), ``mean`` the running mean of the active share, so a layer
       already moving toward its target as fast as its remaining gap is not raised further
-      and one about to overshoot is lowered before it arrives;
+      and one about to overshoot is lowered before it arrives (the push up does not look
+      ahead);
     * multiplies the penalty by ``min(1, (step + 1) / warmup)`` over the first ``warmup``
       steps.
 
@@ -134,9 +135,11 @@ class TargetSparsity(Penalty, name="target_sparsity"):
             :attr:`FAST_RAMP` nats per step, else ``"target"`` (against a slow ramp the
             push grows for hundreds of steps and blew activations up; docs/TARGET.md).
         lead: how far ahead the coefficient's error looks, in horizons of the running mean
-            (``smoothing``: ~100 steps): derivative action on the measured sparsity, which
-            damps the overshoot of a coefficient that a layer answers late (conv maps under
-            Adam: ~100 steps; docs/TARGET.md, "Looking ahead"; the lab's ``cnn`` uses 1).
+            (``smoothing``: ~100 steps): a derivative term in the step (in the
+            coefficient, which sums the steps, proportional action on the measured
+            sparsity), which damps the overshoot of a coefficient that a layer answers
+            late (conv maps under Adam: ~100 steps; docs/TARGET.md, "Looking ahead"; the
+            lab's ``cnn`` uses 1).
             A layer that has not moved yet gets the plain step, so one that answers late
             still lets the coefficient climb, less far. 0 (the default): the current
             batch only.

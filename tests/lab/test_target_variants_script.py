@@ -130,19 +130,28 @@ def test_library_rule_reproduces_the_lab_run_and_writes_a_trace(script, tmp_path
 
 
 def test_patient_rule_holds_a_slowly_drifting_layer_that_lead_raises(script):
-    """50% -> 45% active, target 10%: the patient rule holds the coefficient (what left
-    Fashion-MNIST's second map short of its target); the library's lead raises it."""
+    """14% -> 13% active, target 10%: the layer is answering (sparser than its running
+    mean), so the patient rule holds the coefficient (what left Fashion-MNIST's second map
+    short of its target); the library's lead raises it, by less than its rule without a
+    lead (the step is not clamped here, so the lead's term shows)."""
     coefs = {}
-    for rule, settings in (("patient", {}), ("library", {"lead": 1.0})):
+    for name, rule, settings in (
+        ("patient", "patient", {}),
+        ("lead", "library", {"lead": 1.0}),
+        ("library", "library", {}),
+    ):
         ctl = script.controller_class(rule, settings, [])(
             actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0
         )
-        for share in (10, 9):  # of 20 units
-            x = torch.zeros(50, 20)
-            x[:, :share] = 1.0
+        steps = []
+        for active in (14, 13):  # of 100 units
+            x = torch.zeros(50, 100)
+            x[:, :active] = 1.0
             ctl(x.requires_grad_())
-        coefs[rule] = ctl.coef
-    assert coefs["library"] > coefs["patient"]
+            steps.append(ctl.coef)
+        coefs[name] = steps[1] / steps[0]
+    assert coefs["patient"] == pytest.approx(1.0)
+    assert 1.0 < coefs["lead"] < coefs["library"]
 
 
 def test_freeze_after_stops_the_coefficient(script):
@@ -155,3 +164,22 @@ def test_freeze_after_stops_the_coefficient(script):
         coefs.append(ctl.coef)
     assert coefs[1] > coefs[0]
     assert coefs[4] == pytest.approx(coefs[1], rel=1e-9)
+
+
+def test_then_coefs_set_each_controller_at_the_freeze(script):
+    cls = script.controller_class("library", {}, [], freeze_after=2, then_coefs=(2e-4, 6e-4))
+    ctls = [cls(actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0) for _ in range(2)]
+    for _ in range(5):
+        for ctl in ctls:
+            ctl(torch.ones(50, 20).requires_grad_())
+    assert [ctl.coef for ctl in ctls] == pytest.approx([2e-4, 6e-4], rel=1e-6)  # float32 scale
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"freeze_after": -1}, "steps >= 0"), ({"then_coefs": (1e-4,)}, "add --freeze-after")],
+    ids=["negative", "coefs-without-freeze"],
+)
+def test_bad_freeze_settings_are_refused(script, kwargs, match):
+    with pytest.raises(SystemExit, match=match):
+        script.controller_class("library", {}, [], **kwargs)

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 import actreg
 from actreg._errors import ActregError
 from actreg.lab.experiments._common import layer_penalties
-from actreg.lab.experiments._targets import target_miss
+from actreg.lab.experiments._targets import in_target_mode, target_miss
 from actreg.lab.models import Autoencoder, activation
 
 __all__ = [
@@ -152,7 +152,7 @@ def check_code(cfg: Any) -> None:
             )
         if cfg.code_type == "topk" and k != int(k):
             raise ActregError(f"code_type=topk needs a whole k, got l0={k:g} (batchtopk: any)")
-        if cfg.target_sparsity is not None or cfg.target_l0 is not None:
+        if in_target_mode(cfg):
             raise ActregError(
                 f"code_type={cfg.code_type} sets its sparsity by k, not by a target: "
                 "drop target_sparsity/target_l0 and set l0="

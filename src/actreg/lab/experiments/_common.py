@@ -201,19 +201,14 @@ def check_layer_coefs(coefs: tuple[float, ...] | None, layers: int, target: bool
 
 def check_layer_settings(cfg: Any, layers: int) -> None:
     """A classifier's per-layer penalty settings, checked in its ``__post_init__``:
-    ``ramp_share`` in [0, 1], ``lead`` finite and >= 0, ``layer_coefs``
-    (:func:`check_layer_coefs`; > 0 in target mode), and each coefficient valid for
-    ``cfg.penalty``.
+    ``ramp_share`` in [0, 1], ``layer_coefs`` (:func:`check_layer_coefs`; > 0 in target
+    mode), and each coefficient valid for ``cfg.penalty``. (``lead``, like every number
+    field, is refused negative or non-finite by the base class's ``check_fields``.)
 
     Raises:
         ActregError: naming the setting and the fix.
     """
     check_fraction(cfg, "ramp_share", high_open=False)
-    if not (math.isfinite(cfg.lead) and cfg.lead >= 0):
-        raise ActregError(
-            f"lead must be a finite number >= 0 (the controllers' look-ahead in running-mean "
-            f"horizons; 0: none), got {cfg.lead!r}"
-        )
     check_layer_coefs(cfg.layer_coefs, layers, in_target_mode(cfg))
     for coef in cfg.layer_coefs or (cfg.coef,):
         actreg.make_penalty(cfg.penalty, coef)
@@ -352,13 +347,24 @@ def make_reviver(
     share = getattr(cfg, "revive_floor", REVIVE_FLOOR)
     floor: float | dict[str, float] = 0.0
     if isinstance(rate, dict):
-        floor = {name: share * r for name, r in rate.items()}
+        floor = {name: revive_floor(r, share) for name, r in rate.items()}
     elif rate is not None:
-        floor = share * rate
+        floor = revive_floor(rate, share)
     return actreg.Reviver(
         model, list(spec), sample, every=max(1, until // rounds), until=until,
         forward=forward, batch_size=batch_size, rate=rate, floor=floor,
     )  # fmt: skip
+
+
+def revive_floor(rate: float, share: float = REVIVE_FLOOR) -> float:
+    """The firing rate under which a live unit is revived with the silent ones: ``share``
+    of the wanted rate ``rate`` (:data:`REVIVE_FLOOR`, a tenth, in the vision classifiers).
+
+    Example:
+        >>> round(revive_floor(0.1), 6)
+        0.01
+    """
+    return share * rate
 
 
 def _widths(
