@@ -120,7 +120,7 @@ def check_code(cfg: Any) -> None:
         )
     if cfg.l0 is not None and cfg.topk and cfg.l0 != cfg.topk:
         raise ActregError(f"l0={cfg.l0:g} and topk={cfg.topk} disagree; set only l0")
-    if cfg.l0 is not None and (cfg.target_l0 is not None or cfg.target_sparsity is not None):
+    if cfg.l0 is not None and in_target_mode(cfg):
         raise ActregError(
             "l0 sets the code's target (k or target_l0): leave target_l0 and target_sparsity "
             "unset, or drop l0"

@@ -41,6 +41,7 @@ from actreg.lab.experiments._common import (
 )
 from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
 from actreg.lab.experiments._rundir import make_run_dir, resume_from, save_results
+from actreg.lab.experiments._targets import in_target_mode
 from actreg.lab.models import ACTIVATIONS, Autoencoder
 from actreg.lab.train import evaluate, fit, seed_everything
 
@@ -185,7 +186,7 @@ def resolve(cfg: SparseAEConfig, n_train: int | None = None) -> SparseAEConfig:
         changes["epochs"] = max(EPOCHS, math.ceil(MIN_STEPS / per_epoch))
     if cfg.coef is None:
         default_code = (cfg.code_type, cfg.act, cfg.penalty) == ("relu", "relu", "l1")
-        unset = cfg.l0 is None and cfg.target_sparsity is None and cfg.target_l0 is None
+        unset = cfg.l0 is None and not in_target_mode(cfg)
         target = TARGET_SPARSITY if default_code and unset and not cfg.variants else None
         changes.update(coef=START_COEF, target_sparsity=target or cfg.target_sparsity)
     return dataclasses.replace(cfg, **changes) if changes else cfg
