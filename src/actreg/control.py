@@ -287,7 +287,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
         wanted_t = (self._start * math.exp(-self.ramp * self.steps)).clamp(min=wanted)
         error = self._coef_error(active, wanted_t, wanted)
         if self.lead and self.steps:  # the progress over about one running-mean horizon
-            mean = self._measured / rates.numel() if self.measure == "l0" else 1 - self._measured
+            mean = self._mean_active(rates.numel())
             error = error - self.lead * torch.log((mean + 1e-6) / (active + 1e-6))
         error = error.clamp(-1.0, 1.0)
         low, high = math.log(self.min_coef / self.base), math.log(self.max_coef / self.base)
@@ -310,6 +310,11 @@ class TargetSparsity(Penalty, name="target_sparsity"):
                     "count small values as zeros with eps= (e.g. eps=0.05), use "
                     'measure="l0" with eps=, or penalize a ReLU layer'
                 )
+
+    def _mean_active(self, units: int) -> Tensor:
+        """The running mean of the active share (:attr:`measured` as a share; ``units``
+        for ``measure="l0"``). ``scripts/target_variants.py``'s rules read it too."""
+        return self._measured / units if self.measure == "l0" else 1 - self._measured
 
     def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:
         """The coefficient's error before ``lead`` and the clamp to ``[-1, 1]``: the

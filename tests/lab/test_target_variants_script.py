@@ -183,3 +183,55 @@ def test_then_coefs_set_each_controller_at_the_freeze(script):
 def test_bad_freeze_settings_are_refused(script, kwargs, match):
     with pytest.raises(SystemExit, match=match):
         script.controller_class("library", {}, [], **kwargs)
+
+
+@pytest.mark.parametrize("measure", ["zero_fraction", "l0"])
+@pytest.mark.parametrize("ahead", [0.25, 0.5])
+def test_wait_rule_raises_a_stalled_layer_by_ahead_not_the_clamp(script, ahead, measure):
+    """A layer stuck at 50% active under a ramp already at its 10% target: the library
+    raises its coefficient by the clamped step, ``rate``; the waiting ramp asks for at
+    most ``ahead`` nats beyond the layer's running mean, so it raises by ``rate * ahead``
+    (an L0 target of 1 of 10 units alike)."""
+    target = 0.9 if measure == "zero_fraction" else 1.0
+    coefs = {}
+    for rule in ("library", "wait"):
+        ctl = script.controller_class(rule, {}, [], ahead=ahead)(
+            actreg.L1(1e-3), target=target, measure=measure, ramp=0.0, warmup=0
+        )
+        half = torch.zeros(50, 10)
+        half[:, :5] = 1.0
+        ctl(half.requires_grad_())
+        before = ctl.coef
+        ctl(half.clone().requires_grad_())
+        coefs[rule] = ctl.coef / before
+    rate = 0.05
+    assert coefs["library"] == pytest.approx(math.exp(rate), rel=1e-5)
+    assert coefs["wait"] == pytest.approx(math.exp(rate * ahead), rel=1e-5)
+
+
+def test_wait_rule_holds_a_layer_that_closes_ahead_nats(script):
+    """A layer whose batch is ``ahead`` nats sparser than its running mean has answered:
+    under the waiting ramp its error is 0 however far the target is; near the target the
+    rule is the library's."""
+    ctl = script.controller_class("wait", {}, [], ahead=0.5)(
+        actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0, smoothing=0.0
+    )
+    dense = torch.zeros(100, 100)
+    dense[:, :50] = 1.0  # 50% active: the running mean (smoothing 0: this batch)
+    ctl(dense.requires_grad_())
+    before = ctl.coef
+    answered = torch.zeros(100, 100)
+    answered[:, : round(50 * math.exp(-0.5))] = 1.0  # 30% active: 0.51 nats closed
+    ctl(answered.requires_grad_())
+    assert ctl.coef == pytest.approx(before, rel=2e-3)
+    near = torch.zeros(100, 100)
+    near[:, :12] = 1.0  # 12% active against 10% wanted, once the running mean is there too
+    ctl(near.clone().requires_grad_())
+    before = ctl.coef
+    ctl(near.clone().requires_grad_())
+    assert ctl.coef / before == pytest.approx(math.exp(0.05 * math.log(0.12 / 0.1)), rel=1e-4)
+
+
+def test_bad_ahead_is_refused(script):
+    with pytest.raises(SystemExit, match="nats > 0"):
+        script.controller_class("wait", {}, [], ahead=0.0)
