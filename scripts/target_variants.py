@@ -40,10 +40,23 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   MNIST (``scripts/transform_idx.py``), checked on Fashion-MNIST, not adopted
   (docs/TARGET.md, "The ramp waits for the layer").
 
+* with ``--pilot-epochs E``, first runs ``E`` epochs with the same controller (its own
+  run, ``RUN_NAME-pilot``), then starts the real run from the pilot's final coefficients
+  (``layer_coefs``; the weights start afresh from the seed). The pilot is the real
+  run's first ``E`` epochs in its learning-rate schedule (not one that decays to 0 at
+  the pilot's end) and its controllers' timing; its dead-unit revivals are timed over
+  its own ``E`` epochs (70 % of them), not the real run's. It replaces the lab's own
+  pilot (``cnn``'s ``pilot_epochs``, its default since): that one times revivals as the
+  real run does. Whether a start that is
+  measured closes the gap that a start at ``coef`` leaves (docs/TARGET.md, "The ramp
+  waits for the layer").
+
 The library's own look-ahead, ``TargetSparsity(lead=)``, began here as a rule
-(``--controller '{"lead": 1}'`` runs it). The lab's ``cnn`` looks ahead by default
-(``lead=1``), so ``--set lead=0`` repeats a ``cnn`` run made before it, and gives the
-deadline and patient rules without the look-ahead.
+(``--controller '{"lead": 1}'`` runs it), as did its wait (``ahead``) and ``cnn``'s pilot.
+The script runs the lab's ``cnn`` with its defaults of the day: since its ramp waits and
+a pilot starts it, ``--set ahead=none --set pilot_epochs=0`` repeats a run made before
+(with ``--set lead=1`` for one made at the look-ahead's default, docs/TARGET.md), and a
+run through the script with the lab's pilot traces the pilot's controllers first.
 
 Every tenth training step of each controller (step, coefficient, active share of the
 batch) goes to ``RUN_DIR/trace.json``, and the script's own settings (rule, controller,
@@ -62,6 +75,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +85,7 @@ from torch import Tensor
 
 import actreg
 from actreg._hooks import training
+from actreg.lab import train
 from actreg.lab.experiments import get
 from actreg.lab.experiments._config import apply_overrides
 
@@ -84,6 +100,7 @@ def controller_class(
     freeze_after: int = 0,
     then_coefs: tuple[float, ...] = (),
     ahead: float = 0.5,
+    built: list[Any] | None = None,
 ) -> type:
     """A :class:`actreg.TargetSparsity` subclass with ``settings`` and the ``rule``; each
     instance appends its trace (a list of ``(step, coef, active share)``) to ``traces``.
@@ -105,6 +122,8 @@ def controller_class(
             self.trace: list[tuple[int, float, float]] = []
             self.index = len(traces)
             traces.append(self.trace)  # type: ignore[arg-type]
+            if built is not None:
+                built.append(self)
             if then_coefs and self.index >= len(then_coefs):
                 raise SystemExit(
                     f"--then-coefs has {len(then_coefs)} values; give one per penalized layer"
@@ -154,6 +173,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--ahead", type=float, default=0.5, help="--rule wait: nats the ramp may lead by"
     )
+    parser.add_argument(
+        "--pilot-epochs",
+        type=int,
+        default=0,
+        help="first a run of this many epochs; its final coefficients start the real run",
+    )
     parser.add_argument("--controller", default="{}", help="TargetSparsity settings (JSON)")
     parser.add_argument("--target", type=float, default=0.9, help="target_sparsity")
     parser.add_argument("--seed", type=int, default=0)
@@ -169,6 +194,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         [*first, "threads=1", "progress=false", f"seed={args.seed}", *args.set,
          f"target_sparsity={args.target}"],
     )  # fmt: skip
+    pilot: list[float] = []
+    if args.pilot_epochs < 0:
+        raise SystemExit(f"--pilot-epochs takes epochs >= 0, got {args.pilot_epochs}")
+    if args.pilot_epochs:
+        if hasattr(cfg, "pilot_epochs"):  # the script's pilot replaces the lab's
+            cfg = replace(cfg, pilot_epochs=0)
+        built: list[Any] = []
+        name = f"{cfg.run_name}-pilot" if cfg.run_name else None
+        pilot_cfg = replace(cfg, epochs=args.pilot_epochs, run_name=name)
+        pilot_traces: list[list[Any]] = []
+        cls = controller_class(args.rule, settings, pilot_traces, ahead=args.ahead, built=built)
+        # The pilot is the real run's first epochs: its learning-rate schedule and the
+        # controllers' timing are the full run's (the schedule's total and the planned
+        # steps scaled by epochs / pilot epochs), so it does not decay to 0 at its end.
+        stretch = cfg.epochs / args.pilot_epochs
+        module = sys.modules[exp.run.__module__]
+        saved = (actreg.TargetSparsity, train.lr_factor, module.planned_steps)
+
+        def lr_factor(step: int, total: int, *rest: Any) -> float:
+            return saved[1](step, round(total * stretch), *rest)
+
+        def planned_steps(n_train: int, c: Any) -> int:
+            return saved[2](n_train, replace(c, epochs=cfg.epochs))
+
+        actreg.TargetSparsity = cls  # type: ignore[misc]
+        train.lr_factor, module.planned_steps = lr_factor, planned_steps
+        try:
+            pilot_out = exp.run(pilot_cfg)
+        finally:
+            actreg.TargetSparsity, train.lr_factor, module.planned_steps = saved  # type: ignore[misc]
+        Path(pilot_out["run_dir"], "trace.json").write_text(json.dumps(pilot_traces))
+        pilot = [ctl.coef for ctl in built]
+        cfg = replace(cfg, layer_coefs=tuple(pilot))
     original = actreg.TargetSparsity
     actreg.TargetSparsity = controller_class(
         args.rule, settings, traces, args.freeze_after, then, args.ahead
@@ -186,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "freeze_after": args.freeze_after,
         "then_coefs": list(then),
         "ahead": args.ahead if args.rule == "wait" else None,
+        "pilot_epochs": args.pilot_epochs,
+        "pilot_coefs": pilot,
         "test_error": variant["test_error"],
         "test_loss": variant["test_loss"],
         "zero_fraction": {k: round(v["zero_fraction"], 4) for k, v in layers.items()},

@@ -394,6 +394,8 @@ def test_composes_and_repr():
         ({"warmup": -1}, "warmup"),
         ({"warmup": 2.5}, "warmup"),
         ({"lead": -1.0}, "lead must be finite and >= 0"),
+        ({"ahead": 0.0}, "ahead must be > 0 nats"),
+        ({"ahead": float("nan")}, "ahead must be a finite number"),
     ],
     ids=[
         "target-1",
@@ -407,6 +409,8 @@ def test_composes_and_repr():
         "warmup-negative",
         "warmup-float",
         "lead-negative",
+        "ahead-zero",
+        "ahead-nan",
     ],
 )
 def test_bad_input(kwargs, match):
@@ -505,6 +509,7 @@ def test_config_of_the_controllers():
         "per_unit": True,
         "push": "auto",
         "lead": 0.0,
+        "ahead": None,
     }
     p = Scheduled(actreg.L1(1.0), _halve, warmup=3)
     clone = actreg.make_penalty(actreg.serialize(p))
@@ -565,3 +570,48 @@ def test_lead_in_l0_uses_the_running_mean_of_active_units():
     by_share = two_batches(1.0, 0.8, target=0.5, lead=1.0)
     by_units = two_batches(1.0, 0.8, target=10.0, measure="l0", lead=1.0)
     assert by_units == pytest.approx(by_share, rel=1e-5)
+
+
+@pytest.mark.parametrize("measure", ["zero_fraction", "l0"])
+@pytest.mark.parametrize("ahead", [None, 0.25, 0.5])
+def test_ahead_raises_a_stalled_layer_by_at_most_ahead(measure, ahead):
+    """A layer stuck at 50% active against a 10% target: without a wait the step is the
+    clamp's, ``rate``; the waiting ramp asks for at most ``ahead`` nats beyond the layer's
+    running mean, so the step is ``rate * ahead`` (the same for an L0 target)."""
+    target = 0.9 if measure == "zero_fraction" else 2.0  # 2 of 20 units
+    first, second = two_batches(0.5, 0.5, target=target, measure=measure, ahead=ahead)
+    step = 1.0 if ahead is None else ahead
+    assert second == pytest.approx(first * math.exp(0.05 * step), rel=1e-5)
+
+
+@pytest.mark.parametrize(("share", "raised"), [(0.35, False), (0.45, True)])
+def test_ahead_holds_a_layer_that_closes_ahead_nats_over_its_mean(share, raised):
+    """From 50% active (the running mean, smoothing 0) to ``share``: 0.36 nats closed
+    lowers a layer under ahead=0.25 (the error ``log(a / m) + ahead`` is negative); 0.11
+    nats does not, and it is raised by exactly that error."""
+    first, second = two_batches(0.5, share, target=0.9, ahead=0.25, smoothing=0.0)
+    error = math.log(share / 0.5) + 0.25
+    assert second == pytest.approx(first * math.exp(0.05 * error), rel=1e-5)
+    assert (second > first) is raised
+
+
+def test_ahead_is_the_plain_rule_near_the_target():
+    """Once the running mean is within ``ahead`` nats of the target's share the wait asks
+    for the target itself: 12% active, mean 12%, target 10%: ``log(0.12 / 0.1)``."""
+    for kwargs in ({}, {"ahead": 0.5}):
+        first, second = two_batches(0.12, 0.12, target=0.9, units=100, smoothing=0.0, **kwargs)
+        assert second == pytest.approx(first * math.exp(0.05 * math.log(0.12 / 0.1)), rel=1e-5)
+
+
+def test_ahead_leaves_the_push_on_the_ramp():
+    """The wait changes the coefficient's wanted share only: the push up's coefficient
+    follows the same path with or without it."""
+    pushes = []
+    for ahead in (None, 0.5):
+        ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.5, ramp=0.0, warmup=0, ahead=ahead)
+        for share in (0.5, 0.2, 0.2):  # sparser than wanted: the push grows
+            x = torch.zeros(50, 10)
+            x[:, : round(share * 10)] = 1.0
+            ctl(x.requires_grad_())
+        pushes.append(float(ctl._log_push))
+    assert pushes[0] == pytest.approx(pushes[1]) and pushes[0] > 0

@@ -15,7 +15,8 @@ from actreg.lab.experiments import get
 from actreg.lab.experiments._config import apply_overrides
 
 SCRIPT = Path(__file__).parents[2] / "scripts" / "target_variants.py"
-TINY = ["data=digits", "limit=200", "epochs=2", "batch_size=20", "channels=4,8", "hidden=16"]
+TINY = ["data=digits", "limit=200", "epochs=2", "batch_size=20", "channels=4,8", "hidden=16",
+        "pilot_epochs=0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,59 @@ def test_wait_rule_holds_a_layer_that_closes_ahead_nats(script):
 def test_bad_ahead_is_refused(script):
     with pytest.raises(SystemExit, match="nats > 0"):
         script.controller_class("wait", {}, [], ahead=0.0)
+
+
+@pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target
+def test_pilot_starts_the_run_at_its_final_coefficients(script, tmp_path, capsys):
+    """--pilot-epochs: a first run of that many epochs; the real run's controllers start
+    at the pilot's final coefficients (its config records them as layer_coefs)."""
+    sets = [*TINY, f"out_dir={tmp_path}", "run_name=p"]
+    summary = script.main(["cnn", "--pilot-epochs", "1", *[a for s in sets for a in ("--set", s)]])
+    pilot = summary["pilot_coefs"]
+    assert len(pilot) == 2 and pilot != pytest.approx([1e-4, 1e-4])  # the pilot moved them
+    config = json.loads((Path(summary["run_dir"]) / "run_config.json").read_text())
+    assert config["layer_coefs"] == pytest.approx(pilot)
+    traces = json.loads((Path(summary["run_dir"]) / "trace.json").read_text())
+    assert len(traces) == 2 and (tmp_path / "cnn" / "p-pilot").is_dir()
+
+
+def test_negative_pilot_is_refused(script):
+    with pytest.raises(SystemExit, match="epochs >= 0"):
+        script.main(["cnn", "--pilot-epochs", "-1"])
+
+
+@pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")  # 20 steps: off target
+def test_pilot_is_the_real_runs_first_epochs(script, tmp_path, capsys):
+    """The pilot's first epoch is the first epoch of a plain run of the full length: the
+    same learning rates and controller timing give the same coefficients at its end."""
+    sets = [*TINY, f"out_dir={tmp_path}"]
+    flags = [a for s in sets for a in ("--set", s)]
+    full = script.main(["cnn", *flags, "--set", "run_name=full"])
+    script.main(["cnn", "--pilot-epochs", "1", *flags, "--set", "run_name=p"])
+    full_trace = json.loads((Path(full["run_dir"]) / "trace.json").read_text())
+    pilot_trace = json.loads((tmp_path / "cnn" / "p-pilot" / "trace.json").read_text())
+    assert pilot_trace == [trace[: len(pilot_trace[0])] for trace in full_trace]
+    assert len(pilot_trace[0]) == 1  # 10 steps an epoch: one trace row
+    assert actreg.TargetSparsity.__name__ == "TargetSparsity"
+
+
+def test_wait_rule_is_the_library_ahead(script):
+    """The script's wait rule (the runs of docs/TARGET.md's "The ramp waits for the
+    layer") and ``TargetSparsity(ahead=)`` take the same coefficients, bit for bit, with
+    and without a lead, over random maps moving through the ramp."""
+    gen = torch.Generator().manual_seed(0)
+    for lead in (0.0, 1.0):
+        rule = script.controller_class("wait", {"lead": lead}, [], ahead=0.5)(
+            actreg.L1(1e-3), target=0.9, dim=1
+        )
+        lib = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9, dim=1, lead=lead, ahead=0.5)
+        plain = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9, dim=1, lead=lead)
+        differs = False
+        for step in range(300):
+            shift = 1.5 * min(step, 200) / 200  # the maps get sparser over 200 steps
+            x = (torch.randn(8, 6, 5, 5, generator=gen) - shift).relu().requires_grad_()
+            for ctl in (rule, lib, plain):
+                ctl(x.detach().clone().requires_grad_())
+            assert rule.coef == lib.coef
+            differs |= abs(math.log(lib.coef / plain.coef)) > 0.5
+        assert differs  # the wait mattered on this path

@@ -300,3 +300,18 @@ def _assert_same_state(a, b):
             assert torch.equal(a[key], b[key]), key
         else:
             assert a[key] == b[key], key
+
+
+def test_stop_after_is_the_full_runs_first_epochs():
+    """stop_after=2 of 4 epochs: the same two epochs, learning rates included, as the
+    first two of the full run (the schedule spans all 4); then it stops."""
+    runs = {}
+    for stop in (0, 2):
+        runs[stop] = _fit(_model(), _cfg(stop_after=stop))["history"]
+    assert len(runs[2]) == 2 and len(runs[0]) == 4
+    assert _rows(runs[2]) == _rows(runs[0][:2])
+
+
+def test_stop_after_beyond_epochs_is_refused():
+    with pytest.raises(ActregError, match="stop_after=5 is more than epochs=4"):
+        _cfg(stop_after=5)

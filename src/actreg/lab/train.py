@@ -104,6 +104,7 @@ class TrainConfig:
     seed: int = 0  # seeds torch, numpy and random, and the batch order
     progress: bool = True  # show a progress bar (tqdm)
     threads: int = 0  # torch threads (the process's, kept after fit); 0 = from the first step
+    stop_after: int = 0  # stop after this many epochs, the schedule spanning all (0: none)
 
     def __post_init__(self) -> None:
         check_fields(self)  # types; counts and rates >= 0
@@ -111,6 +112,11 @@ class TrainConfig:
         check_choice("schedule", self.schedule, SCHEDULES)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ActregError(f"lr must be a positive number, got {self.lr!r}")
+        if self.stop_after > self.epochs:
+            raise ActregError(
+                f"stop_after={self.stop_after} is more than epochs={self.epochs}: it stops a "
+                "run early (a pilot); set it to at most epochs, or 0"
+            )
 
 
 #: FLOPs of one training step (forward and backward) under which one thread is used. A
@@ -317,7 +323,7 @@ def fit(
             best = (last["best_value"], ckpt["epoch"], ckpt["model"])
         start = time.perf_counter() - elapsed
         count_flops = cfg.threads == 0  # the first step's FLOPs choose the thread count
-        for epoch in range(first, cfg.epochs + 1):
+        for epoch in range(first, (cfg.stop_after or cfg.epochs) + 1):
             if stopped:
                 break
             model.train()

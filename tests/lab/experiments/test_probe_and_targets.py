@@ -127,16 +127,28 @@ def test_bad_ramp_share_is_refused(name, value, match):
         apply_overrides(get(name).config(), [f"ramp_share={value}"])
 
 
-@pytest.mark.parametrize(("name", "default"), [("cnn", 1.0), ("sparse-rectifier", 0.0)])
+@pytest.mark.parametrize("name", ["cnn", "sparse-rectifier"])
 @pytest.mark.parametrize("lead", [None, "0", "2.5"], ids=["default", "lead-0", "lead-2.5"])
-def test_lead_reaches_the_controllers(name, default, lead):
-    """``lead`` is each controller's look-ahead: cnn looks one running-mean horizon ahead
-    by default, sparse-rectifier not at all (docs/TARGET.md, "Looking ahead")."""
+def test_lead_reaches_the_controllers(name, lead):
+    """``lead`` is each controller's look-ahead: none by default in either classifier
+    (cnn looked one horizon ahead until its ramp waited: docs/TARGET.md)."""
     sets = ["target_sparsity=0.9", *([f"lead={lead}"] if lead else [])]
     cfg = apply_overrides(get(name).config(), sets)
     spec = layer_penalties(["a", "b"], lambda _: actreg.L1(1e-3), cfg, steps=1000)
-    want = default if lead is None else float(lead)
+    want = 0.0 if lead is None else float(lead)
     assert [p.lead for p in spec.values()] == [want] * 2
+
+
+@pytest.mark.parametrize(("name", "default"), [("cnn", 0.5), ("sparse-rectifier", None)])
+@pytest.mark.parametrize("ahead", [None, "none", "1.5"], ids=["default", "off", "1.5"])
+def test_ahead_reaches_the_controllers(name, default, ahead):
+    """``ahead`` is each controller's wait (``TargetSparsity(ahead=)``): cnn's ramp waits
+    for its maps by 0.5 nats; sparse-rectifier has no such setting and never waits."""
+    sets = ["target_sparsity=0.9", *([f"ahead={ahead}"] if ahead and name == "cnn" else [])]
+    cfg = apply_overrides(get(name).config(), sets)
+    spec = layer_penalties(["a", "b"], lambda _: actreg.L1(1e-3), cfg, steps=1000)
+    want = default if ahead is None or name != "cnn" else (None if ahead == "none" else 1.5)
+    assert [p.ahead for p in spec.values()] == [want] * 2
 
 
 @pytest.mark.parametrize("name", ["cnn", "sparse-rectifier"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +38,7 @@ from actreg.lab.data import load_vision
 from actreg.lab.data.vision import SCALINGS
 from actreg.lab.experiments._rundir import resume_from
 from actreg.lab.experiments._targets import MetricsFn, at_target, in_target_mode, target_miss
-from actreg.lab.train import TrainConfig, evaluate, fit
+from actreg.lab.train import TrainConfig, evaluate, fit, seed_everything
 
 __all__ = [
     "PROBE_SCALINGS",
@@ -238,14 +238,17 @@ def layer_penalties(
     test error over three seeds against 1.56 +- 0.09 % (docs/TARGET.md, "The ramp").
     A config with a ``ramp_share`` setting chooses that share instead; 0 keeps the
     library's ramp (``cnn``'s default: the 3-epoch CNN's losses were lower with it,
-    docs/TARGET.md, "Where target mode's cost lies"). A ``lead`` setting is the
-    controllers' look-ahead (:class:`actreg.TargetSparsity`; default 0, ``cnn``'s 1:
-    docs/TARGET.md, "Looking ahead").
+    docs/TARGET.md, "Where target mode's cost lies"). ``lead`` and ``ahead`` settings are
+    the controllers' look-ahead and wait (:class:`actreg.TargetSparsity`; defaults 0 and
+    None, ``cnn``'s 0 and 0.5: docs/TARGET.md, "The ramp waits for the layer").
     """
     target_sparsity = getattr(cfg, "target_sparsity", None)
     target_l0 = getattr(cfg, "target_l0", None)
     share = getattr(cfg, "ramp_share", RAMP_SHARE)
-    timing: dict[str, Any] = {"lead": getattr(cfg, "lead", 0.0)}
+    timing: dict[str, Any] = {
+        "lead": getattr(cfg, "lead", 0.0),
+        "ahead": getattr(cfg, "ahead", None),
+    }
     if steps is not None:
         timing["warmup"] = max(1, min(50, steps // 10))
         if target_sparsity is not None and share > 0:  # ln(start / wanted) <= ln(1 / wanted)
@@ -397,8 +400,12 @@ def train_classifier(
     run_dir: Path,
     name: str,
     dim: int = -1,
+    stop_after: int = 0,
 ) -> dict[str, Any]:
     """Train a classifier with the penalties ``spec`` (None: none) and measure ``watch``.
+
+    ``stop_after`` stops after that many epochs of the run's schedule (a pilot,
+    :func:`pilot_coefs`); such a run does not warn that a layer is off target.
 
     Returns :func:`actreg.lab.train.fit`'s history plus ``test_error``, ``test_loss`` and
     ``layers`` (the Monitor's statistics of the watched layers on the test split). In
@@ -419,7 +426,7 @@ def train_classifier(
             loss_fn=classification_loss,
             metrics_fn=metrics_fn,
             objective=objective,
-            cfg=cfg.train_config(),
+            cfg=replace(cfg.train_config(), stop_after=stop_after),
             spec=spec,
             monitor=monitor,
             run_dir=run_dir / name.replace(" ", "_"),
@@ -432,7 +439,7 @@ def train_classifier(
         monitor.reset()
         test = evaluate(model, data.x_test, data.y_test, classification_metrics)
         out["layers"] = monitor.compute()
-        if spec:
+        if spec and not stop_after:
             penalized = {k: v for k, v in out["layers"].items() if k in spec}
             out["target_missed"] = warn_if_target_missed(penalized, cfg, out["steps"])
     finally:
@@ -440,6 +447,42 @@ def train_classifier(
     out["test_error"] = test["error"]
     out["test_loss"] = test["loss"]
     return out
+
+
+def pilot_coefs(
+    build: Callable[[dict[str, float]], tuple[nn.Module, dict[str, actreg.Penalty]]],
+    coefs: dict[str, float],
+    data: Any,
+    cfg: Any,
+    *,
+    run_dir: Path,
+    dim: int = -1,
+) -> dict[str, float]:
+    """Each controller's coefficient after the run's first ``cfg.pilot_epochs`` epochs.
+
+    ``build(coefs)`` gives a fresh model and its target-mode penalties started at
+    ``coefs``. The pilot trains them as the real run would (same seed, batches,
+    learning-rate schedule, controller timing and revivals) for ``cfg.pilot_epochs``
+    epochs, in ``run_dir / "pilot"``, and returns where each controller's coefficient
+    ended: the real run's start. A controller started at a fixed coefficient spends
+    its first ~100 steps finding it, and on Fashion-MNIST's CNN that start cost most of
+    the gap to grid-searched coefficients (docs/TARGET.md, "The ramp waits for the
+    layer"); the pilot measures the start on the data at hand, for one epoch's cost.
+    """
+    seed_everything(cfg.seed)
+    model, spec = build(coefs)
+    train_classifier(
+        model,
+        data,
+        cfg,
+        spec=spec,
+        watch=list(spec),
+        run_dir=run_dir,
+        name="pilot",
+        dim=dim,
+        stop_after=cfg.pilot_epochs,
+    )
+    return {name: float(penalty.coef) for name, penalty in spec.items()}
 
 
 def classification_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
