@@ -47,7 +47,9 @@ Runs ``cnn`` or ``sparse-rectifier`` exactly as ``actreg run`` does, with every
   the pilot's end) and its controllers' timing; its dead-unit revivals are timed over
   its own ``E`` epochs (70 % of them), not the real run's. It replaces the lab's own
   pilot (``cnn``'s ``pilot_epochs``, its default since): that one times revivals as the
-  real run does. Whether a start that is
+  real run does. (``--freeze-after`` turns the lab's pilot off too: it counts the real
+  run's steps and controllers, and ``--rule wait`` turns the lab's wait, ``ahead``, off:
+  the rule is the script's.) Whether a start that is
   measured closes the gap that a start at ``coef`` leaves (docs/TARGET.md, "The ramp
   waits for the layer").
 
@@ -197,9 +199,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pilot: list[float] = []
     if args.pilot_epochs < 0:
         raise SystemExit(f"--pilot-epochs takes epochs >= 0, got {args.pilot_epochs}")
+    if args.pilot_epochs and args.pilot_epochs >= cfg.epochs:
+        raise SystemExit(f"--pilot-epochs {args.pilot_epochs} needs more epochs= than that")
+    # Steps and controller indices count per run: the lab's own pilot would shift both.
+    if (args.pilot_epochs or args.freeze_after) and getattr(cfg, "pilot_epochs", 0):
+        cfg = replace(cfg, pilot_epochs=0)
+    # The wait rule is the script's: the lab's own wait would cap a larger --ahead.
+    if args.rule == "wait" and getattr(cfg, "ahead", None) is not None:
+        cfg = replace(cfg, ahead=None)
     if args.pilot_epochs:
-        if hasattr(cfg, "pilot_epochs"):  # the script's pilot replaces the lab's
-            cfg = replace(cfg, pilot_epochs=0)
         built: list[Any] = []
         name = f"{cfg.run_name}-pilot" if cfg.run_name else None
         pilot_cfg = replace(cfg, epochs=args.pilot_epochs, run_name=name)
@@ -225,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             actreg.TargetSparsity, train.lr_factor, module.planned_steps = saved  # type: ignore[misc]
         Path(pilot_out["run_dir"], "trace.json").write_text(json.dumps(pilot_traces))
-        pilot = [ctl.coef for ctl in built]
+        variant = next(iter(pilot_out["variants"].values()))  # the penalized one, built first
+        pilot = [ctl.coef for ctl in built[: len(variant.get("maps", variant.get("layers", {})))]]
         cfg = replace(cfg, layer_coefs=tuple(pilot))
     original = actreg.TargetSparsity
     actreg.TargetSparsity = controller_class(

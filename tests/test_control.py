@@ -606,12 +606,26 @@ def test_ahead_is_the_plain_rule_near_the_target():
 def test_ahead_leaves_the_push_on_the_ramp():
     """The wait changes the coefficient's wanted share only: the push up's coefficient
     follows the same path with or without it."""
-    pushes = []
+    pushes, coefs = [], []
     for ahead in (None, 0.5):
-        ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.5, ramp=0.0, warmup=0, ahead=ahead)
-        for share in (0.5, 0.2, 0.2):  # sparser than wanted: the push grows
-            x = torch.zeros(50, 10)
-            x[:, : round(share * 10)] = 1.0
+        ctl = actreg.TargetSparsity(
+            actreg.L1(1e-3), target=0.9, ramp=0.0, warmup=0, smoothing=0.0, ahead=ahead
+        )
+        for share in (0.5, 0.05, 0.05):  # 50% active, then 5%: sparser than the 10% wanted
+            x = torch.zeros(50, 20)
+            x[:, : round(share * 20)] = 1.0
             ctl(x.requires_grad_())
         pushes.append(float(ctl._log_push))
+        coefs.append(ctl.coef)
+    # The wait asked the coefficient for max(10%, 50% * e^-0.5 = 30%) after the first
+    # batch, so the coefficients differ; the push answered to the 10% either way.
+    assert coefs[0] != pytest.approx(coefs[1])
     assert pushes[0] == pytest.approx(pushes[1]) and pushes[0] > 0
+
+
+@pytest.mark.parametrize("ahead", [None, 0.5])
+def test_ahead_survives_serialization(ahead):
+    ctl = actreg.TargetSparsity(actreg.L1(1e-3), target=0.9, ahead=ahead, lead=1.0)
+    clone = actreg.make_penalty(actreg.serialize(ctl))
+    assert (clone.ahead, clone.lead) == (ahead, 1.0)
+    assert clone.get_config() == ctl.get_config()

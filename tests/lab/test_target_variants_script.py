@@ -292,3 +292,24 @@ def test_wait_rule_is_the_library_ahead(script):
             assert rule.coef == lib.coef
             differs |= abs(math.log(lib.coef / plain.coef)) > 0.5
         assert differs  # the wait mattered on this path
+
+
+@pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")
+def test_then_coefs_and_wait_work_with_the_labs_defaults(script, tmp_path, capsys):
+    """Without TINY's pilot_epochs=0: --then-coefs counts the real run's controllers (the
+    lab's pilot is off under --freeze-after), and --rule wait is not capped by the lab's
+    own ahead (it is off under the rule)."""
+    sets = [s for s in TINY if s != "pilot_epochs=0"] + [f"out_dir={tmp_path}"]
+    flags = [a for s in sets for a in ("--set", s)]
+    summary = script.main(
+        ["cnn", "--freeze-after", "5", "--then-coefs", "2e-4,6e-4", *flags, "--set", "run_name=f"]
+    )
+    traces = json.loads((Path(summary["run_dir"]) / "trace.json").read_text())
+    assert len(traces) == 2 and [t[-1][1] for t in traces] == pytest.approx([2e-4, 6e-4])
+    cfg = apply_overrides(get("cnn").config(), ["target_sparsity=0.9"])
+    assert cfg.ahead == 0.5  # the lab's default, which main() turns off under the rule
+    summary = script.main(
+        ["cnn", "--rule", "wait", "--ahead", "1.0", *flags, "--set", "run_name=w"]
+    )
+    config = json.loads((Path(summary["run_dir"]) / "run_config.json").read_text())
+    assert config["ahead"] is None and config["pilot_epochs"] == 1

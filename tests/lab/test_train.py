@@ -315,3 +315,18 @@ def test_stop_after_is_the_full_runs_first_epochs():
 def test_stop_after_beyond_epochs_is_refused():
     with pytest.raises(ActregError, match="stop_after=5 is more than epochs=4"):
         _cfg(stop_after=5)
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes(tmp_path):
+    """A checkpoint written before ``stop_after`` existed has no such key: it reads as the
+    default (0), so the run resumes; a changed setting is still refused."""
+    _fit(_model(), _cfg(epochs=1), spec=_controlled(), run_dir=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    ckpt = actreg.load_checkpoint(path)
+    del ckpt["train_config"]["stop_after"]
+    torch.save(ckpt, path)
+    again = _fit(_model(), _cfg(epochs=1), spec=_controlled(), run_dir=tmp_path, resume=True)
+    assert len(again["history"]) == 1
+    with pytest.raises(ActregError, match=r"stop_after: 0 -> 1"):
+        _fit(_model(), _cfg(epochs=1, stop_after=1), spec=_controlled(), run_dir=tmp_path,
+             resume=True)  # fmt: skip

@@ -9,7 +9,7 @@ previous checkpoint intact.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,11 @@ def resume_state(run_dir: Path | None, cfg: Any) -> dict[str, Any]:
     ckpt: dict[str, Any] = load_checkpoint(run_dir / CHECKPOINT)
     if "resume" not in ckpt:
         raise ActregError(f"{run_dir / CHECKPOINT} has no resume state; it cannot be resumed")
-    saved, now = ckpt["train_config"], asdict(cfg)
+    # A setting the checkpoint predates reads as its default (new settings default to
+    # the old behaviour).
+    defaults = {f.name: f.default for f in fields(cfg)}
+    saved = {**defaults, **ckpt["train_config"]}
+    now = asdict(cfg)
     changed = sorted(k for k in now if k not in _FREE and saved.get(k) != now[k])
     if changed:
         pairs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)

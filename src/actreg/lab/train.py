@@ -385,7 +385,7 @@ def fit(
             else:
                 stale += 1
             stopped = bool(cfg.patience) and stale >= cfg.patience
-            if not stopped and after_epoch is not None and epoch < cfg.epochs:
+            if not stopped and after_epoch is not None and epoch < (cfg.stop_after or cfg.epochs):
                 after_epoch(epoch)
             if run_dir is not None:
                 last = {

@@ -53,10 +53,39 @@ def test_no_pilot_without_target_mode_or_with_zero_epochs(tmp_path, monkeypatch,
 
 
 def test_pilot_does_not_warn_off_target(tmp_path, monkeypatch, recwarn):
-    """After one epoch a map is expected off target: only the real run may warn."""
-    run_with_starts(tmp_path, monkeypatch, "target_sparsity=0.9")
-    missed = [w for w in recwarn if "ends at" in str(w.message)]
-    assert len(missed) <= 2  # the real run's two maps at most, not the pilot's too
+    """After one epoch a map is expected off target: only the real run may warn (its
+    warnings name its own step count, not the pilot's half)."""
+    out, _ = run_with_starts(tmp_path, monkeypatch, "target_sparsity=0.9")
+    steps = next(iter(out["variants"].values()))["steps"]
+    missed = [str(w.message) for w in recwarn if "ends at" in str(w.message)]
+    assert missed  # 20 steps: off target, so the real run warns
+    assert all(f"after {steps} training steps" in m for m in missed), missed
+
+
+@pytest.mark.filterwarnings("ignore:layer .* ends at:UserWarning")
+def test_pilot_ends_where_the_runs_first_epoch_ends(tmp_path, monkeypatch):
+    """The pilot is the run's first epoch: a run without a pilot has its controllers at
+    the pilot's coefficients after one epoch's steps (same schedule, timing, revivals)."""
+    coefs: dict[int, list[float]] = {}
+    update = actreg.TargetSparsity._update
+
+    def spy(self, rates, wanted):
+        update(self, rates, wanted)
+        coefs.setdefault(id(self), []).append(self.coef)
+
+    monkeypatch.setattr(actreg.TargetSparsity, "_update", spy)
+    plain = get("cnn").run(
+        apply_overrides(get("cnn").config(), [*TINY, f"out_dir={tmp_path}", "run_name=a",
+                                              "target_sparsity=0.9", "pilot_epochs=0"])
+    )  # fmt: skip
+    per_epoch = next(iter(plain["variants"].values()))["steps"] // 2
+    first_epoch = [trace[per_epoch - 1] for trace in coefs.values()]
+    coefs.clear()
+    piloted = get("cnn").run(
+        apply_overrides(get("cnn").config(), [*TINY, f"out_dir={tmp_path}", "run_name=b",
+                                              "target_sparsity=0.9"])
+    )  # fmt: skip
+    assert list(piloted["pilot_coefs"].values()) == pytest.approx(first_epoch, rel=1e-6)
 
 
 @pytest.mark.parametrize(

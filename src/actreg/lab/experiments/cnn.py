@@ -32,8 +32,14 @@ ahead=none pilot_epochs=0`` the one before.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any, ClassVar, NotRequired, TypedDict, cast
+from typing import Any, ClassVar, TypedDict, cast
+
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # Python 3.10: torch depends on typing_extensions
+    from typing_extensions import NotRequired
 
 import actreg
 from actreg._errors import ActregError
