@@ -338,7 +338,7 @@ class TargetSparsity(Penalty, name="target_sparsity"):
 
     def _mean_active(self, units: int) -> Tensor:
         """The running mean of the active share (:attr:`measured` as a share; ``units``
-        for ``measure="l0"``). ``scripts/target_variants.py``'s rules read it too."""
+        for ``measure="l0"``): the mean that ``lead`` and ``ahead`` read."""
         return self._measured / units if self.measure == "l0" else 1 - self._measured
 
     def _coef_error(self, active: Tensor, wanted_t: Tensor, wanted: float) -> Tensor:

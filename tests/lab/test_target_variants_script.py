@@ -274,8 +274,10 @@ def test_pilot_is_the_real_runs_first_epochs(script, tmp_path, capsys):
 
 def test_wait_rule_is_the_library_ahead(script):
     """The script's wait rule (the runs of docs/TARGET.md's "The ramp waits for the
-    layer") and ``TargetSparsity(ahead=)`` take the same coefficients, bit for bit, with
-    and without a lead, over random maps moving through the ramp."""
+    layer") is ``TargetSparsity(ahead=)``: the same coefficients, bit for bit, with and
+    without a lead from ``--controller``, over random maps moving through the ramp. (The
+    rule was written out in the script when those runs were made; it now passes
+    ``ahead`` to the library.)"""
     gen = torch.Generator().manual_seed(0)
     for lead in (0.0, 1.0):
         rule = script.controller_class("wait", {"lead": lead}, [], ahead=0.5)(
