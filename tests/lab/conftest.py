@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 
 from actreg.lab.experiments import get
@@ -26,3 +31,21 @@ def runs(tmp_path_factory):
         cfg = apply_overrides(exp.config(), [*COMMON, *extra, f"out_dir={out}", "run_name=t"])
         done[name] = exp.run(cfg)
     return done
+
+
+SCRIPTS = Path(__file__).parents[2] / "scripts"
+
+
+def _load_script(name: str) -> ModuleType:
+    """``scripts/NAME.py`` imported as a fresh module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_script() -> Callable[[str], ModuleType]:
+    """A loader of ``scripts/NAME.py``; each call gives a fresh module."""
+    return _load_script

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,17 +13,13 @@ import actreg
 from actreg.lab.experiments import get
 from actreg.lab.experiments._config import apply_overrides
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "target_variants.py"
 TINY = ["data=digits", "limit=200", "epochs=2", "batch_size=20", "channels=4,8", "hidden=16",
         "pilot_epochs=0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("target_variants", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("target_variants")
 
 
 def layer_ahead_of_the_ramp(cls):

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from actreg.lab.data.idx import IDX_FILES, idx_bytes, parse_idx
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "transform_idx.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("transform_idx", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("transform_idx")
 
 
 @pytest.fixture

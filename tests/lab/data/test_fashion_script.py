@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import tarfile
@@ -13,15 +12,10 @@ import pytest
 
 from actreg.lab.data.idx import load_idx_dir
 
-SCRIPT = Path(__file__).parents[3] / "scripts" / "fashion_idx.py"
-
 
 @pytest.fixture
-def script(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("fashion_idx", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def script(load_script, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    module = load_script("fashion_idx")
     monkeypatch.setattr(module, "TRAIN_PER_CLASS", 3)
     return module
 
