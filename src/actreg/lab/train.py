@@ -300,6 +300,7 @@ def fit(
         x_train, y_train = train
         steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
+        last_epoch = cfg.stop_after or cfg.epochs  # the schedule spans cfg.epochs either way
         history: list[dict[str, Any]] = []
         best: tuple[float, int, dict[str, Tensor]] | None = None
         step, stale, first, stopped, elapsed = 0, 0, 1, False, 0.0
@@ -323,7 +324,7 @@ def fit(
             best = (last["best_value"], ckpt["epoch"], ckpt["model"])
         start = time.perf_counter() - elapsed
         count_flops = cfg.threads == 0  # the first step's FLOPs choose the thread count
-        for epoch in range(first, (cfg.stop_after or cfg.epochs) + 1):
+        for epoch in range(first, last_epoch + 1):
             if stopped:
                 break
             model.train()
@@ -385,7 +386,7 @@ def fit(
             else:
                 stale += 1
             stopped = bool(cfg.patience) and stale >= cfg.patience
-            if not stopped and after_epoch is not None and epoch < (cfg.stop_after or cfg.epochs):
+            if not stopped and after_epoch is not None and epoch < last_epoch:
                 after_epoch(epoch)
             if run_dir is not None:
                 last = {

@@ -87,6 +87,18 @@ def test_idx_dir(tmp_path: Path) -> None:
     assert len(by_name.x_val) == 12
 
 
+@pytest.mark.parametrize(("n_train", "n_val"), [(60, 10), (300, 50), (7291, 1215), (66000, 10000)])
+def test_idx_default_validation_fits_a_small_training_file(
+    tmp_path: Path, n_train: int, n_val: int
+) -> None:
+    # MNIST's 10,000 of 60,000 is a sixth; a smaller file (USPS: 7,291) gets a sixth of its
+    # own instead of an error about val_size, which the user never set; a larger one 10,000
+    make_idx_dir(tmp_path / "d", n_train=n_train, n_test=20)
+    d = load_vision(str(tmp_path / "d"), scaling="none")
+    assert (len(d.x_val), len(d.x_train)) == (n_val, n_train - n_val)
+    assert d.info["val_size"] == n_val
+
+
 def test_idx_limit_fraction(tmp_path: Path) -> None:
     make_idx_dir(tmp_path / "d", n_train=300, n_test=100)
     d = load_vision(str(tmp_path / "d"), val_size=100, limit=20)

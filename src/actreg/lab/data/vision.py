@@ -6,8 +6,9 @@ Splits are stratified: indices are ordered by a seeded interleaving of the class
 * ``digits`` (1,797 images) has no official test split: a fixed stratified 20 % test split
   (seed 0, the same for every ``seed``), then a stratified validation split of the rest drawn
   with ``seed``: ``val_size=0.25`` of the remaining 80 % gives 60/20/20.
-* MNIST and any IDX directory: the official test set; ``val_size`` (default 10,000, as
-  Glorot et al.) images of the 60,000 training images become the validation split.
+* MNIST and any IDX directory: the official test set; ``val_size`` images of the training
+  file become the validation split: by default 10,000 (of MNIST's 60,000, as Glorot et al.),
+  or a sixth of a training file smaller than 60,000 images (``IDX_VAL_SIZE``).
 
 Pixels are first put in [0, 1], then scaled with statistics of the training split only.
 ``"standard"`` uses ONE global mean and std over all training pixels: per-pixel z-scores
@@ -79,6 +80,9 @@ def stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rank[by_class] = np.arange(n) - starts[yp[by_class]]
     key = (rank + 0.5) / counts[yp]
     return perm[np.argsort(key, kind="stable")]
+
+
+IDX_VAL_SIZE = 10000  # an IDX set's validation images: MNIST's 10,000 of 60,000 (a sixth)
 
 
 def _count(size: float | int, n: int, what: str) -> int:
@@ -178,7 +182,8 @@ def load_vision(
             the name of such a folder under the data directory.
         data_dir: the data directory (default ``$ACTREG_DATA`` or the user cache).
         val_size: validation size, a count or a fraction of the non-test pool; default 0.25
-            for digits (60/20/20 overall), 10000 for IDX sets.
+            for digits (60/20/20 overall); for IDX sets 10000, or a sixth of a training
+            file of fewer than 60,000 images.
         seed: seed of the validation split and of ``limit``'s subset.
         scaling: ``"standard"``, ``"feature"``, ``"minmax"`` or ``"none"`` (module docstring).
         limit: keep this many training examples (a seeded stratified subset) and cut
@@ -212,7 +217,8 @@ def load_vision(
         pool = np.arange(len(y_pool))
         test_idx = np.arange(len(y_test))
         files = {p.name: sha256_file(p) for p in s.files.values()}
-        val_size = 10000 if val_size is None else val_size
+        if val_size is None:
+            val_size = max(1, min(IDX_VAL_SIZE, len(y_pool) // 6))
         source = str(folder.resolve())
     if y_pool.min() < 0 or y_test.min() < 0:
         raise ActregError(f"{label}: labels must be non-negative class indices")
