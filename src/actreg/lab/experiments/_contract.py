@@ -20,13 +20,20 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+# for the experiments' results TypedDicts: typing has it from Python 3.11
+if sys.version_info >= (3, 11):
+    from typing import NotRequired
+else:  # Python 3.10: torch depends on typing_extensions
+    from typing_extensions import NotRequired
+
 from actreg._errors import ActregError
 
-__all__ = ["Experiment", "SearchSpec", "best_epoch_metrics", "layer_means"]
+__all__ = ["Experiment", "NotRequired", "SearchSpec", "best_epoch_metrics", "layer_means"]
 
 C = TypeVar("C")
 R = TypeVar("R", bound=Mapping[str, Any])

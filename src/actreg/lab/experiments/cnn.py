@@ -32,14 +32,8 @@ ahead=none pilot_epochs=0`` the one before.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict, cast
-
-if sys.version_info >= (3, 11):
-    from typing import NotRequired
-else:  # Python 3.10: torch depends on typing_extensions
-    from typing_extensions import NotRequired
 
 import actreg
 from actreg._errors import ActregError
@@ -52,7 +46,7 @@ from actreg.lab.experiments._common import (
     planned_steps,
     train_classifier,
 )
-from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
+from actreg.lab.experiments._contract import NotRequired, best_epoch_metrics, layer_means
 from actreg.lab.experiments._rundir import make_run_dir, save_results
 from actreg.lab.experiments._targets import in_target_mode, penalized_label
 from actreg.lab.models import CNN

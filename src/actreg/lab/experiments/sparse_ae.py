@@ -21,14 +21,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypedDict, cast
-
-if sys.version_info >= (3, 11):
-    from typing import NotRequired
-else:  # Python 3.10: torch depends on typing_extensions
-    from typing_extensions import NotRequired
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +39,7 @@ from actreg.lab.experiments._common import (
     make_reviver,
     warn_if_target_missed,
 )
-from actreg.lab.experiments._contract import best_epoch_metrics, layer_means
+from actreg.lab.experiments._contract import NotRequired, best_epoch_metrics, layer_means
 from actreg.lab.experiments._rundir import make_run_dir, resume_from, save_results
 from actreg.lab.experiments._targets import in_target_mode
 from actreg.lab.models import ACTIVATIONS, Autoencoder
